@@ -1,0 +1,324 @@
+//! The `patchwork` binary: command line and wiring only. Everything else is in the library.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use patchwork::auth::{NewToken, Scope};
+use patchwork::config::{Config, LogFormat, Secret, Synchronous};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "patchwork",
+    version,
+    about = "Patchwork: a multi-tenant document-database service"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the server.
+    Serve(ServeArgs),
+    /// Manage machine tokens offline, against a data dir.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// Print the version.
+    Version,
+}
+
+/// Every flag can also come from `PATCHWORK_*` and from the TOML file given by `--config`.
+/// Precedence: flag or environment > file > embedded default.
+#[derive(Args, Debug)]
+struct ServeArgs {
+    /// TOML file with any of the settings below (keys as in docs, e.g. `listen = "..."`).
+    #[arg(long, env = "PATCHWORK_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:8080].
+    #[arg(long, env = "PATCHWORK_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Data directory [default: ./data].
+    #[arg(long, env = "PATCHWORK_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// SQLite synchronous: normal or full [default: normal].
+    #[arg(long, env = "PATCHWORK_SYNCHRONOUS")]
+    synchronous: Option<Synchronous>,
+    /// SQLite busy timeout in milliseconds [default: 5000].
+    #[arg(long, env = "PATCHWORK_BUSY_TIMEOUT_MS")]
+    busy_timeout_ms: Option<u64>,
+    /// Document mailbox capacity; a full mailbox answers 503 [default: 1024].
+    #[arg(long, env = "PATCHWORK_MAILBOX_CAPACITY")]
+    mailbox_capacity: Option<usize>,
+    /// Most writes in one group commit [default: 512].
+    #[arg(long, env = "PATCHWORK_MAX_BATCH")]
+    max_batch: Option<usize>,
+    /// Close documents idle for this many seconds [default: 300].
+    #[arg(long, env = "PATCHWORK_IDLE_TIMEOUT_SECS")]
+    idle_timeout_secs: Option<u64>,
+    /// Cap on open documents [default: 1024].
+    #[arg(long, env = "PATCHWORK_MAX_OPEN_DOCUMENTS")]
+    max_open_documents: Option<usize>,
+    /// Seconds in-flight requests get after SIGTERM [default: 10].
+    #[arg(long, env = "PATCHWORK_SHUTDOWN_GRACE_SECS")]
+    shutdown_grace_secs: Option<u64>,
+    /// Cap on JSON request bodies in bytes [default: 2097152].
+    #[arg(long, env = "PATCHWORK_MAX_BODY_BYTES")]
+    max_body_bytes: Option<usize>,
+    /// Use this admin token instead of minting a bootstrap token.
+    #[arg(long, env = "PATCHWORK_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+    /// Log format: text or json [default: text].
+    #[arg(long, env = "PATCHWORK_LOG_FORMAT")]
+    log_format: Option<LogFormat>,
+}
+
+#[derive(Subcommand, Debug)]
+enum TokenCommand {
+    /// Create a token; the plaintext is the last line of stdout.
+    Create {
+        #[arg(long, env = "PATCHWORK_DATA_DIR", default_value = "./data")]
+        data_dir: PathBuf,
+        /// Label shown in listings and audit logs (at most 120 characters).
+        #[arg(long)]
+        label: String,
+        /// Make an admin token (passes every check).
+        #[arg(long)]
+        admin: bool,
+        /// A scope `DB_ID:ACTION[:RESOURCE_PREFIX]` (repeatable), e.g. `chat:pub.publish:room/`.
+        #[arg(long = "scope")]
+        scopes: Vec<String>,
+        /// Expiry as RFC 3339, e.g. 2027-01-01T00:00:00Z.
+        #[arg(long)]
+        expires_at: Option<String>,
+    },
+    /// List tokens (never secrets).
+    List {
+        #[arg(long, env = "PATCHWORK_DATA_DIR", default_value = "./data")]
+        data_dir: PathBuf,
+    },
+    /// Revoke a token by id.
+    Revoke {
+        #[arg(long, env = "PATCHWORK_DATA_DIR", default_value = "./data")]
+        data_dir: PathBuf,
+        id: String,
+    },
+}
+
+impl ServeArgs {
+    /// Embedded defaults, then the TOML file, then flags and environment.
+    fn into_config(self) -> anyhow::Result<Config> {
+        let mut config = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?
+            }
+            None => Config::default(),
+        };
+        macro_rules! overlay {
+            ($($field:ident),*) => { $( if let Some(v) = self.$field { config.$field = v; } )* };
+        }
+        overlay!(
+            listen,
+            data_dir,
+            synchronous,
+            busy_timeout_ms,
+            mailbox_capacity,
+            max_batch,
+            idle_timeout_secs,
+            max_open_documents,
+            shutdown_grace_secs,
+            max_body_bytes,
+            log_format
+        );
+        if let Some(token) = self.admin_token {
+            config.admin_token = Some(Secret::new(token));
+        }
+        config
+            .validate()
+            .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+        Ok(config)
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = EnvFilter::try_from_env("PATCHWORK_LOG")
+        .or_else(|_| EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}
+
+#[allow(clippy::print_stdout)] // printing the bootstrap token and config is this command's job
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let config = args.into_config()?;
+    init_tracing(config.log_format);
+    println!(
+        "patchwork {} effective configuration:",
+        env!("CARGO_PKG_VERSION")
+    );
+    println!("{}", config.redacted_toml());
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding {}", config.listen))?;
+    let opened = patchwork::App::open(config).await?;
+    if let Some(token) = &opened.bootstrap_token {
+        println!("Bootstrap admin token (shown once, store it now):");
+        println!("{token}");
+    }
+    let addr = listener.local_addr()?;
+    println!("listening on http://{addr}");
+    tracing::info!(%addr, "listening");
+    patchwork::serve(opened.state, listener, shutdown_signal()).await
+}
+
+fn parse_scope(text: &str) -> anyhow::Result<Scope> {
+    let mut parts = text.splitn(3, ':');
+    let (Some(db_id), Some(action)) = (parts.next(), parts.next()) else {
+        anyhow::bail!("scope {text:?} must be DB_ID:ACTION[:RESOURCE_PREFIX]");
+    };
+    Ok(Scope {
+        db_id: db_id.to_owned(),
+        action: action.parse().map_err(|e: String| anyhow::anyhow!(e))?,
+        resource_prefix: parts.next().map(str::to_owned),
+    })
+}
+
+#[allow(clippy::print_stdout)] // the CLI's output
+fn token(command: TokenCommand) -> anyhow::Result<()> {
+    init_tracing(LogFormat::Text);
+    match command {
+        TokenCommand::Create {
+            data_dir,
+            label,
+            admin,
+            scopes,
+            expires_at,
+        } => {
+            let scopes = scopes
+                .iter()
+                .map(|s| parse_scope(s))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let expires_at = expires_at
+                .map(|s| {
+                    patchwork::time_fmt::parse_rfc3339(&s)
+                        .ok_or_else(|| anyhow::anyhow!("--expires-at {s:?} is not RFC 3339"))
+                })
+                .transpose()?;
+            let new = NewToken {
+                label,
+                is_admin: admin,
+                scopes,
+                expires_at,
+            };
+            patchwork::auth::validate_new_token(&new).map_err(|e| anyhow::anyhow!(e))?;
+            let (meta, plaintext) = patchwork::tokens_cli::create(Path::new(&data_dir), &new)?;
+            println!("created token {} ({})", meta.id, meta.label);
+            println!("{plaintext}");
+        }
+        TokenCommand::List { data_dir } => {
+            for meta in patchwork::tokens_cli::list(&data_dir)? {
+                println!("{}", serde_json_line(&meta));
+            }
+        }
+        TokenCommand::Revoke { data_dir, id } => {
+            if patchwork::tokens_cli::revoke(&data_dir, &id)? {
+                println!("revoked {id}");
+            } else {
+                anyhow::bail!("no live token with id {id}");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn serde_json_line(meta: &patchwork::auth::TokenMeta) -> String {
+    format!(
+        "{}\t{}\tadmin={}\tscopes={}\tcreated={}\texpires={}\trevoked={}",
+        meta.id,
+        meta.label,
+        meta.is_admin,
+        meta.scopes
+            .iter()
+            .map(|s| format!(
+                "{}:{}{}",
+                s.db_id,
+                s.action,
+                s.resource_prefix
+                    .as_deref()
+                    .map(|p| format!(":{p}"))
+                    .unwrap_or_default()
+            ))
+            .collect::<Vec<_>>()
+            .join(","),
+        meta.created_at,
+        meta.expires_at.as_deref().unwrap_or("-"),
+        meta.revoked_at.as_deref().unwrap_or("-"),
+    )
+}
+
+#[allow(clippy::print_stdout)]
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Version => {
+            println!("patchwork {}", env!("CARGO_PKG_VERSION"));
+            Ok(())
+        }
+        Command::Token { command } => token(command),
+        Command::Serve(args) => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+            .block_on(serve(args)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verify_cli() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn scopes_parse() {
+        let s = parse_scope("chat:pub.publish:room/").unwrap();
+        assert_eq!(s.db_id, "chat");
+        assert_eq!(s.resource_prefix.as_deref(), Some("room/"));
+        assert!(parse_scope("chat").is_err());
+        assert!(parse_scope("chat:nope").is_err());
+    }
+}

@@ -1,0 +1,364 @@
+//! What needs the real `patchwork` process: the bootstrap token, signals, the offline CLI, log
+//! format, refusing a newer schema.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_patchwork");
+
+struct Server {
+    child: Child,
+    base: String,
+    stdout: Vec<String>,
+    stderr_rx: mpsc::Receiver<String>,
+}
+
+/// Starts `patchwork serve` on a free port and waits for it to listen.
+#[expect(
+    clippy::zombie_processes,
+    reason = "the child is owned by `Server`, whose Drop kills and waits for it"
+)]
+fn start(data_dir: &Path, envs: &[(&str, &str)]) -> Server {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir)
+        .env_remove("PATCHWORK_ADMIN_TOKEN")
+        .env_remove("PATCHWORK_LOG_FORMAT")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("spawn patchwork");
+    let stdout = child.stdout.take().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (err_tx, stderr_rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = err_tx.send(line);
+        }
+    });
+    let (line_tx, line_rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = line_tx.send(line);
+        }
+    });
+    let mut lines = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let line = line_rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .unwrap_or_else(|_| panic!("server did not start; stdout so far: {lines:?}"));
+        if let Some(addr) = line.strip_prefix("listening on ") {
+            let base = addr.to_owned();
+            lines.push(line);
+            return Server {
+                child,
+                base,
+                stdout: lines,
+                stderr_rx,
+            };
+        }
+        lines.push(line);
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+impl Server {
+    fn terminate(mut self) -> (std::process::ExitStatus, Vec<String>) {
+        signal(&self.child, "TERM");
+        let status = wait_timeout(&mut self.child, Duration::from_secs(30));
+        let stderr: Vec<String> = self.stderr_rx.try_iter().collect();
+        (status, stderr)
+    }
+}
+
+fn signal(child: &Child, sig: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(child.id().to_string())
+        .status()
+        .expect("kill");
+    assert!(status.success(), "kill -{sig} failed");
+}
+
+fn wait_timeout(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("process did not exit in {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn token_lines(lines: &[String]) -> Vec<&String> {
+    lines.iter().filter(|l| l.starts_with("pw_")).collect()
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::new()
+}
+
+#[tokio::test]
+async fn bootstrap_token_is_printed_once_and_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), &[]);
+    let tokens = token_lines(&server.stdout);
+    assert_eq!(tokens.len(), 1, "{:?}", server.stdout);
+    let token = tokens[0].clone();
+    assert!(
+        server.stdout.iter().any(|l| l.contains("data_dir")),
+        "config printed"
+    );
+    let r = client()
+        .get(format!("{}/api/v1/dbs", server.base))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let (status, stderr) = server.terminate();
+    assert!(status.success(), "{status:?}");
+    assert!(
+        !stderr.iter().any(|l| l.contains(&token)),
+        "the token reached the log"
+    );
+
+    let server = start(dir.path(), &[]);
+    assert!(
+        token_lines(&server.stdout).is_empty(),
+        "printed again: {:?}",
+        server.stdout
+    );
+    let r = client()
+        .get(format!("{}/api/v1/dbs", server.base))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "the bootstrap token survives a restart");
+    assert!(server.terminate().0.success());
+}
+
+#[tokio::test]
+async fn admin_token_from_the_environment_json_logs_and_redacted_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = "env-admin-token-0123456789";
+    let server = start(
+        dir.path(),
+        &[
+            ("PATCHWORK_ADMIN_TOKEN", secret),
+            ("PATCHWORK_LOG_FORMAT", "json"),
+        ],
+    );
+    assert!(token_lines(&server.stdout).is_empty());
+    assert!(
+        !server.stdout.iter().any(|l| l.contains(secret)),
+        "config shows the secret"
+    );
+    assert!(server.stdout.iter().any(|l| l.contains("[redacted]")));
+    let r = client()
+        .get(format!("{}/api/v1/dbs", server.base))
+        .header("Authorization", secret)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let (status, stderr) = server.terminate();
+    assert!(status.success());
+    assert!(!stderr.is_empty());
+    for line in &stderr {
+        assert!(
+            serde_json::from_str::<serde_json::Value>(line).is_ok(),
+            "not JSON: {line}"
+        );
+        assert!(!line.contains(secret));
+    }
+}
+
+#[tokio::test]
+async fn offline_token_cli_create_list_revoke() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args(["token", "create", "--admin", "--label", "ops", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let token = stdout.lines().last().unwrap().to_owned();
+    assert!(token.starts_with("pw_"), "{stdout}");
+
+    // A running server accepts it, and sees a CLI revocation within about a second.
+    let server = start(dir.path(), &[]);
+    let ok = client()
+        .get(format!("{}/api/v1/dbs", server.base))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    let list = Command::new(BIN)
+        .args(["token", "list", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let listing = String::from_utf8(list.stdout).unwrap();
+    assert!(listing.contains("ops"), "{listing}");
+    assert!(!listing.contains(&token), "list shows a secret");
+    let id = token.split('_').nth(1).unwrap();
+    let revoke = Command::new(BIN)
+        .args(["token", "revoke", "--data-dir"])
+        .arg(dir.path())
+        .arg(id)
+        .output()
+        .unwrap();
+    assert!(
+        revoke.status.success(),
+        "{}",
+        String::from_utf8_lossy(&revoke.stderr)
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = client()
+            .get(format!("{}/api/v1/dbs", server.base))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 401 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "revocation not seen");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(server.terminate().0.success());
+
+    // Validation: a non-admin token needs a scope; labels are bounded.
+    let bad = Command::new(BIN)
+        .args(["token", "create", "--label", "x", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    let long = "l".repeat(121);
+    let bad = Command::new(BIN)
+        .args(["token", "create", "--admin", "--label", &long, "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+}
+
+#[tokio::test]
+async fn sigterm_with_requests_in_flight_exits_zero_and_keeps_acknowledged_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), &[]);
+    let token = token_lines(&server.stdout)[0].clone();
+    let base = server.base.clone();
+    let mut tasks = Vec::new();
+    for w in 0..8 {
+        let base = base.clone();
+        let token = token.clone();
+        tasks.push(tokio::spawn(async move {
+            let client = client();
+            let mut acked = Vec::new();
+            for i in 0..100_000 {
+                let id = format!("doc-{w}-{i}");
+                match client
+                    .post(format!("{base}/api/v1/db/{id}/_open"))
+                    .bearer_auth(&token)
+                    .send()
+                    .await
+                {
+                    Ok(r) if r.status() == 200 => acked.push(id),
+                    _ => break,
+                }
+            }
+            acked
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (status, _) = tokio::task::spawn_blocking(move || server.terminate())
+        .await
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    let mut acked = Vec::new();
+    for t in tasks {
+        acked.extend(t.await.unwrap());
+    }
+    assert!(!acked.is_empty());
+    for id in &acked {
+        let path = dir.path().join("documents").join(format!("{id}.sqlite3"));
+        assert!(path.exists(), "{id} was acknowledged but is missing");
+        // Closed cleanly: the WAL was checkpointed away.
+        assert!(
+            !dir.path()
+                .join("documents")
+                .join(format!("{id}.sqlite3-wal"))
+                .exists()
+        );
+    }
+}
+
+#[test]
+fn a_service_database_from_a_newer_binary_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args(["token", "create", "--admin", "--label", "x", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    mark_service_db_from_the_future(dir.path());
+    let out = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("newer than this binary"), "{stderr}");
+}
+
+/// Marks `service.db` as migrated by a future version.
+fn mark_service_db_from_the_future(dir: &Path) {
+    let conn = rusqlite::Connection::open(dir.join("service.db")).unwrap();
+    conn.execute(
+        "INSERT INTO _patchwork_migrations (version, name) VALUES (9999, 'future')",
+        [],
+    )
+    .unwrap();
+}
+
+#[test]
+fn version_prints() {
+    let out = Command::new(BIN).arg("version").output().unwrap();
+    assert!(out.status.success());
+    assert!(
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .starts_with("patchwork ")
+    );
+}

@@ -1,0 +1,199 @@
+//! Service configuration. `Config::default()` is the embedded default: a local `./data` dir,
+//! no OIDC, a bootstrap admin token minted on first start. The CLI (`cmd/`) layers a TOML file,
+//! `PATCHWORK_*` environment variables and flags on top; the library never parses argv.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// A secret value: never printed by `Debug`, serialized as `"[redacted]"`.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("[redacted]")
+    }
+}
+
+/// SQLite `synchronous` setting for documents and the service database.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Synchronous {
+    /// Durable against process crashes (`kill -9`); a power loss may lose the last commits.
+    #[default]
+    Normal,
+    /// Every commit is fsynced before it is acknowledged.
+    Full,
+}
+
+impl Synchronous {
+    pub fn pragma_value(self) -> &'static str {
+        match self {
+            Synchronous::Normal => "NORMAL",
+            Synchronous::Full => "FULL",
+        }
+    }
+}
+
+impl std::str::FromStr for Synchronous {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "normal" => Ok(Synchronous::Normal),
+            "full" => Ok(Synchronous::Full),
+            other => Err(format!("synchronous must be normal or full, not {other:?}")),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            other => Err(format!("log format must be text or json, not {other:?}")),
+        }
+    }
+}
+
+/// Everything the service reads at start. Field names are the TOML keys; the env variable is
+/// `PATCHWORK_` + the upper-cased name.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address the HTTP server listens on.
+    pub listen: SocketAddr,
+    /// Holds `service.db`, `secret.key` and `documents/`.
+    pub data_dir: PathBuf,
+    /// SQLite `synchronous` for every database.
+    pub synchronous: Synchronous,
+    /// SQLite `busy_timeout`, for the rare moment two connections meet on one file.
+    pub busy_timeout_ms: u64,
+    /// Bounded mailbox of each document actor; a full mailbox answers `503 overloaded`.
+    pub mailbox_capacity: usize,
+    /// Most write requests committed together in one group commit.
+    pub max_batch: usize,
+    /// A document actor with no request for this long is closed.
+    pub idle_timeout_secs: u64,
+    /// Cap on open documents; the least recently used idle ones are closed to make room.
+    pub max_open_documents: usize,
+    /// How long in-flight requests may run after SIGTERM before they are cut off.
+    pub shutdown_grace_secs: u64,
+    /// Default cap on request bodies read whole (JSON routes).
+    pub max_body_bytes: usize,
+    /// Bootstrap admin token to use instead of minting one (`PATCHWORK_ADMIN_TOKEN`).
+    pub admin_token: Option<Secret>,
+    /// `text` or `json` logs.
+    pub log_format: LogFormat,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from("./data"),
+            synchronous: Synchronous::Normal,
+            busy_timeout_ms: 5_000,
+            mailbox_capacity: 1_024,
+            max_batch: 512,
+            idle_timeout_secs: 300,
+            max_open_documents: 1_024,
+            shutdown_grace_secs: 10,
+            max_body_bytes: 2 * 1024 * 1024,
+            admin_token: None,
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
+impl Config {
+    /// Rejects settings the service cannot run with, with a message naming the setting.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.mailbox_capacity == 0 {
+            return Err("mailbox_capacity must be at least 1".into());
+        }
+        if self.max_batch == 0 {
+            return Err("max_batch must be at least 1".into());
+        }
+        if self.max_open_documents == 0 {
+            return Err("max_open_documents must be at least 1".into());
+        }
+        if self.idle_timeout_secs == 0 {
+            return Err("idle_timeout_secs must be at least 1".into());
+        }
+        if let Some(token) = &self.admin_token
+            && token.expose().len() < 16
+        {
+            return Err("admin_token must be at least 16 characters".into());
+        }
+        Ok(())
+    }
+
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.idle_timeout_secs)
+    }
+
+    pub fn documents_dir(&self) -> PathBuf {
+        self.data_dir.join("documents")
+    }
+
+    /// The effective configuration as TOML, secrets redacted; printed at start.
+    pub fn redacted_toml(&self) -> String {
+        toml::to_string(self).unwrap_or_else(|e| format!("# config could not be printed: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_redacted_when_printed() {
+        let config = Config {
+            admin_token: Some(Secret::new("super-secret-admin-token")),
+            ..Config::default()
+        };
+        let printed = config.redacted_toml();
+        assert!(!printed.contains("super-secret"), "{printed}");
+        assert!(printed.contains("[redacted]"));
+        assert!(!format!("{config:?}").contains("super-secret"));
+    }
+
+    #[test]
+    fn toml_round_trip_and_unknown_keys() {
+        let parsed: Config = toml::from_str("synchronous = \"full\"\nmax_batch = 7\n").unwrap();
+        assert_eq!(parsed.synchronous, Synchronous::Full);
+        assert_eq!(parsed.max_batch, 7);
+        assert!(toml::from_str::<Config>("no_such_key = 1").is_err());
+    }
+}

@@ -1,0 +1,146 @@
+//! Prometheus metrics (`patchwork_*`), rendered by `GET /metrics`.
+//!
+//! One `Metrics` value is shared by every layer; its fields are cheap atomic handles. Labels are
+//! bounded: HTTP metrics use the matched route template, never the raw path.
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    pub route: String,
+    pub method: String,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabel {
+    pub route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
+
+fn latency_histogram() -> Histogram {
+    // 50 µs .. ~26 s
+    Histogram::new(exponential_buckets(0.000_05, 2.0, 20))
+}
+
+/// All metric handles. Clone the `Arc`, not the struct.
+pub struct Metrics {
+    registry: Registry,
+    pub http_requests: Family<HttpLabels, Counter>,
+    pub http_latency: Family<RouteLabel, Histogram, fn() -> Histogram>,
+    pub open_documents: Gauge,
+    pub mailbox_depth: Gauge,
+    pub mailbox_full: Counter,
+    pub actor_restarts: Family<ReasonLabel, Counter>,
+    pub commits: Counter,
+    pub group_commit_batch: Histogram,
+    pub failed_writes: Counter,
+    pub evictions: Family<ReasonLabel, Counter>,
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Self> {
+        let mut registry = Registry::with_prefix("patchwork");
+        let http_requests = Family::<HttpLabels, Counter>::default();
+        registry.register(
+            "http_requests",
+            "HTTP requests by route template, method and status",
+            http_requests.clone(),
+        );
+        let http_latency = Family::<RouteLabel, Histogram, fn() -> Histogram>::new_with_constructor(
+            latency_histogram,
+        );
+        registry.register(
+            "http_request_duration_seconds",
+            "HTTP request latency by route template",
+            http_latency.clone(),
+        );
+        let open_documents = Gauge::default();
+        registry.register(
+            "open_documents",
+            "Documents with a running actor",
+            open_documents.clone(),
+        );
+        let mailbox_depth = Gauge::default();
+        registry.register(
+            "mailbox_depth",
+            "Requests waiting in document actor mailboxes, summed over documents",
+            mailbox_depth.clone(),
+        );
+        let mailbox_full = Counter::default();
+        registry.register(
+            "mailbox_full",
+            "Requests refused with 503 because a document mailbox was full",
+            mailbox_full.clone(),
+        );
+        let actor_restarts = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "actor_restarts",
+            "Document actors that recovered from a panic or were restarted",
+            actor_restarts.clone(),
+        );
+        let commits = Counter::default();
+        registry.register(
+            "commits",
+            "Group commits by document actors",
+            commits.clone(),
+        );
+        let group_commit_batch = Histogram::new(exponential_buckets(1.0, 2.0, 11));
+        registry.register(
+            "group_commit_batch_size",
+            "Write requests committed together in one transaction",
+            group_commit_batch.clone(),
+        );
+        let failed_writes = Counter::default();
+        registry.register(
+            "failed_writes",
+            "Write requests rolled back to their savepoint",
+            failed_writes.clone(),
+        );
+        let evictions = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "document_evictions",
+            "Document actors closed by the registry, by reason",
+            evictions.clone(),
+        );
+        Arc::new(Self {
+            registry,
+            http_requests,
+            http_latency,
+            open_documents,
+            mailbox_depth,
+            mailbox_full,
+            actor_restarts,
+            commits,
+            group_commit_batch,
+            failed_writes,
+            evictions,
+        })
+    }
+
+    /// Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(16 * 1024);
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::error!(error = %e, "metrics encoding failed");
+        }
+        out
+    }
+
+    pub fn actor_restart(&self, reason: &'static str) {
+        self.actor_restarts
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
+}

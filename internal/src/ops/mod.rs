@@ -1,0 +1,108 @@
+//! Operations endpoints: `/healthz`, `/readyz`, `/status`, `/metrics`, and the embedded
+//! dashboard's static files. None needs a token.
+
+pub mod metrics;
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::json;
+
+use crate::error::{ApiError, Json};
+use crate::server::AppState;
+use crate::time_fmt::rfc3339;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/status", get(status))
+        .route("/metrics", get(render_metrics))
+}
+
+pub fn web_routes() -> Router<AppState> {
+    Router::new()
+        .route("/", get(|| async { asset("index.html") }))
+        .route(
+            "/ui/{file}",
+            get(|Path(file): Path<String>| async move { asset(&file) }),
+        )
+}
+
+fn asset(name: &str) -> Response {
+    match patchwork_web::get(name) {
+        Some((bytes, mime)) => (
+            [
+                (header::CONTENT_TYPE, mime),
+                (header::CACHE_CONTROL, "no-cache"),
+            ],
+            bytes,
+        )
+            .into_response(),
+        None => ApiError::not_found("no such file").into_response(),
+    }
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({"status": "ok"}))
+}
+
+/// Ready when not shutting down, `service.db` answers, and the data dir is writable.
+async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+    let not_ready = |why: String| {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", why).with_retry_after(1)
+    };
+    if state.shutdown.is_cancelled() {
+        return Err(ApiError::shutting_down());
+    }
+    let service = state.service.read(|conn| {
+        Ok(
+            conn.query_row("SELECT count(*) FROM _patchwork_migrations", [], |r| {
+                r.get::<_, i64>(0)
+            })?,
+        )
+    });
+    match tokio::time::timeout(Duration::from_secs(2), service).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => return Err(not_ready(format!("service database: {e}"))),
+        Err(_) => return Err(not_ready("service database did not answer in 2 s".into())),
+    }
+    let dir = state.config.data_dir.clone();
+    let probe = tokio::task::spawn_blocking(move || {
+        let path = dir.join(".readyz-probe");
+        std::fs::write(&path, b"ok").and_then(|()| std::fs::remove_file(&path))
+    })
+    .await;
+    match probe {
+        Ok(Ok(())) => Ok(Json(json!({"status": "ready"}))),
+        Ok(Err(e)) => Err(not_ready(format!("data dir is not writable: {e}"))),
+        Err(e) => Err(ApiError::internal(e)),
+    }
+}
+
+async fn status(State(state): State<AppState>) -> Json<serde_json::Value> {
+    Json(json!({
+        "status": if state.shutdown.is_cancelled() { "shutting_down" } else { "ok" },
+        "version": env!("CARGO_PKG_VERSION"),
+        "sqlite_version": rusqlite::version(),
+        "started_at": rfc3339(state.started_at),
+        "uptime_seconds": state.started.elapsed().as_secs(),
+        "open_documents": state.registry.open_count(),
+        "subscribers": state.registry.subscriber_count(),
+    }))
+}
+
+async fn render_metrics(State(state): State<AppState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+        .into_response()
+}

@@ -1,0 +1,378 @@
+//! The document actor: one OS thread per open document owns its `rusqlite::Connection` and
+//! serves its mailbox in order. SQLite never runs on the async runtime.
+//!
+//! Reads run one at a time, outside transactions. Writes that are waiting in the mailbox
+//! together are **group-committed**: one `BEGIN IMMEDIATE … COMMIT` with a savepoint per request,
+//! so a failing (or panicking) request rolls back only itself, and every caller is answered after
+//! the commit. After a commit that changed a user table the actor bumps the persisted
+//! `commit_seq` and publishes a [`ChangeEvent`] with the tables SQLite's update hook saw.
+//!
+//! A panic inside one request's closure is caught here: that request gets
+//! [`DocError::Aborted`](super::DocError), any open transaction is rolled back, the actor goes on
+//! with the next message, and `patchwork_actor_restarts_total{reason="panic"}` counts it.
+
+use std::collections::BTreeSet;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{Connection, OptionalExtension};
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use super::events::{ChangeEvent, EVENT_CAPACITY};
+use super::handle::{DocError, DocHandle};
+use crate::migrations::Schema;
+use crate::ops::metrics::Metrics;
+use crate::sqlite::{self, OpenOptions};
+
+/// What a document actor is told to do.
+pub(crate) enum Command {
+    /// Runs outside a transaction; the closure sends its own reply.
+    Read(Box<dyn FnOnce(&Connection) + Send>),
+    /// Joins the next group commit.
+    Write(Box<dyn WriteJob>),
+    /// Finish what is queued before this message, checkpoint, close.
+    Close,
+}
+
+/// A write request inside the actor.
+pub(crate) trait WriteJob: Send {
+    /// Runs inside the request's savepoint; `false` means roll this request back.
+    fn run(&mut self, conn: &Connection) -> bool;
+    /// Called exactly once after the transaction ended; `commit_error` is set if it did not
+    /// commit.
+    fn finish(self: Box<Self>, commit_error: Option<&str>);
+}
+
+/// State the actor shares with its handles without a round trip.
+#[derive(Default)]
+pub(crate) struct ActorShared {
+    pub commit_seq: AtomicU64,
+    pub last_write_at_ms: AtomicI64,
+}
+
+/// How an actor is set up.
+#[derive(Clone, Copy, Debug)]
+pub struct ActorConfig {
+    pub open: OpenOptions,
+    pub mailbox_capacity: usize,
+    pub max_batch: usize,
+}
+
+/// Starts an actor thread for the database at `path` and waits until the database is open and
+/// migrated, so an open error reaches the caller before a handle exists. Returns the handle and
+/// whether the file was created by this open. `on_exit` runs on the actor thread when it ends.
+pub(crate) async fn spawn(
+    thread_name: String,
+    path: PathBuf,
+    schema: Schema,
+    config: ActorConfig,
+    metrics: Arc<Metrics>,
+    on_exit: Box<dyn FnOnce() + Send>,
+) -> Result<(DocHandle, bool), DocError> {
+    let (tx, rx) = mpsc::channel(config.mailbox_capacity);
+    let (events, _) = broadcast::channel(EVENT_CAPACITY);
+    let shared = Arc::new(ActorShared::default());
+    let (ready_tx, ready_rx) = oneshot::channel();
+    let thread_events = events.clone();
+    let thread_shared = shared.clone();
+    let thread_metrics = metrics.clone();
+    std::thread::Builder::new()
+        .name(thread_name)
+        .spawn(move || {
+            let _exit = OnExit(Some(on_exit));
+            let created = !path.exists();
+            let conn = match sqlite::open(&path, schema, config.open) {
+                Ok(conn) => conn,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(DocError::from(e)));
+                    return;
+                }
+            };
+            let mut actor = match Actor::new(
+                conn,
+                schema,
+                config,
+                thread_events,
+                thread_shared,
+                thread_metrics,
+            ) {
+                Ok(actor) => actor,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                    return;
+                }
+            };
+            let gauge = actor
+                .track_commits
+                .then(|| actor.metrics.open_documents.clone());
+            if let Some(g) = &gauge {
+                g.inc();
+            }
+            let _ = ready_tx.send(Ok(created));
+            actor.run(rx);
+            sqlite::checkpoint(&actor.conn);
+            if let Some(g) = &gauge {
+                g.dec();
+            }
+        })
+        .map_err(|e| DocError::Commit(format!("could not start the actor thread: {e}")))?;
+    let created = ready_rx.await.map_err(|_| DocError::Aborted)??;
+    Ok((DocHandle::new(tx, events, shared, metrics), created))
+}
+
+/// Runs the exit callback even if the thread unwinds.
+struct OnExit(Option<Box<dyn FnOnce() + Send>>);
+
+impl Drop for OnExit {
+    fn drop(&mut self) {
+        if let Some(f) = self.0.take() {
+            f();
+        }
+    }
+}
+
+struct Actor {
+    conn: Connection,
+    config: ActorConfig,
+    /// A document (not `service.db`): keeps `commit_seq` in `_patchwork_meta` and counts in
+    /// `patchwork_open_documents`.
+    track_commits: bool,
+    events: broadcast::Sender<ChangeEvent>,
+    shared: Arc<ActorShared>,
+    metrics: Arc<Metrics>,
+    /// Tables the update hook saw since it was last drained.
+    hook_tables: Arc<Mutex<BTreeSet<String>>>,
+}
+
+impl Actor {
+    fn new(
+        conn: Connection,
+        schema: Schema,
+        config: ActorConfig,
+        events: broadcast::Sender<ChangeEvent>,
+        shared: Arc<ActorShared>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, DocError> {
+        let track_commits = schema == Schema::Document;
+        if track_commits {
+            let read = |key: &str| -> Result<i64, rusqlite::Error> {
+                conn.query_row(
+                    "SELECT CASE WHEN typeof(value) = 'integer' THEN value ELSE 0 END \
+                     FROM _patchwork_meta WHERE key = ?1",
+                    [key],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map(|v| v.unwrap_or(0))
+            };
+            let seq = read("commit_seq")?;
+            shared
+                .commit_seq
+                .store(seq.max(0) as u64, Ordering::Release);
+            shared
+                .last_write_at_ms
+                .store(read("last_write_at")?, Ordering::Release);
+        }
+        let hook_tables: Arc<Mutex<BTreeSet<String>>> = Arc::default();
+        let sink = hook_tables.clone();
+        conn.update_hook(Some(move |_action, _db: &str, table: &str, _rowid: i64| {
+            if table.starts_with("_patchwork_") {
+                return;
+            }
+            let mut set = sink.lock().unwrap_or_else(|p| p.into_inner());
+            if !set.contains(table) {
+                set.insert(table.to_owned());
+            }
+        }));
+        Ok(Self {
+            conn,
+            config,
+            track_commits,
+            events,
+            shared,
+            metrics,
+            hook_tables,
+        })
+    }
+
+    fn run(&mut self, mut rx: mpsc::Receiver<Command>) {
+        let mut pending: Option<Command> = None;
+        loop {
+            let cmd = match pending.take() {
+                Some(cmd) => cmd,
+                None => match rx.blocking_recv() {
+                    Some(cmd) => {
+                        self.metrics.mailbox_depth.dec();
+                        cmd
+                    }
+                    None => return,
+                },
+            };
+            match cmd {
+                Command::Read(f) => self.read(f),
+                Command::Write(job) => {
+                    let mut batch = vec![job];
+                    while batch.len() < self.config.max_batch {
+                        match rx.try_recv() {
+                            Ok(Command::Write(job)) => {
+                                self.metrics.mailbox_depth.dec();
+                                batch.push(job);
+                            }
+                            Ok(other) => {
+                                self.metrics.mailbox_depth.dec();
+                                pending = Some(other);
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    self.commit_batch(batch);
+                }
+                Command::Close => {
+                    // Drain what was queued before Close; refuse anything after.
+                    rx.close();
+                    while let Ok(cmd) = rx.try_recv() {
+                        self.metrics.mailbox_depth.dec();
+                        match cmd {
+                            Command::Read(f) => self.read(f),
+                            Command::Write(job) => self.commit_batch(vec![job]),
+                            Command::Close => {}
+                        }
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    fn read(&mut self, f: Box<dyn FnOnce(&Connection) + Send>) {
+        let conn = &self.conn;
+        if catch_unwind(AssertUnwindSafe(|| f(conn))).is_err() {
+            self.recovered_from_panic();
+        }
+    }
+
+    fn recovered_from_panic(&self) {
+        tracing::error!("a request panicked inside a document actor; the actor recovered");
+        self.metrics.actor_restart("panic");
+        if !self.conn.is_autocommit() {
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
+    }
+
+    fn take_hook_tables(&self) -> BTreeSet<String> {
+        std::mem::take(&mut *self.hook_tables.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// One transaction for every write in `batch`, a savepoint per write.
+    fn commit_batch(&mut self, mut batch: Vec<Box<dyn WriteJob>>) {
+        self.metrics.group_commit_batch.observe(batch.len() as f64);
+        if let Err(e) = self.conn.execute_batch("BEGIN IMMEDIATE") {
+            let msg = e.to_string();
+            for job in batch {
+                job.finish(Some(&msg));
+            }
+            return;
+        }
+        let mut written = BTreeSet::new();
+        let mut failed_early: Vec<Box<dyn WriteJob>> = Vec::new();
+        let mut kept: Vec<Box<dyn WriteJob>> = Vec::with_capacity(batch.len());
+        for mut job in batch.drain(..) {
+            if let Err(e) = self.conn.execute_batch("SAVEPOINT pw_job") {
+                job.finish(Some(&e.to_string()));
+                continue;
+            }
+            self.take_hook_tables();
+            let conn = &self.conn;
+            let ok = match catch_unwind(AssertUnwindSafe(|| job.run(conn))) {
+                Ok(ok) => ok,
+                Err(_) => {
+                    self.metrics.actor_restart("panic");
+                    tracing::error!("a write request panicked inside a document actor");
+                    false
+                }
+            };
+            if self.conn.is_autocommit() {
+                // The request ended the transaction itself (COMMIT/ROLLBACK inside its work).
+                // Its effects can no longer be isolated; fail it and start a new transaction.
+                tracing::warn!("a write request ended the group-commit transaction");
+                self.metrics.failed_writes.inc();
+                failed_early.push(job);
+                self.take_hook_tables();
+                if let Err(e) = self.conn.execute_batch("BEGIN IMMEDIATE") {
+                    let msg = e.to_string();
+                    for job in kept.into_iter().chain(failed_early) {
+                        job.finish(Some(&msg));
+                    }
+                    return;
+                }
+                continue;
+            }
+            if ok {
+                let _ = self.conn.execute_batch("RELEASE pw_job");
+                written.append(&mut self.take_hook_tables());
+            } else {
+                self.metrics.failed_writes.inc();
+                let _ = self
+                    .conn
+                    .execute_batch("ROLLBACK TO pw_job; RELEASE pw_job");
+                self.take_hook_tables();
+            }
+            kept.push(job);
+        }
+        let mut new_seq = None;
+        if self.track_commits && !written.is_empty() {
+            let seq = self.shared.commit_seq.load(Ordering::Acquire) + 1;
+            let now_ms = now_ms();
+            let bumped = self
+                .conn
+                .prepare_cached(
+                    "UPDATE _patchwork_meta SET value = CASE key WHEN 'commit_seq' THEN ?1 ELSE ?2 END \
+                     WHERE key IN ('commit_seq', 'last_write_at')",
+                )
+                .and_then(|mut stmt| stmt.execute((seq as i64, now_ms)));
+            if let Err(e) = bumped {
+                tracing::error!(error = %e, "could not record commit_seq");
+            } else {
+                new_seq = Some((seq, now_ms));
+            }
+            self.take_hook_tables();
+        }
+        let commit_error = match self.conn.execute_batch("COMMIT") {
+            Ok(()) => None,
+            Err(e) => {
+                let _ = self.conn.execute_batch("ROLLBACK");
+                tracing::error!(error = %e, "group commit failed");
+                Some(e.to_string())
+            }
+        };
+        self.metrics.commits.inc();
+        for job in failed_early {
+            job.finish(Some("the request ended the transaction itself"));
+        }
+        if commit_error.is_none()
+            && let Some((seq, now_ms)) = new_seq
+        {
+            self.shared.commit_seq.store(seq, Ordering::Release);
+            self.shared
+                .last_write_at_ms
+                .store(now_ms, Ordering::Release);
+            let tables: Vec<String> = written.into_iter().collect();
+            let _ = self.events.send(ChangeEvent {
+                commit_seq: seq,
+                tables_written: tables.into(),
+            });
+        }
+        for job in kept {
+            job.finish(commit_error.as_deref());
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}

@@ -1,0 +1,215 @@
+//! `DocHandle`: the cheap, cloneable way to send work to a document actor.
+//!
+//! Every method puts one message in the actor's *bounded* mailbox with `try_send`; a full mailbox
+//! is answered at once with [`DocError::Overloaded`] (HTTP `503`) instead of queueing without
+//! bound. Replies come back over a oneshot; a caller that went away simply drops its receiver.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use rusqlite::Connection;
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use super::actor::{ActorShared, Command, WriteJob};
+use super::events::ChangeEvent;
+use crate::error::ApiError;
+use crate::migrations::MigrationError;
+use crate::ops::metrics::Metrics;
+
+/// Why a document request did not produce its own result.
+#[derive(Debug, thiserror::Error)]
+pub enum DocError {
+    #[error("the document's mailbox is full; try again")]
+    Overloaded,
+    #[error("the document actor has stopped")]
+    Closed,
+    #[error("the server is shutting down")]
+    ShuttingDown,
+    #[error("too many documents are open and none is idle")]
+    TooManyOpen,
+    #[error("the request failed inside the document actor")]
+    Aborted,
+    #[error("commit failed: {0}")]
+    Commit(String),
+    #[error("opening the document failed: {0}")]
+    Open(#[from] MigrationError),
+    #[error(transparent)]
+    Sqlite(#[from] rusqlite::Error),
+    /// A client-facing error decided inside the actor (validation, conflicts, limits).
+    #[error("{}", .0.message)]
+    Api(ApiError),
+}
+
+impl From<ApiError> for DocError {
+    fn from(e: ApiError) -> Self {
+        DocError::Api(e)
+    }
+}
+
+impl From<DocError> for ApiError {
+    fn from(e: DocError) -> Self {
+        match e {
+            DocError::Overloaded => {
+                ApiError::overloaded("the document is overloaded; retry shortly")
+            }
+            DocError::Closed => ApiError::overloaded("the document was closing; retry"),
+            DocError::ShuttingDown => ApiError::shutting_down(),
+            DocError::TooManyOpen => {
+                ApiError::overloaded("too many documents are open and busy; retry shortly")
+            }
+            DocError::Api(api) => api,
+            DocError::Open(MigrationError::TooNew { found, supported }) => ApiError::new(
+                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                "schema_too_new",
+                format!(
+                    "the document's schema version {found} is newer than this server supports ({supported})"
+                ),
+            ),
+            other => ApiError::internal(other),
+        }
+    }
+}
+
+/// A handle to one document actor.
+#[derive(Clone)]
+pub struct DocHandle {
+    inner: Arc<HandleInner>,
+}
+
+struct HandleInner {
+    tx: mpsc::Sender<Command>,
+    events: broadcast::Sender<ChangeEvent>,
+    shared: Arc<ActorShared>,
+    metrics: Arc<Metrics>,
+}
+
+impl DocHandle {
+    pub(crate) fn new(
+        tx: mpsc::Sender<Command>,
+        events: broadcast::Sender<ChangeEvent>,
+        shared: Arc<ActorShared>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            inner: Arc::new(HandleInner {
+                tx,
+                events,
+                shared,
+                metrics,
+            }),
+        }
+    }
+
+    fn send(&self, cmd: Command) -> Result<(), DocError> {
+        let metrics = &self.inner.metrics;
+        metrics.mailbox_depth.inc();
+        match self.inner.tx.try_send(cmd) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                metrics.mailbox_depth.dec();
+                metrics.mailbox_full.inc();
+                Err(DocError::Overloaded)
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                metrics.mailbox_depth.dec();
+                Err(DocError::Closed)
+            }
+        }
+    }
+
+    /// Runs `f` on the actor's thread, outside any transaction, and returns its result.
+    pub async fn read<T, F>(&self, f: F) -> Result<T, DocError>
+    where
+        F: FnOnce(&Connection) -> Result<T, DocError> + Send + 'static,
+        T: Send + 'static,
+    {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Read(Box::new(move |conn| {
+            let _ = reply.send(f(conn));
+        })))?;
+        rx.await.map_err(|_| DocError::Aborted)?
+    }
+
+    /// Runs `f` inside its own savepoint of the actor's next group commit and answers only after
+    /// that transaction committed. An `Err` (or a panic) rolls back this request's changes only.
+    pub async fn write<T, F>(&self, f: F) -> Result<T, DocError>
+    where
+        F: FnOnce(&Connection) -> Result<T, DocError> + Send + 'static,
+        T: Send + 'static,
+    {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Write(Box::new(Job {
+            f: Some(f),
+            out: None,
+            reply,
+        })))?;
+        rx.await.map_err(|_| DocError::Aborted)?
+    }
+
+    /// Change events published after each commit.
+    pub fn subscribe(&self) -> broadcast::Receiver<ChangeEvent> {
+        self.inner.events.subscribe()
+    }
+
+    /// Live receivers of this document's change events.
+    pub fn subscriber_count(&self) -> usize {
+        self.inner.events.receiver_count()
+    }
+
+    /// The last commit sequence number this actor announced.
+    pub fn commit_seq(&self) -> u64 {
+        self.inner.shared.commit_seq.load(Ordering::Acquire)
+    }
+
+    /// Unix milliseconds of the last commit that changed a table, if any.
+    pub fn last_write_at_ms(&self) -> Option<i64> {
+        match self.inner.shared.last_write_at_ms.load(Ordering::Acquire) {
+            0 => None,
+            ms => Some(ms),
+        }
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.inner.tx.is_closed()
+    }
+
+    /// Asks the actor to finish what is queued and stop; waits for mailbox space.
+    pub(crate) async fn close(&self) {
+        self.inner.metrics.mailbox_depth.inc();
+        if self.inner.tx.send(Command::Close).await.is_err() {
+            self.inner.metrics.mailbox_depth.dec();
+        }
+    }
+}
+
+/// A write request as the actor sees it: the closure plus where its answer goes.
+struct Job<F, T> {
+    f: Option<F>,
+    out: Option<Result<T, DocError>>,
+    reply: oneshot::Sender<Result<T, DocError>>,
+}
+
+impl<F, T> WriteJob for Job<F, T>
+where
+    F: FnOnce(&Connection) -> Result<T, DocError> + Send,
+    T: Send,
+{
+    fn run(&mut self, conn: &Connection) -> bool {
+        let Some(f) = self.f.take() else {
+            return false;
+        };
+        let out = f(conn);
+        let ok = out.is_ok();
+        self.out = Some(out);
+        ok
+    }
+
+    fn finish(self: Box<Self>, commit_error: Option<&str>) {
+        let result = match (self.out, commit_error) {
+            (None, _) => Err(DocError::Aborted),
+            (Some(Ok(_)), Some(e)) => Err(DocError::Commit(e.to_owned())),
+            (Some(out), _) => out,
+        };
+        let _ = self.reply.send(result);
+    }
+}

@@ -1,0 +1,385 @@
+//! Registry and actor behaviour through the library API (real threads, real SQLite files).
+
+use std::time::Duration;
+
+use super::*;
+use crate::config::Synchronous;
+use crate::sqlite::OpenOptions;
+
+fn config(
+    dir: &std::path::Path,
+    mailbox: usize,
+    idle: Duration,
+    max_open: usize,
+) -> RegistryConfig {
+    std::fs::create_dir_all(dir).unwrap();
+    RegistryConfig {
+        documents_dir: dir.to_path_buf(),
+        actor: ActorConfig {
+            open: OpenOptions {
+                synchronous: Synchronous::Normal,
+                busy_timeout: Duration::from_secs(5),
+            },
+            mailbox_capacity: mailbox,
+            max_batch: 512,
+        },
+        idle_timeout: idle,
+        max_open,
+    }
+}
+
+fn id(s: &str) -> DbId {
+    DbId::parse(s).unwrap()
+}
+
+/// Blocks the actor until the returned sender is used (or dropped).
+async fn block_actor(doc: &DocHandle) -> std::sync::mpsc::Sender<()> {
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+    let doc = doc.clone();
+    tokio::spawn(async move {
+        let _ = doc
+            .read(move |_| {
+                let _ = started_tx.send(());
+                let _ = release_rx.recv_timeout(Duration::from_secs(30));
+                Ok(())
+            })
+            .await;
+    });
+    started_rx.await.unwrap();
+    release_tx
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_commit_batches_waiting_writes_and_isolates_failures() {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = Metrics::new();
+    let registry = Registry::new(
+        config(dir.path(), 1024, Duration::from_secs(60), 16),
+        metrics.clone(),
+    );
+    let doc = registry.get(&id("gc")).await.unwrap();
+    doc.write(|c| Ok(c.execute_batch("CREATE TABLE t (v INTEGER PRIMARY KEY)")?))
+        .await
+        .unwrap();
+    let mut events = doc.subscribe();
+    let seq_before = doc.commit_seq();
+    let commits_before = metrics.commits.get();
+
+    // Hold the actor so the writes below wait in the mailbox together.
+    let release = block_actor(&doc).await;
+    let mut tasks = Vec::new();
+    for v in 0..50i64 {
+        let doc = doc.clone();
+        tasks.push(tokio::spawn(async move {
+            doc.write(move |c| {
+                if v == 17 {
+                    // Fails after changing something: must roll back only itself.
+                    c.execute("INSERT INTO t VALUES (1000)", [])?;
+                    c.execute("INSERT INTO no_such_table VALUES (1)", [])?;
+                }
+                if v == 33 {
+                    panic!("deliberate panic in a write");
+                }
+                Ok(c.execute("INSERT INTO t VALUES (?1)", [v])?)
+            })
+            .await
+        }));
+    }
+    // Let every write reach the mailbox before the actor is released.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    release.send(()).unwrap();
+    let mut ok = 0;
+    for (v, task) in tasks.into_iter().enumerate() {
+        let result = task.await.unwrap();
+        match v {
+            17 => assert!(matches!(result, Err(DocError::Sqlite(_))), "{result:?}"),
+            33 => assert!(matches!(result, Err(DocError::Aborted)), "{result:?}"),
+            _ => {
+                assert_eq!(result.unwrap(), 1);
+                ok += 1;
+            }
+        }
+    }
+    assert_eq!(ok, 48);
+    let (count, has_1000): (i64, bool) = doc
+        .read(|c| {
+            Ok((
+                c.query_row("SELECT count(*) FROM t", [], |r| r.get(0))?,
+                c.query_row("SELECT count(*) FROM t WHERE v = 1000", [], |r| {
+                    r.get::<_, i64>(0)
+                })? > 0,
+            ))
+        })
+        .await
+        .unwrap();
+    assert_eq!(count, 48);
+    assert!(
+        !has_1000,
+        "the failed write's first insert must be rolled back"
+    );
+    // All 50 waited together: one commit, one event, one commit_seq step.
+    assert_eq!(
+        metrics.commits.get() - commits_before,
+        1,
+        "one group commit"
+    );
+    assert_eq!(doc.commit_seq(), seq_before + 1);
+    let event = events.recv().await.unwrap();
+    assert_eq!(event.commit_seq, seq_before + 1);
+    assert_eq!(&*event.tables_written, &["t".to_owned()]);
+    assert!(
+        metrics
+            .render()
+            .contains("patchwork_actor_restarts_total{reason=\"panic\"} 1")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn change_events_name_tables_and_commit_seq_survives_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), 64, Duration::from_secs(60), 16);
+    let registry = Registry::new(cfg.clone(), Metrics::new());
+    let doc = registry.get(&id("ev")).await.unwrap();
+    let mut events = doc.subscribe();
+    doc.write(|c| Ok(c.execute_batch("CREATE TABLE a (x); CREATE TABLE b (y);")?))
+        .await
+        .unwrap();
+    doc.write(|c| Ok(c.execute_batch("INSERT INTO b VALUES (1); INSERT INTO a VALUES (2);")?))
+        .await
+        .unwrap();
+    // A write that changes no rows publishes nothing.
+    doc.write(|c| Ok(c.execute("DELETE FROM a WHERE x = 99", [])?))
+        .await
+        .unwrap();
+    let first = events.recv().await.unwrap();
+    assert_eq!(&*first.tables_written, &["a".to_owned(), "b".to_owned()]);
+    assert!(events.try_recv().is_err(), "no event for a no-op write");
+    let seq = doc.commit_seq();
+    assert_eq!(first.commit_seq, seq);
+    assert!(doc.last_write_at_ms().is_some());
+    drop(doc);
+    assert!(registry.shutdown(Duration::from_secs(5)).await);
+
+    let registry = Registry::new(cfg, Metrics::new());
+    let doc = registry.get(&id("ev")).await.unwrap();
+    assert_eq!(doc.commit_seq(), seq, "commit_seq is persisted");
+    doc.write(|c| Ok(c.execute("INSERT INTO a VALUES (3)", [])?))
+        .await
+        .unwrap();
+    assert_eq!(doc.commit_seq(), seq + 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_first_use_opens_one_actor() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Registry::new(
+        config(dir.path(), 64, Duration::from_secs(60), 16),
+        Metrics::new(),
+    );
+    let mut tasks = Vec::new();
+    for _ in 0..100 {
+        let registry = registry.clone();
+        tasks.push(tokio::spawn(async move {
+            registry.get(&id("same")).await.map(|g| g.created)
+        }));
+    }
+    let mut created = 0;
+    for t in tasks {
+        if t.await.unwrap().unwrap() {
+            created += 1;
+        }
+    }
+    assert_eq!(created, 1, "exactly one caller sees created");
+    assert_eq!(registry.live_actors(), 1);
+    assert_eq!(registry.open_count(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_mailbox_is_refused_not_queued() {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = Metrics::new();
+    let registry = Registry::new(
+        config(dir.path(), 2, Duration::from_secs(60), 16),
+        metrics.clone(),
+    );
+    let doc = registry.get(&id("busy")).await.unwrap();
+    let release = block_actor(&doc).await;
+    // The actor is busy; two messages fit in the mailbox, the third is refused at once.
+    let queued: Vec<_> = (0..2)
+        .map(|_| {
+            let doc = doc.clone();
+            tokio::spawn(async move { doc.read(|_| Ok(())).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let refused = doc.read(|_| Ok(())).await;
+    assert!(matches!(refused, Err(DocError::Overloaded)), "{refused:?}");
+    assert_eq!(metrics.mailbox_full.get(), 1);
+    release.send(()).unwrap();
+    for q in queued {
+        q.await.unwrap().unwrap();
+    }
+    doc.read(|_| Ok(())).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_documents_close_and_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = Metrics::new();
+    let registry = Registry::new(
+        config(dir.path(), 64, Duration::from_millis(200), 16),
+        metrics.clone(),
+    );
+    {
+        let doc = registry.get(&id("idle")).await.unwrap();
+        doc.write(|c| Ok(c.execute_batch("CREATE TABLE t (x)")?))
+            .await
+            .unwrap();
+        // In use: not evicted however long it takes.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(registry.is_open(&id("idle")));
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while registry.live_actors() > 0 {
+        assert!(Instant::now() < deadline, "idle actor was not closed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!registry.is_open(&id("idle")));
+    assert!(metrics.render().contains("reason=\"idle\""));
+    // Closing checkpointed and removed the WAL.
+    assert!(!dir.path().join("idle.sqlite3-wal").exists());
+    let doc = registry.get(&id("idle")).await.unwrap();
+    assert!(!doc.created);
+    let n: i64 = doc
+        .read(|c| {
+            Ok(c.query_row(
+                "SELECT count(*) FROM sqlite_schema WHERE name = 't'",
+                [],
+                |r| r.get(0),
+            )?)
+        })
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_open_cap_evicts_the_least_recently_used_idle_document() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Registry::new(
+        config(dir.path(), 64, Duration::from_secs(600), 2),
+        Metrics::new(),
+    );
+    let a = registry.get(&id("a")).await.unwrap();
+    drop(registry.get(&id("b")).await.unwrap());
+    // `a` is in use, `b` is idle: opening `c` closes `b`.
+    drop(registry.get(&id("c")).await.unwrap());
+    assert!(registry.is_open(&id("a")));
+    assert!(!registry.is_open(&id("b")));
+    // Both open documents busy: a third is refused rather than exceeding the cap.
+    let c = registry.get(&id("c")).await.unwrap();
+    let refused = registry.get(&id("d")).await;
+    assert!(matches!(refused, Err(DocError::TooManyOpen)));
+    drop((a, c));
+    registry.get(&id("d")).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_read_leaves_the_actor_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = Metrics::new();
+    let registry = Registry::new(
+        config(dir.path(), 64, Duration::from_secs(60), 16),
+        metrics.clone(),
+    );
+    let doc = registry.get(&id("p")).await.unwrap();
+    let result: Result<(), DocError> = doc
+        .read(|c| {
+            c.execute_batch("BEGIN; CREATE TABLE leak (x);")?;
+            panic!("deliberate panic in a read")
+        })
+        .await;
+    assert!(matches!(result, Err(DocError::Aborted)));
+    // The transaction the panicking request left open was rolled back.
+    doc.write(|c| Ok(c.execute_batch("CREATE TABLE ok (x)")?))
+        .await
+        .unwrap();
+    let leaked: i64 = doc
+        .read(|c| {
+            Ok(c.query_row(
+                "SELECT count(*) FROM sqlite_schema WHERE name = 'leak'",
+                [],
+                |r| r.get(0),
+            )?)
+        })
+        .await
+        .unwrap();
+    assert_eq!(leaked, 0);
+    assert!(metrics.render().contains("reason=\"panic\"} 1"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_drains_queued_writes_then_refuses() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Registry::new(
+        config(dir.path(), 1024, Duration::from_secs(60), 16),
+        Metrics::new(),
+    );
+    let doc = registry.get(&id("drain")).await.unwrap();
+    doc.write(|c| Ok(c.execute_batch("CREATE TABLE t (v)")?))
+        .await
+        .unwrap();
+    let release = block_actor(&doc).await;
+    let writes: Vec<_> = (0..100i64)
+        .map(|v| {
+            let doc = doc.clone();
+            tokio::spawn(async move {
+                doc.write(move |c| Ok(c.execute("INSERT INTO t VALUES (?1)", [v])?))
+                    .await
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let registry2 = registry.clone();
+    let shutdown = tokio::spawn(async move { registry2.shutdown(Duration::from_secs(10)).await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    release.send(()).unwrap();
+    let mut acked = 0;
+    for w in writes {
+        if w.await.unwrap().is_ok() {
+            acked += 1;
+        }
+    }
+    drop(doc);
+    assert!(shutdown.await.unwrap(), "actors stopped");
+    assert_eq!(acked, 100, "queued writes are finished, not dropped");
+    assert!(matches!(
+        registry.get(&id("drain")).await,
+        Err(DocError::ShuttingDown)
+    ));
+    let conn = rusqlite::Connection::open(dir.path().join("drain.sqlite3")).unwrap();
+    let n: i64 = conn
+        .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 100);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_document_with_a_newer_schema_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), 64, Duration::from_secs(60), 16);
+    let registry = Registry::new(cfg.clone(), Metrics::new());
+    drop(registry.get(&id("future")).await.unwrap());
+    assert!(registry.shutdown(Duration::from_secs(5)).await);
+    let conn = rusqlite::Connection::open(dir.path().join("future.sqlite3")).unwrap();
+    conn.execute(
+        "INSERT INTO _patchwork_migrations (version, name) VALUES (9999, 'x')",
+        [],
+    )
+    .unwrap();
+    drop(conn);
+    let registry = Registry::new(cfg, Metrics::new());
+    let err = registry.get(&id("future")).await.err().expect("refused");
+    assert!(err.to_string().contains("newer than this binary"), "{err}");
+}

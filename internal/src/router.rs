@@ -1,0 +1,126 @@
+//! The whole HTTP surface in one place: each capability's `routes()` merged, then the layers in
+//! the order a request meets them (outermost first):
+//! panic → JSON 500, request id, trace span, metrics, body limit → route → handler.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::HeaderValue;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use tower::ServiceBuilder;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{
+    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+};
+use tower_http::trace::TraceLayer;
+
+use crate::error;
+use crate::ops::metrics::{HttpLabels, RouteLabel};
+use crate::server::AppState;
+
+pub fn build(state: AppState) -> Router {
+    let max_body = state.config.max_body_bytes;
+    Router::new()
+        .merge(crate::ops::routes())
+        .merge(crate::runtime::routes())
+        .merge(crate::ops::web_routes())
+        .route_layer(middleware::from_fn(tag_route))
+        .fallback(error::not_found)
+        .method_not_allowed_fallback(error::method_not_allowed)
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(middleware::from_fn(empty_db_segment_is_not_found))
+        .layer(
+            ServiceBuilder::new()
+                .layer(CatchPanicLayer::custom(error::panic_response))
+                .layer(SetRequestIdLayer::x_request_id(RequestIds::default()))
+                .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
+                    let id = req
+                        .extensions()
+                        .get::<RequestId>()
+                        .and_then(|id| id.header_value().to_str().ok())
+                        .unwrap_or("-");
+                    // The path only: query strings may carry `access_token`.
+                    tracing::info_span!("request", request_id = %id,
+                        method = %req.method(), path = %req.uri().path())
+                }))
+                .layer(PropagateRequestIdLayer::x_request_id())
+                .layer(middleware::from_fn_with_state(state.clone(), track_metrics)),
+        )
+        .with_state(state)
+}
+
+/// `/api/v1/db//...` names no document and so matches no route: `404`, whatever the token.
+async fn empty_db_segment_is_not_found(req: Request, next: Next) -> Response {
+    if req.uri().path().starts_with("/api/v1/db//") {
+        return error::not_found().await.into_response();
+    }
+    next.run(req).await
+}
+
+/// The matched route template, carried from the route layer out to the metrics layer.
+#[derive(Clone)]
+struct RouteTag(String);
+
+async fn tag_route(matched: Option<MatchedPath>, req: Request, next: Next) -> Response {
+    let tag = matched.map(|m| RouteTag(m.as_str().to_owned()));
+    let mut response = next.run(req).await;
+    if let Some(tag) = tag {
+        response.extensions_mut().insert(tag);
+    }
+    response
+}
+
+async fn track_metrics(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let method = req.method().as_str().to_owned();
+    let response = next.run(req).await;
+    let route = response
+        .extensions()
+        .get::<RouteTag>()
+        .map_or_else(|| "unmatched".to_owned(), |t| t.0.clone());
+    let metrics = &state.metrics;
+    metrics
+        .http_latency
+        .get_or_create(&RouteLabel {
+            route: route.clone(),
+        })
+        .observe(start.elapsed().as_secs_f64());
+    metrics
+        .http_requests
+        .get_or_create(&HttpLabels {
+            route,
+            method,
+            status: response.status().as_u16(),
+        })
+        .inc();
+    response
+}
+
+/// Request ids: a per-process random prefix plus a counter (`x-request-id`, unless the client
+/// sent one).
+#[derive(Clone)]
+struct RequestIds {
+    prefix: u32,
+    counter: std::sync::Arc<AtomicU64>,
+}
+
+impl Default for RequestIds {
+    fn default() -> Self {
+        Self {
+            prefix: rand::random(),
+            counter: Default::default(),
+        }
+    }
+}
+
+impl MakeRequestId for RequestIds {
+    fn make_request_id<B>(&mut self, _req: &axum::http::Request<B>) -> Option<RequestId> {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        HeaderValue::from_str(&format!("{:08x}-{n}", self.prefix))
+            .ok()
+            .map(RequestId::new)
+    }
+}

@@ -1,0 +1,123 @@
+//! Runtime routes: open a document, its status, the list of documents.
+//!
+//! `POST /api/v1/db/{db_id}/_open`, `GET /api/v1/db/{db_id}/_status`, `GET /api/v1/dbs`.
+
+use axum::Router;
+use axum::extract::State;
+use axum::routing::{get, post};
+use serde::Serialize;
+use serde_json::json;
+
+use crate::auth::Caller;
+use crate::error::{ApiError, Json};
+use crate::http::DbPath;
+use crate::registry::DbId;
+use crate::server::AppState;
+use crate::time_fmt;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/db/{db_id}/_open", post(open))
+        .route("/api/v1/db/{db_id}/_status", get(status))
+        .route("/api/v1/dbs", get(list))
+}
+
+async fn open(
+    State(state): State<AppState>,
+    caller: Caller,
+    DbPath(db_id): DbPath,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    caller.require_admin()?;
+    let doc = state.registry.get(&db_id).await?;
+    Ok(Json(
+        json!({"db_id": db_id.as_str(), "created": doc.created}),
+    ))
+}
+
+#[derive(Serialize)]
+struct DocStatus {
+    db_id: String,
+    open: bool,
+    size_bytes: u64,
+    wal_bytes: u64,
+    page_count: i64,
+    watches: usize,
+    subscribers: usize,
+    last_write_at: Option<String>,
+}
+
+async fn status(
+    State(state): State<AppState>,
+    caller: Caller,
+    DbPath(db_id): DbPath,
+) -> Result<Json<DocStatus>, ApiError> {
+    caller.require_admin()?;
+    let doc = state.registry.get(&db_id).await?;
+    let (page_count, size_bytes, wal_bytes) = doc
+        .read(|conn| {
+            let page_count: i64 = conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+            let (size, wal) = match conn.path() {
+                Some(path) if !path.is_empty() => (
+                    std::fs::metadata(path).map_or(0, |m| m.len()),
+                    std::fs::metadata(format!("{path}-wal")).map_or(0, |m| m.len()),
+                ),
+                _ => (0, 0),
+            };
+            Ok((page_count, size, wal))
+        })
+        .await?;
+    Ok(Json(DocStatus {
+        db_id: db_id.to_string(),
+        open: true,
+        size_bytes,
+        wal_bytes,
+        page_count,
+        watches: 0,
+        subscribers: doc.subscriber_count(),
+        last_write_at: doc.last_write_at_ms().map(time_fmt::from_unix_ms),
+    }))
+}
+
+#[derive(Serialize)]
+struct DbEntry {
+    db_id: String,
+    size_bytes: u64,
+    open: bool,
+}
+
+async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    caller.require_admin()?;
+    let dir = state.registry.documents_dir().to_owned();
+    let found = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<(DbId, u64)>> {
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir(dir)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let Some(id) = name
+                .to_str()
+                .and_then(|n| n.strip_suffix(".sqlite3"))
+                .and_then(|n| DbId::parse(n).ok())
+            else {
+                continue;
+            };
+            found.push((id, entry.metadata().map_or(0, |m| m.len())));
+        }
+        Ok(found)
+    })
+    .await
+    .map_err(ApiError::internal)?
+    .map_err(ApiError::internal)?;
+    let mut dbs: Vec<DbEntry> = found
+        .into_iter()
+        .map(|(id, size_bytes)| DbEntry {
+            open: state.registry.is_open(&id),
+            db_id: id.to_string(),
+            size_bytes,
+        })
+        .collect();
+    dbs.sort_by(|a, b| a.db_id.cmp(&b.db_id));
+    Ok(Json(json!({"dbs": dbs})))
+}

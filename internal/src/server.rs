@@ -1,0 +1,199 @@
+//! Building the application state and serving it: `App::open` (storage, tokens, registry) and
+//! [`serve`] (HTTP with graceful shutdown, then the actors are drained).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::ops::Deref;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use time::OffsetDateTime;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::{InstallKey, TokenStore, sql as token_sql};
+use crate::config::Config;
+use crate::migrations::{MigrationError, Schema};
+use crate::ops::metrics::Metrics;
+use crate::registry::{ActorConfig, DocError, DocHandle, Registry, RegistryConfig, spawn_actor};
+use crate::sqlite::OpenOptions;
+
+/// Everything a request handler can reach.
+pub struct App {
+    pub config: Config,
+    pub registry: Registry,
+    /// The actor owning `service.db` (tokens, install metadata).
+    pub service: DocHandle,
+    pub tokens: Arc<TokenStore>,
+    pub metrics: Arc<Metrics>,
+    pub started_at: OffsetDateTime,
+    pub started: Instant,
+    /// Cancelled when shutdown begins: long-lived streams (SSE, WebSocket) end on it.
+    pub shutdown: CancellationToken,
+    service_exited: std::sync::Mutex<Option<oneshot::Receiver<()>>>,
+}
+
+/// The shared state handed to every handler. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState(Arc<App>);
+
+impl Deref for AppState {
+    type Target = App;
+    fn deref(&self) -> &App {
+        &self.0
+    }
+}
+
+/// What `App::open` produced.
+pub struct Opened {
+    pub state: AppState,
+    /// On the very first start without `PATCHWORK_ADMIN_TOKEN`: the minted admin token, to be
+    /// printed once by the caller. `None` on every later start.
+    pub bootstrap_token: Option<String>,
+}
+
+fn actor_config(config: &Config) -> ActorConfig {
+    ActorConfig {
+        open: OpenOptions {
+            synchronous: config.synchronous,
+            busy_timeout: Duration::from_millis(config.busy_timeout_ms),
+        },
+        mailbox_capacity: config.mailbox_capacity,
+        max_batch: config.max_batch,
+    }
+}
+
+/// Opens `service.db` on its own actor thread. Used by the server and by the offline CLI.
+pub(crate) async fn open_service(
+    config: &Config,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<(DocHandle, oneshot::Receiver<()>)> {
+    let path: PathBuf = config.data_dir.join("service.db");
+    let (exited_tx, exited_rx) = oneshot::channel();
+    let on_exit = Box::new(move || {
+        let _ = exited_tx.send(());
+    });
+    let (handle, _) = spawn_actor(
+        "pw-service".into(),
+        path.clone(),
+        Schema::Service,
+        actor_config(config),
+        metrics,
+        on_exit,
+    )
+    .await
+    .map_err(|e| match e {
+        DocError::Open(e @ MigrationError::TooNew { .. }) => {
+            anyhow::anyhow!("{}: {e}", path.display())
+        }
+        other => anyhow::anyhow!("opening {}: {other}", path.display()),
+    })?;
+    Ok((handle, exited_rx))
+}
+
+impl App {
+    /// Prepares the data dir, the install key, `service.db` (migrations, bootstrap token) and the
+    /// document registry. Must run inside a Tokio runtime.
+    pub async fn open(config: Config) -> anyhow::Result<Opened> {
+        config
+            .validate()
+            .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+        std::fs::create_dir_all(config.documents_dir())
+            .with_context(|| format!("creating the data dir {}", config.data_dir.display()))?;
+        let key = InstallKey::load_or_create(&config.data_dir)?;
+        let metrics = Metrics::new();
+        let (service, service_exited) = open_service(&config, metrics.clone()).await?;
+        let bootstrap_key = key.clone();
+        let env_token = config.admin_token.clone();
+        let bootstrap_token = service
+            .write(move |conn| {
+                Ok(token_sql::bootstrap(
+                    conn,
+                    &bootstrap_key,
+                    env_token.as_ref(),
+                )?)
+            })
+            .await
+            .context("bootstrapping the admin token")?;
+        let tokens = TokenStore::load(key, service.clone())
+            .await
+            .context("loading tokens")?;
+        let registry = Registry::new(
+            RegistryConfig {
+                documents_dir: config.documents_dir(),
+                actor: actor_config(&config),
+                idle_timeout: config.idle_timeout(),
+                max_open: config.max_open_documents,
+            },
+            metrics.clone(),
+        );
+        let app = App {
+            config,
+            registry,
+            service,
+            tokens,
+            metrics,
+            started_at: OffsetDateTime::now_utc(),
+            started: Instant::now(),
+            shutdown: CancellationToken::new(),
+            service_exited: std::sync::Mutex::new(Some(service_exited)),
+        };
+        Ok(Opened {
+            state: AppState(Arc::new(app)),
+            bootstrap_token,
+        })
+    }
+}
+
+/// Serves HTTP on `listener` until `shutdown` resolves, then: stop accepting, let in-flight
+/// requests finish (bounded by `shutdown_grace_secs`), end streams, drain and close every
+/// document actor (checkpointing its WAL), close `service.db`.
+pub async fn serve(
+    state: AppState,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let grace = Duration::from_secs(state.config.shutdown_grace_secs);
+    tokio::spawn(state.tokens.clone().maintain(state.shutdown.clone()));
+    let router = crate::router::build(state.clone());
+    let stop = state.shutdown.clone();
+    let server = axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(stop.clone().cancelled_owned());
+    let mut server = std::pin::pin!(server.into_future());
+    tokio::select! {
+        result = &mut server => result.context("HTTP server failed")?,
+        () = shutdown => {
+            tracing::info!("shutdown requested: no new connections; finishing in-flight requests");
+            stop.cancel();
+            match tokio::time::timeout(grace, &mut server).await {
+                Ok(result) => result.context("HTTP server failed")?,
+                Err(_) => tracing::warn!(grace_secs = grace.as_secs(),
+                    "grace period over; remaining connections are cut"),
+            }
+        }
+    }
+    stop.cancel();
+    if !state.registry.shutdown(grace).await {
+        tracing::warn!(
+            live = state.registry.live_actors(),
+            "some document actors did not stop in time"
+        );
+    }
+    state.service.close().await;
+    let exited = state
+        .service_exited
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take();
+    if let Some(exited) = exited {
+        let _ = tokio::time::timeout(grace, exited).await;
+    }
+    tracing::info!("shutdown complete");
+    Ok(())
+}

@@ -1,0 +1,45 @@
+//! Opening a SQLite connection the way every Patchwork database is opened.
+
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags};
+
+use crate::config::Synchronous;
+use crate::migrations::{self, MigrationError, Schema};
+
+/// Connection settings shared by documents and the service database.
+#[derive(Clone, Copy, Debug)]
+pub struct OpenOptions {
+    pub synchronous: Synchronous,
+    pub busy_timeout: Duration,
+}
+
+/// Opens (creating if needed) the database at `path`, sets the PRAGMAs (WAL, `synchronous`,
+/// `busy_timeout`, `foreign_keys`) and applies `schema`'s migrations.
+pub fn open(path: &Path, schema: Schema, opts: OpenOptions) -> Result<Connection, MigrationError> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_CREATE
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX
+        | OpenFlags::SQLITE_OPEN_URI;
+    let conn = Connection::open_with_flags(path, flags)?;
+    conn.busy_timeout(opts.busy_timeout)?;
+    // journal_mode returns a row; pragma_update_and_check reads it.
+    let mode: String =
+        conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        tracing::warn!(path = %path.display(), mode, "WAL is not available for this database");
+    }
+    conn.pragma_update(None, "synchronous", opts.synchronous.pragma_value())?;
+    conn.pragma_update(None, "foreign_keys", true)?;
+    conn.set_prepared_statement_cache_capacity(64);
+    migrations::apply(&conn, schema)?;
+    Ok(conn)
+}
+
+/// Checkpoints the WAL into the main file and truncates it; called before a connection closes.
+pub fn checkpoint(conn: &Connection) {
+    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())) {
+        tracing::warn!(error = %e, "WAL checkpoint on close failed");
+    }
+}

@@ -1,0 +1,103 @@
+//! `TestServer`: the real server on `127.0.0.1:0` with a temp data dir, driven over real HTTP.
+
+use std::net::SocketAddr;
+
+use reqwest::{Client, Method, RequestBuilder};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::server::{App, AppState, serve};
+
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub admin_token: String,
+    pub client: Client,
+    pub state: AppState,
+    pub dir: tempfile::TempDir,
+    stop: CancellationToken,
+    join: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl TestServer {
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Starts with the embedded defaults, a temp data dir, and `tweak` applied.
+    pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut config = Config {
+            data_dir: dir.path().to_path_buf(),
+            ..Config::default()
+        };
+        tweak(&mut config);
+        Self::start_in(dir, config).await
+    }
+
+    async fn start_in(dir: tempfile::TempDir, config: Config) -> Self {
+        let env_token = config.admin_token.clone();
+        let opened = App::open(config).await.expect("app opens");
+        let admin_token = opened
+            .bootstrap_token
+            .or_else(|| env_token.map(|t| t.expose().to_owned()))
+            .expect("a bootstrap admin token");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let stop = CancellationToken::new();
+        let state = opened.state.clone();
+        let join = tokio::spawn(serve(
+            opened.state,
+            listener,
+            stop.clone().cancelled_owned(),
+        ));
+        Self {
+            addr,
+            admin_token,
+            client: Client::builder().build().expect("client"),
+            state,
+            dir,
+            stop,
+            join: Some(join),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// A request with the admin token.
+    pub fn admin(&self, method: Method, path: &str) -> RequestBuilder {
+        self.client
+            .request(method, self.url(path))
+            .bearer_auth(&self.admin_token)
+    }
+
+    /// A request without a token.
+    pub fn anon(&self, method: Method, path: &str) -> RequestBuilder {
+        self.client.request(method, self.url(path))
+    }
+
+    /// Graceful shutdown, as on SIGTERM; returns the server's result.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.stop_keeping_data().await.map(drop)
+    }
+
+    /// Graceful shutdown; hands back the data dir so a test can inspect or reopen it.
+    pub async fn stop_keeping_data(mut self) -> anyhow::Result<tempfile::TempDir> {
+        self.stop.cancel();
+        if let Some(join) = self.join.take() {
+            join.await.expect("server task")?;
+        }
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir"));
+        Ok(dir)
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}

@@ -1,0 +1,3 @@
+//! Black-box tests: the real server over TCP. Each capability adds a module here.
+
+mod runtime;

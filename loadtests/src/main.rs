@@ -1,0 +1,537 @@
+//! `loadtests`: the Patchwork load generator.
+//!
+//! ```text
+//! loadtests SCENARIO --url URL [--token T] [--concurrency N] [--duration S]
+//!           [--db DB_ID] [--max-requests M] [--warmup S] [--timeout-ms MS]
+//! ```
+//!
+//! Prints a human table, then the same numbers as one JSON object on the last
+//! line of stdout. Progress and error samples go to stderr.
+
+// This binary's whole purpose is to print a report on stdout; the workspace
+// lint against `println!` is aimed at library code.
+#![allow(clippy::print_stdout)]
+
+mod driver;
+mod scenarios;
+
+use std::net::IpAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail, ensure};
+use clap::Parser;
+use hyper::Uri;
+
+use crate::driver::{Ctx, RunConfig, RunResult};
+use crate::scenarios::Scenario;
+
+const MAX_DURATION_S: f64 = 600.0;
+const MAX_CONCURRENCY: usize = 4096;
+const MAX_TIMEOUT_MS: u64 = 600_000;
+
+/// Load generator for Patchwork. Only loopback targets are allowed.
+#[derive(Parser, Debug)]
+#[command(
+    name = "loadtests",
+    version,
+    after_help = scenarios_help()
+)]
+struct Args {
+    /// Scenario to run (see below).
+    scenario: String,
+
+    /// Base URL of the server; must be loopback (127.0.0.0/8, localhost, [::1]).
+    #[arg(long)]
+    url: String,
+
+    /// Bearer token, for scenarios that need one.
+    #[arg(
+        long,
+        env = "PATCHWORK_TOKEN",
+        hide_env_values = true,
+        default_value = ""
+    )]
+    token: String,
+
+    /// Number of concurrent workers (each keeps one keep-alive connection busy).
+    #[arg(long, default_value_t = 16)]
+    concurrency: usize,
+
+    /// Length of the timed run in seconds (max 600).
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+
+    /// Database id used by database scenarios.
+    #[arg(long, default_value = "loadtest")]
+    db: String,
+
+    /// Stop after this many timed requests in total, even before --duration.
+    #[arg(long, default_value_t = 10_000_000)]
+    max_requests: u64,
+
+    /// Seconds of unrecorded warm-up before the timed run (max 600).
+    #[arg(long, default_value_t = 0.0)]
+    warmup: f64,
+
+    /// Per-request timeout in milliseconds; a timeout counts as an error.
+    #[arg(long, default_value_t = 10_000)]
+    timeout_ms: u64,
+}
+
+/// The scenario list shown after `--help`.
+fn scenarios_help() -> String {
+    let mut out = String::from("Scenarios:");
+    for s in scenarios::all() {
+        out.push_str(&format!("\n  {:<10} {}", s.name, s.about));
+    }
+    out
+}
+
+/// Validated settings.
+struct Config {
+    scenario: Scenario,
+    target: Target,
+    token: String,
+    db: String,
+    run: RunConfig,
+    timeout: Duration,
+}
+
+/// A checked loopback base URL.
+#[derive(Debug, PartialEq, Eq)]
+struct Target {
+    /// `scheme://authority[/prefix]` without a trailing slash.
+    base: String,
+    /// Host without brackets.
+    host: String,
+    port: u16,
+}
+
+/// Accepts only `http://` URLs whose host is in 127.0.0.0/8, `localhost` or
+/// `[::1]`, with no user info, query or fragment.
+fn check_url(raw: &str) -> anyhow::Result<Target> {
+    let refuse = |why: &str| {
+        anyhow::anyhow!(
+            "refusing --url {raw:?}: {why}; load may only target loopback \
+             (127.0.0.0/8, localhost or [::1]) over http://"
+        )
+    };
+    if raw.contains('#') {
+        return Err(refuse("fragments are not allowed"));
+    }
+    let uri: Uri = raw
+        .parse()
+        .map_err(|e| refuse(&format!("not a URL ({e})")))?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some(other) => return Err(refuse(&format!("scheme {other:?} is not supported"))),
+        None => return Err(refuse("missing http:// scheme")),
+    }
+    let authority = uri.authority().ok_or_else(|| refuse("missing host"))?;
+    if authority.as_str().contains('@') {
+        return Err(refuse("user info is not allowed"));
+    }
+    if uri.query().is_some() {
+        return Err(refuse("a query string is not allowed"));
+    }
+    let host = authority.host();
+    let bare = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    let loopback = if bare.eq_ignore_ascii_case("localhost") {
+        true
+    } else {
+        match bare.parse::<IpAddr>() {
+            Ok(IpAddr::V4(v4)) => v4.is_loopback(),
+            Ok(IpAddr::V6(v6)) => v6.is_loopback(),
+            Err(_) => false,
+        }
+    };
+    if !loopback {
+        return Err(refuse(&format!("host {host:?} is not loopback")));
+    }
+    let port = authority.port_u16().unwrap_or(80);
+    let path = uri.path().trim_end_matches('/');
+    Ok(Target {
+        base: format!("http://{}{}", authority.as_str(), path),
+        host: bare.to_ascii_lowercase(),
+        port,
+    })
+}
+
+/// `localhost` normally resolves to loopback, but check rather than assume.
+async fn check_resolves_to_loopback(target: &Target) -> anyhow::Result<()> {
+    if target.host != "localhost" {
+        return Ok(());
+    }
+    let addrs: Vec<_> = tokio::net::lookup_host((target.host.as_str(), target.port))
+        .await
+        .context("resolving localhost")?
+        .collect();
+    ensure!(!addrs.is_empty(), "localhost did not resolve");
+    if let Some(bad) = addrs.iter().find(|a| !a.ip().is_loopback()) {
+        bail!("refusing: localhost resolves to non-loopback address {bad}");
+    }
+    Ok(())
+}
+
+fn check_seconds(name: &str, v: f64, allow_zero: bool) -> anyhow::Result<Duration> {
+    ensure!(v.is_finite(), "--{name} must be a number of seconds");
+    if allow_zero {
+        ensure!(v >= 0.0, "--{name} must be >= 0");
+    } else {
+        ensure!(v > 0.0, "--{name} must be > 0");
+    }
+    ensure!(
+        v <= MAX_DURATION_S,
+        "--{name} must be at most {MAX_DURATION_S} seconds"
+    );
+    Ok(Duration::from_secs_f64(v))
+}
+
+fn validate(args: Args) -> anyhow::Result<Config> {
+    let scenario = scenarios::find(&args.scenario).ok_or_else(|| {
+        anyhow::anyhow!(
+            "unknown scenario {:?}; known: {}",
+            args.scenario,
+            scenarios::names().join(", ")
+        )
+    })?;
+    let target = check_url(&args.url)?;
+    ensure!(
+        (1..=MAX_CONCURRENCY).contains(&args.concurrency),
+        "--concurrency must be between 1 and {MAX_CONCURRENCY}"
+    );
+    let duration = check_seconds("duration", args.duration, false)?;
+    let warmup = check_seconds("warmup", args.warmup, true)?;
+    ensure!(args.max_requests >= 1, "--max-requests must be >= 1");
+    ensure!(
+        (1..=MAX_TIMEOUT_MS).contains(&args.timeout_ms),
+        "--timeout-ms must be between 1 and {MAX_TIMEOUT_MS}"
+    );
+    ensure!(
+        !args.db.is_empty()
+            && args.db.len() <= 128
+            && args
+                .db
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)),
+        "--db must be 1-128 characters of [A-Za-z0-9._-]"
+    );
+    if scenario.auth {
+        ensure!(
+            !args.token.is_empty(),
+            "scenario {} needs --token (or PATCHWORK_TOKEN)",
+            scenario.name
+        );
+    }
+    Ok(Config {
+        scenario,
+        target,
+        token: args.token,
+        db: args.db,
+        run: RunConfig {
+            concurrency: args.concurrency,
+            duration,
+            warmup,
+            max_requests: args.max_requests,
+        },
+        timeout: Duration::from_millis(args.timeout_ms),
+    })
+}
+
+fn ms(micros: u64) -> f64 {
+    round(micros as f64 / 1000.0, 3)
+}
+
+fn round(v: f64, decimals: i32) -> f64 {
+    let f = 10f64.powi(decimals);
+    (v * f).round() / f
+}
+
+fn report(name: &str, concurrency: usize, result: &RunResult) -> serde_json::Value {
+    let s = &result.stats;
+    let secs = result.elapsed.as_secs_f64();
+    let rps = if secs > 0.0 {
+        s.requests as f64 / secs
+    } else {
+        0.0
+    };
+    let q = |p: f64| {
+        if s.hist.is_empty() {
+            0.0
+        } else {
+            ms(s.hist.value_at_quantile(p))
+        }
+    };
+    serde_json::json!({
+        "scenario": name,
+        "concurrency": concurrency,
+        "duration_s": round(secs, 3),
+        "requests": s.requests,
+        "rps": round(rps, 1),
+        "p50_ms": q(0.50),
+        "p90_ms": q(0.90),
+        "p99_ms": q(0.99),
+        "max_ms": if s.hist.is_empty() { 0.0 } else { ms(s.hist.max()) },
+        "errors": s.errors,
+        "error_kinds": s.error_kinds,
+    })
+}
+
+fn print_table(j: &serde_json::Value, result: &RunResult) {
+    let num = |key: &str, decimals: usize| format!("{:.decimals$}", j[key].as_f64().unwrap_or(0.0));
+    let cols = [
+        ("scenario", j["scenario"].as_str().unwrap_or("").to_owned()),
+        ("concurrency", j["concurrency"].to_string()),
+        ("duration_s", num("duration_s", 2)),
+        ("requests", j["requests"].to_string()),
+        ("req/s", num("rps", 1)),
+        ("p50_ms", num("p50_ms", 3)),
+        ("p90_ms", num("p90_ms", 3)),
+        ("p99_ms", num("p99_ms", 3)),
+        ("max_ms", num("max_ms", 3)),
+        ("errors", j["errors"].to_string()),
+    ];
+    let widths: Vec<usize> = cols.iter().map(|(h, v)| h.len().max(v.len())).collect();
+    let line = |cells: Vec<&str>| {
+        cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:>w$}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+    };
+    println!("{}", line(cols.iter().map(|(h, _)| *h).collect()));
+    println!("{}", line(cols.iter().map(|(_, v)| v.as_str()).collect()));
+    if !result.stats.error_kinds.is_empty() {
+        println!("errors by kind:");
+        for (kind, n) in &result.stats.error_kinds {
+            println!("  {kind:<16} {n}");
+        }
+    }
+}
+
+async fn run(cfg: Config) -> anyhow::Result<ExitCode> {
+    check_resolves_to_loopback(&cfg.target).await?;
+    let ctx = Arc::new(Ctx::new(
+        cfg.target.base.clone(),
+        cfg.db,
+        &cfg.token,
+        cfg.timeout,
+        cfg.run.concurrency,
+    )?);
+    let name = cfg.scenario.name;
+    eprintln!(
+        "loadtests: {name} against {} with concurrency {} for {:?} (max {} requests)",
+        cfg.target.base, cfg.run.concurrency, cfg.run.duration, cfg.run.max_requests
+    );
+    let result = driver::run(ctx, Arc::new(cfg.scenario), &cfg.run).await?;
+    for (kind, sample) in &result.stats.error_samples {
+        eprintln!("loadtests: first {kind} error: {sample}");
+    }
+    let j = report(name, cfg.run.concurrency, &result);
+    print_table(&j, &result);
+    // The JSON object is always the last line of stdout.
+    println!("{j}");
+    let s = &result.stats;
+    if s.requests == 0 || s.errors == s.requests {
+        eprintln!("loadtests: every request failed");
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let cfg = match validate(args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("loadtests: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("loadtests: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cfg)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("loadtests: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(extra: &[&str]) -> anyhow::Result<Config> {
+        let mut v = vec!["loadtests"];
+        v.extend_from_slice(extra);
+        validate(Args::try_parse_from(v)?)
+    }
+
+    #[test]
+    fn loopback_urls_are_accepted() {
+        for (raw, base, port) in [
+            ("http://127.0.0.1:18080", "http://127.0.0.1:18080", 18080),
+            ("http://127.0.0.1:18080/", "http://127.0.0.1:18080", 18080),
+            ("http://127.1.2.3", "http://127.1.2.3", 80),
+            ("http://localhost:8080", "http://localhost:8080", 8080),
+            ("http://LOCALHOST:8080", "http://LOCALHOST:8080", 8080),
+            ("http://[::1]:8080", "http://[::1]:8080", 8080),
+            ("http://127.0.0.1:9/prefix/", "http://127.0.0.1:9/prefix", 9),
+        ] {
+            let t = check_url(raw).unwrap_or_else(|e| panic!("{raw}: {e}"));
+            assert_eq!(t.base, base, "{raw}");
+            assert_eq!(t.port, port, "{raw}");
+        }
+        assert_eq!(check_url("http://[::1]:1").unwrap().host, "::1");
+        assert_eq!(check_url("http://LocalHost:1").unwrap().host, "localhost");
+    }
+
+    #[test]
+    fn non_loopback_urls_are_refused() {
+        for raw in [
+            "http://10.0.0.1:8080",
+            "http://0.0.0.0:8080",
+            "http://128.0.0.1",
+            "http://example.com",
+            "http://localhost.example.com",
+            "http://127.0.0.1.nip.io",
+            "http://127.0.0.1@example.com",
+            "http://user@127.0.0.1",
+            "http://[::2]:8080",
+            "http://[::ffff:10.0.0.1]",
+            "http://2130706433",
+            "https://127.0.0.1",
+            "ftp://127.0.0.1",
+            "127.0.0.1:8080",
+            "/healthz",
+            "",
+            "http://127.0.0.1/?a=b",
+            "http://127.0.0.1/#x",
+        ] {
+            let err = check_url(raw).expect_err(raw).to_string();
+            assert!(err.contains("refusing"), "{raw}: {err}");
+        }
+    }
+
+    #[test]
+    fn defaults_are_applied() {
+        let c = args(&["healthz", "--url", "http://127.0.0.1:1"]).unwrap();
+        assert_eq!(c.scenario.name, "healthz");
+        assert_eq!(c.run.duration, Duration::from_secs(10));
+        assert_eq!(c.run.warmup, Duration::ZERO);
+        assert_eq!(c.run.max_requests, 10_000_000);
+        assert_eq!(c.timeout, Duration::from_secs(10));
+        assert_eq!(c.db, "loadtest");
+    }
+
+    #[test]
+    fn full_command_line_parses() {
+        let c = args(&[
+            "status",
+            "--url",
+            "http://127.0.0.1:18080",
+            "--token",
+            "t0k",
+            "--concurrency",
+            "64",
+            "--duration",
+            "2.5",
+            "--db",
+            "bench_1",
+            "--max-requests",
+            "1000",
+            "--warmup",
+            "1",
+            "--timeout-ms",
+            "250",
+        ])
+        .unwrap();
+        assert_eq!(c.scenario.name, "status");
+        assert_eq!(c.run.concurrency, 64);
+        assert_eq!(c.run.duration, Duration::from_millis(2500));
+        assert_eq!(c.run.warmup, Duration::from_secs(1));
+        assert_eq!(c.run.max_requests, 1000);
+        assert_eq!(c.timeout, Duration::from_millis(250));
+        assert_eq!(c.db, "bench_1");
+        assert_eq!(c.token, "t0k");
+    }
+
+    #[test]
+    fn bad_arguments_are_rejected() {
+        let url = "http://127.0.0.1:1";
+        for (bad, needle) in [
+            (vec!["nope", "--url", url], "unknown scenario"),
+            (vec!["healthz", "--url", "http://10.1.1.1"], "refusing"),
+            (
+                vec!["healthz", "--url", url, "--concurrency", "0"],
+                "concurrency",
+            ),
+            (
+                vec!["healthz", "--url", url, "--concurrency", "100000"],
+                "concurrency",
+            ),
+            (vec!["healthz", "--url", url, "--duration", "0"], "duration"),
+            (
+                vec!["healthz", "--url", url, "--duration", "601"],
+                "duration",
+            ),
+            (
+                vec!["healthz", "--url", url, "--duration", "NaN"],
+                "duration",
+            ),
+            (vec!["healthz", "--url", url, "--warmup=-1"], "warmup"),
+            (vec!["healthz", "--url", url, "--warmup", "700"], "warmup"),
+            (
+                vec!["healthz", "--url", url, "--max-requests", "0"],
+                "max-requests",
+            ),
+            (
+                vec!["healthz", "--url", url, "--timeout-ms", "0"],
+                "timeout-ms",
+            ),
+            (vec!["status", "--url", url, "--token="], "needs --token"),
+            (
+                vec!["status", "--url", url, "--token", "t", "--db", "a/b"],
+                "--db",
+            ),
+            (
+                vec!["status", "--url", url, "--token", "t", "--db="],
+                "--db",
+            ),
+        ] {
+            let err = match args(&bad) {
+                Ok(_) => panic!("{bad:?} was accepted"),
+                Err(e) => e.to_string(),
+            };
+            assert!(err.contains(needle), "{bad:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn missing_url_is_a_usage_error() {
+        assert!(Args::try_parse_from(["loadtests", "healthz"]).is_err());
+    }
+
+    #[test]
+    fn rounding() {
+        assert_eq!(ms(1234), 1.234);
+        assert_eq!(ms(1), 0.001);
+        assert_eq!(round(2.345_67, 1), 2.3);
+    }
+}

@@ -1,0 +1,156 @@
+//! The scenarios: each one is a small, declarative description of the request
+//! every worker sends in a loop.
+//!
+//! A scenario says which method and path to use (the path may depend on the
+//! worker index and the worker's request counter, so e.g. publishes can use
+//! unique ids), whether to send the bearer token, extra headers, an optional
+//! body (JSON or raw bytes), and which response statuses count as success.
+//! Anything else (transport errors, timeouts, other statuses) is an error.
+//!
+//! A scenario may also have a `setup` hook that runs once, before warm-up and
+//! the timed run, with the same shared client. Example for a later scenario
+//! that needs a table (the request shape is illustrative):
+//!
+//! ```text
+//! fn setup_items(ctx: &Ctx) -> SetupFuture<'_> {
+//!     Box::pin(async move {
+//!         let spec = RequestSpec {
+//!             method: Method::POST,
+//!             path: format!("/api/v1/db/{}/sql", ctx.db),
+//!             auth: true,
+//!             headers: &[],
+//!             body: Body::Json(serde_json::json!({
+//!                 "sql": "CREATE TABLE IF NOT EXISTS items (id INTEGER PRIMARY KEY, v TEXT)"
+//!             })),
+//!         };
+//!         let reply = ctx.send(&spec).await?;
+//!         anyhow::ensure!(reply.status.is_success(), "create table: {}", reply.status);
+//!         Ok(())
+//!     })
+//! }
+//!
+//! Scenario {
+//!     name: "select",
+//!     about: "point SELECT by primary key",
+//!     method: Method::POST,
+//!     path: |ctx, _, _| format!("/api/v1/db/{}/sql", ctx.db),
+//!     auth: true,
+//!     headers: &[],
+//!     body: |_, worker, seq| Body::Json(serde_json::json!({
+//!         "sql": "SELECT v FROM items WHERE id = ?",
+//!         "params": [(worker as u64 * 1_000_003 + seq) % 1000],
+//!     })),
+//!     expected: &[200],
+//!     setup: Some(setup_items),
+//! }
+//! ```
+
+use std::future::Future;
+use std::pin::Pin;
+
+use hyper::Method;
+
+use crate::driver::{Body, Ctx};
+
+/// What a setup hook returns: a boxed future borrowing the context.
+pub type SetupFuture<'a> = Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send + 'a>>;
+
+/// A setup hook, run once before the timed run.
+pub type SetupFn = for<'a> fn(&'a Ctx) -> SetupFuture<'a>;
+
+/// Builds the request path from the context, the worker index (0-based) and
+/// the worker's request counter (0-based, continues from warm-up into the
+/// timed run, so `(worker, seq)` is unique within a run).
+pub type PathFn = fn(&Ctx, usize, u64) -> String;
+
+/// Builds the request body; see [`PathFn`] for the arguments.
+pub type BodyFn = fn(&Ctx, usize, u64) -> Body;
+
+/// One load scenario.
+pub struct Scenario {
+    /// Name used on the command line.
+    pub name: &'static str,
+    /// One line for `--help` and the README.
+    pub about: &'static str,
+    pub method: Method,
+    /// Path (starting with `/`) appended to `--url`.
+    pub path: PathFn,
+    /// Send `Authorization: Bearer {token}`; the token is then required.
+    pub auth: bool,
+    /// Extra request headers (name, value).
+    pub headers: &'static [(&'static str, &'static str)],
+    pub body: BodyFn,
+    /// Response statuses that count as success.
+    pub expected: &'static [u16],
+    /// Optional hook run once before warm-up and the timed run.
+    pub setup: Option<SetupFn>,
+}
+
+fn no_body(_: &Ctx, _: usize, _: u64) -> Body {
+    Body::Empty
+}
+
+/// Every scenario, in the order they are listed in help output.
+pub fn all() -> Vec<Scenario> {
+    vec![
+        Scenario {
+            name: "healthz",
+            about: "GET /healthz (no token)",
+            method: Method::GET,
+            path: |_, _, _| "/healthz".to_owned(),
+            auth: false,
+            headers: &[],
+            body: no_body,
+            expected: &[200],
+            setup: None,
+        },
+        Scenario {
+            name: "status",
+            about: "GET /api/v1/db/{db}/_status with the bearer token",
+            method: Method::GET,
+            path: |ctx, _, _| format!("/api/v1/db/{}/_status", ctx.db),
+            auth: true,
+            headers: &[],
+            body: no_body,
+            expected: &[200],
+            setup: None,
+        },
+    ]
+}
+
+/// Names of all scenarios, for error messages.
+pub fn names() -> Vec<&'static str> {
+    all().iter().map(|s| s.name).collect()
+}
+
+/// Looks a scenario up by its command-line name.
+pub fn find(name: &str) -> Option<Scenario> {
+    all().into_iter().find(|s| s.name == name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_and_findable() {
+        let names = names();
+        for (i, n) in names.iter().enumerate() {
+            assert!(!names[..i].contains(n), "duplicate scenario {n}");
+            assert_eq!(find(n).map(|s| s.name), Some(*n));
+        }
+        assert!(find("nope").is_none());
+    }
+
+    #[test]
+    fn scenarios_are_well_formed() {
+        for s in all() {
+            assert!(!s.expected.is_empty(), "{} has no expected status", s.name);
+            assert!(
+                s.expected.iter().all(|c| (100..600).contains(c)),
+                "{} has a bogus status",
+                s.name
+            );
+        }
+    }
+}
