@@ -362,3 +362,55 @@ fn version_prints() {
             .starts_with("patchwork ")
     );
 }
+
+#[tokio::test]
+async fn audit_log_names_tokens_but_never_their_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), &[]);
+    let admin = token_lines(&server.stdout)[0].clone();
+    let base = server.base.clone();
+    let created: serde_json::Value = client()
+        .post(format!("{base}/api/v1/admin/tokens"))
+        .bearer_auth(&admin)
+        .json(&serde_json::json!({"label": "audited-bot", "scopes": [{"db_id": "a", "action": "query.read"}]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = created["token"].as_str().unwrap().to_owned();
+    let id = created["id"].as_str().unwrap().to_owned();
+    let used = client()
+        .get(format!("{base}/api/v1/db/a/_status?access_token={token}"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(used.status(), 200);
+    let revoked = client()
+        .delete(format!("{base}/api/v1/admin/tokens/{id}"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revoked.status(), 204);
+    let refused = client()
+        .get(format!("{base}/api/v1/db/a/_status"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 401);
+    let (status, stderr) = server.terminate();
+    assert!(status.success());
+    let log = stderr.join("\n");
+    assert!(
+        log.contains("token created") && log.contains("audited-bot"),
+        "{log}"
+    );
+    assert!(log.contains("token revoked"), "{log}");
+    assert!(log.contains("auth failure") && log.contains(&id), "{log}");
+    assert!(!log.contains(&token), "the plaintext token reached the log");
+    assert!(!log.contains(&admin), "the admin token reached the log");
+}

@@ -115,6 +115,18 @@ pub struct Config {
     pub admin_token: Option<Secret>,
     /// `text` or `json` logs.
     pub log_format: LogFormat,
+    /// Requests per second over the whole server (0 = off).
+    pub rate_limit_global_rps: u32,
+    /// Burst of the global limiter (0 = same as rps).
+    pub rate_limit_global_burst: u32,
+    /// Requests per second per token, admin tokens included (0 = off).
+    pub rate_limit_token_rps: u32,
+    pub rate_limit_token_burst: u32,
+    /// Requests per second per client IP on anonymous routes (0 = off).
+    pub rate_limit_ip_rps: u32,
+    pub rate_limit_ip_burst: u32,
+    /// Proxies whose `X-Forwarded-For` is believed (exact IP addresses).
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 impl Default for Config {
@@ -132,6 +144,13 @@ impl Default for Config {
             max_body_bytes: 2 * 1024 * 1024,
             admin_token: None,
             log_format: LogFormat::Text,
+            rate_limit_global_rps: 0,
+            rate_limit_global_burst: 0,
+            rate_limit_token_rps: 0,
+            rate_limit_token_burst: 0,
+            rate_limit_ip_rps: 10,
+            rate_limit_ip_burst: 20,
+            trusted_proxies: Vec::new(),
         }
     }
 }

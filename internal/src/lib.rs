@@ -20,7 +20,6 @@
 pub mod auth;
 pub mod config;
 pub mod error;
-pub mod http;
 pub mod migrations;
 pub mod ops;
 pub mod registry;
@@ -28,6 +27,7 @@ pub mod router;
 pub mod runtime;
 pub mod server;
 pub mod sqlite;
+pub mod streams;
 pub mod time_fmt;
 pub mod tokens_cli;
 

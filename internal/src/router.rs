@@ -2,6 +2,7 @@
 //! the order a request meets them (outermost first):
 //! panic → JSON 500, request id, trace span, metrics, body limit → route → handler.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
@@ -17,16 +18,48 @@ use tower_http::request_id::{
 };
 use tower_http::trace::TraceLayer;
 
+use crate::auth::middleware::{AuthLayer, RouteTable, authorize};
+use crate::auth::{Route, RouteSpec};
 use crate::error;
 use crate::ops::metrics::{HttpLabels, RouteLabel};
 use crate::server::AppState;
 
+/// Every route of the service, each with its declared access. The router is built from this list
+/// only, and the authorization matrix test walks it.
+pub fn all_routes() -> Vec<Route> {
+    let mut routes = Vec::new();
+    routes.extend(crate::ops::routes());
+    routes.extend(crate::runtime::routes());
+    routes.extend(crate::auth::routes::routes());
+    routes.extend(crate::streams::legacy_gone_routes());
+    routes
+}
+
+/// The declarations alone (for tests and documentation).
+pub fn route_table() -> Vec<RouteSpec> {
+    all_routes().into_iter().map(|r| r.spec).collect()
+}
+
 pub fn build(state: AppState) -> Router {
     let max_body = state.config.max_body_bytes;
-    Router::new()
-        .merge(crate::ops::routes())
-        .merge(crate::runtime::routes())
-        .merge(crate::ops::web_routes())
+    let mut table = RouteTable::new();
+    let mut router = Router::new();
+    for route in all_routes() {
+        let key = (route.spec.method.clone(), route.spec.path);
+        let duplicate = table.insert(key, route.spec.clone()).is_some();
+        assert!(
+            !duplicate,
+            "route {:?} {} declared twice",
+            route.spec.method, route.spec.path
+        );
+        router = router.route(route.spec.path, route.handler);
+    }
+    let auth = AuthLayer {
+        app: state.clone(),
+        table: Arc::new(table),
+    };
+    router
+        .route_layer(middleware::from_fn_with_state(auth, authorize))
         .route_layer(middleware::from_fn(tag_route))
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
@@ -104,7 +137,7 @@ async fn track_metrics(State(state): State<AppState>, req: Request, next: Next) 
 #[derive(Clone)]
 struct RequestIds {
     prefix: u32,
-    counter: std::sync::Arc<AtomicU64>,
+    counter: Arc<AtomicU64>,
 }
 
 impl Default for RequestIds {

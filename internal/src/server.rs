@@ -14,6 +14,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::ratelimit::RateLimits;
 use crate::auth::{InstallKey, TokenStore, sql as token_sql};
 use crate::config::Config;
 use crate::migrations::{MigrationError, Schema};
@@ -28,6 +29,7 @@ pub struct App {
     /// The actor owning `service.db` (tokens, install metadata).
     pub service: DocHandle,
     pub tokens: Arc<TokenStore>,
+    pub limits: RateLimits,
     pub metrics: Arc<Metrics>,
     pub started_at: OffsetDateTime,
     pub started: Instant,
@@ -131,6 +133,7 @@ impl App {
             metrics.clone(),
         );
         let app = App {
+            limits: RateLimits::new(&config),
             config,
             registry,
             service,
@@ -158,6 +161,7 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let grace = Duration::from_secs(state.config.shutdown_grace_secs);
     tokio::spawn(state.tokens.clone().maintain(state.shutdown.clone()));
+    tokio::spawn(trim_rate_limits(state.clone()));
     let router = crate::router::build(state.clone());
     let stop = state.shutdown.clone();
     let server = axum::serve(
@@ -196,4 +200,15 @@ pub async fn serve(
     }
     tracing::info!("shutdown complete");
     Ok(())
+}
+
+/// Trims keyed rate-limiter state every minute until shutdown.
+async fn trim_rate_limits(state: AppState) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => state.limits.trim(),
+            () = state.shutdown.cancelled() => return,
+        }
+    }
 }

@@ -1,3 +1,4 @@
 //! Black-box tests: the real server over TCP. Each capability adds a module here.
 
+mod auth;
 mod runtime;

@@ -1,10 +1,15 @@
-//! 1. request → **auth**. Who is calling (machine token → [`Caller`]) and what they may do.
+//! Step 1 of the request path, **auth**: who is calling (machine token) and what they may do;
+//! every route's [`Access`] is declared in the route table and enforced by [`middleware::authorize`].
 //!
 //! Tokens live in `service.db` as keyed BLAKE3 hashes; the server keeps them in an in-memory
 //! [`TokenStore`] so authenticating a request costs one keyed hash and one map lookup, with the
 //! stored hash compared in constant time. Changes made through the server reload the cache at
 //! once; changes made by the offline CLI are picked up within a second (`PRAGMA data_version`).
 
+pub mod access;
+pub mod middleware;
+pub mod ratelimit;
+pub mod routes;
 pub mod scope;
 pub mod sql;
 pub mod token;
@@ -13,13 +18,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use axum::extract::FromRequestParts;
-use axum::http::{HeaderMap, header, request::Parts};
+use axum::http::{HeaderMap, header};
 use time::OffsetDateTime;
 
 use crate::error::ApiError;
 use crate::registry::{DocError, DocHandle};
-use crate::server::AppState;
+pub use access::{Access, Authorized, ResourceFrom, Route, RouteSpec};
 pub use scope::{Action, Scope};
 pub use sql::{NewToken, TokenMeta, TokenRow};
 pub use token::InstallKey;
@@ -145,25 +149,29 @@ impl TokenStore {
         }
     }
 
-    /// Checks a presented token: known, not revoked, not expired.
-    pub fn authenticate(&self, presented: &str) -> Result<Arc<TokenRow>, AuthFailure> {
+    /// Checks a presented token: known, not revoked, not expired. A refusal carries the token's
+    /// row when it is known (for the audit log: id and label, never the secret).
+    pub fn authenticate(
+        &self,
+        presented: &str,
+    ) -> Result<Arc<TokenRow>, (AuthFailure, Option<Arc<TokenRow>>)> {
         let hash = self.key.hash(presented);
         let row = {
             let cache = self.cache.read().unwrap_or_else(|p| p.into_inner());
             cache.by_hash.get(&hash).cloned()
         };
         let Some(row) = row else {
-            return Err(AuthFailure::Unknown);
+            return Err((AuthFailure::Unknown, None));
         };
         if !token::hashes_equal(&row.hash, &hash) {
-            return Err(AuthFailure::Unknown);
+            return Err((AuthFailure::Unknown, None));
         }
         if row.revoked {
-            return Err(AuthFailure::Revoked);
+            return Err((AuthFailure::Revoked, Some(row)));
         }
         let now = OffsetDateTime::now_utc();
         if row.expires_at.is_some_and(|exp| exp <= now) {
-            return Err(AuthFailure::Expired);
+            return Err((AuthFailure::Expired, Some(row)));
         }
         self.used
             .lock()
@@ -255,45 +263,6 @@ pub fn presented_token(headers: &HeaderMap) -> Option<&str> {
         None => value,
     };
     (!token.is_empty()).then_some(token)
-}
-
-/// An authenticated machine caller.
-pub struct Caller {
-    pub token: Arc<TokenRow>,
-}
-
-impl Caller {
-    pub fn is_admin(&self) -> bool {
-        self.token.meta.is_admin
-    }
-
-    /// `403` unless the caller holds an admin token.
-    pub fn require_admin(&self) -> Result<(), ApiError> {
-        if self.is_admin() {
-            Ok(())
-        } else {
-            Err(ApiError::forbidden("this route needs an admin token"))
-        }
-    }
-}
-
-impl FromRequestParts<AppState> for Caller {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let Some(presented) = presented_token(&parts.headers) else {
-            tracing::info!(path = parts.uri.path(), "audit: auth failure: no token");
-            return Err(AuthFailure::Missing.into());
-        };
-        match state.tokens.authenticate(presented) {
-            Ok(token) => Ok(Caller { token }),
-            Err(failure) => {
-                tracing::info!(path = parts.uri.path(), reason = ?failure,
-                    "audit: auth failure");
-                Err(failure.into())
-            }
-        }
-    }
 }
 
 #[cfg(test)]

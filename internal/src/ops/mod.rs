@@ -5,32 +5,30 @@ pub mod metrics;
 
 use std::time::Duration;
 
-use axum::Router;
 use axum::extract::{Path, State};
-use axum::http::{StatusCode, header};
+use axum::http::{Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::json;
 
+use crate::auth::{Access, Route};
 use crate::error::{ApiError, Json};
 use crate::server::AppState;
 use crate::time_fmt::rfc3339;
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/status", get(status))
-        .route("/metrics", get(render_metrics))
-}
-
-pub fn web_routes() -> Router<AppState> {
-    Router::new()
-        .route("/", get(|| async { asset("index.html") }))
-        .route(
+pub fn routes() -> Vec<Route> {
+    let public = |path, handler| Route::new(Method::GET, path, Access::Public, handler);
+    vec![
+        public("/healthz", get(healthz)),
+        public("/readyz", get(readyz)),
+        public("/status", get(status)),
+        public("/metrics", get(render_metrics)),
+        public("/", get(|| async { asset("index.html") })),
+        public(
             "/ui/{file}",
             get(|Path(file): Path<String>| async move { asset(&file) }),
-        )
+        ),
+    ]
 }
 
 fn asset(name: &str) -> Response {

@@ -2,33 +2,47 @@
 //!
 //! `POST /api/v1/db/{db_id}/_open`, `GET /api/v1/db/{db_id}/_status`, `GET /api/v1/dbs`.
 
-use axum::Router;
 use axum::extract::State;
+use axum::http::Method;
 use axum::routing::{get, post};
 use serde::Serialize;
 use serde_json::json;
 
-use crate::auth::Caller;
+use crate::auth::{Access, Action, Authorized, ResourceFrom, Route};
 use crate::error::{ApiError, Json};
-use crate::http::DbPath;
 use crate::registry::DbId;
 use crate::server::AppState;
 use crate::time_fmt;
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/db/{db_id}/_open", post(open))
-        .route("/api/v1/db/{db_id}/_status", get(status))
-        .route("/api/v1/dbs", get(list))
+const QUERY_READ: Access = Access::Db {
+    actions: &[Action::QueryRead],
+    resource: ResourceFrom::None,
+};
+
+pub fn routes() -> Vec<Route> {
+    vec![
+        Route::new(
+            Method::POST,
+            "/api/v1/db/{db_id}/_open",
+            QUERY_READ,
+            post(open),
+        ),
+        Route::new(
+            Method::GET,
+            "/api/v1/db/{db_id}/_status",
+            QUERY_READ,
+            get(status),
+        ),
+        Route::new(Method::GET, "/api/v1/dbs", Access::Admin, get(list)),
+    ]
 }
 
 async fn open(
     State(state): State<AppState>,
-    caller: Caller,
-    DbPath(db_id): DbPath,
+    auth: Authorized,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    caller.require_admin()?;
-    let doc = state.registry.get(&db_id).await?;
+    let db_id = auth.db()?;
+    let doc = state.registry.get(db_id).await?;
     Ok(Json(
         json!({"db_id": db_id.as_str(), "created": doc.created}),
     ))
@@ -48,11 +62,10 @@ struct DocStatus {
 
 async fn status(
     State(state): State<AppState>,
-    caller: Caller,
-    DbPath(db_id): DbPath,
+    auth: Authorized,
 ) -> Result<Json<DocStatus>, ApiError> {
-    caller.require_admin()?;
-    let doc = state.registry.get(&db_id).await?;
+    let db_id = auth.db()?;
+    let doc = state.registry.get(db_id).await?;
     let (page_count, size_bytes, wal_bytes) = doc
         .read(|conn| {
             let page_count: i64 = conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
@@ -85,11 +98,7 @@ struct DbEntry {
     open: bool,
 }
 
-async fn list(
-    State(state): State<AppState>,
-    caller: Caller,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    caller.require_admin()?;
+async fn list(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
     let dir = state.registry.documents_dir().to_owned();
     let found = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<(DbId, u64)>> {
         let mut found = Vec::new();

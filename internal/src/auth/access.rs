@@ -1,0 +1,233 @@
+//! The one authorization path. Every route is declared once, in its capability's `routes()`, as a
+//! [`Route`]: method, path, the [`Access`] it needs and how its resource is found. The router is
+//! built only from these declarations, and one middleware (`auth::middleware`) enforces them
+//! before any handler runs, so before a document is opened or a statement prepared. Handlers get
+//! an [`Authorized`] witness and use it for the checks only they can make (a resource from the
+//! body, the statement class decided by SQLite).
+
+use std::sync::Arc;
+
+use axum::extract::FromRequestParts;
+use axum::http::{Method, request::Parts};
+use axum::routing::MethodRouter;
+
+use super::scope::{Action, Scope};
+use super::sql::TokenRow;
+use crate::error::ApiError;
+use crate::registry::DbId;
+use crate::server::AppState;
+
+/// Where a route's resource (topic, stream path, lease resource, endpoint, blob hash) comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResourceFrom {
+    /// The route has no resource: scopes with a `resource_prefix` do not grant it.
+    None,
+    /// A path parameter (e.g. `"path"` of `/streams/queue/{*path}`), checked by the middleware.
+    Path(&'static str),
+    /// The body or query names it; the handler calls [`Authorized::resource`] before acting.
+    Handler,
+}
+
+/// What a route requires.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// No token (operations endpoints, the dashboard). Not rate limited.
+    Public,
+    /// No token, rate limited per client IP (legacy public streams).
+    Anonymous,
+    /// An admin token.
+    Admin,
+    /// `action` on `db_id = "*"` (or an admin token).
+    Global(Action),
+    /// One of `actions` on the path's `{db_id}`. With several actions the handler narrows it down
+    /// with [`Authorized::require`] (e.g. query classification).
+    Db {
+        actions: &'static [Action],
+        resource: ResourceFrom,
+    },
+}
+
+/// The declaration of one route (what the tests' authorization matrix reads).
+#[derive(Clone, Debug)]
+pub struct RouteSpec {
+    /// `None`: every method (request/response relays, webhooks, gone legacy routes).
+    pub method: Option<Method>,
+    /// axum path template, e.g. `/api/v1/db/{db_id}/_status`.
+    pub path: &'static str,
+    pub access: Access,
+    /// Accept `?access_token=` (SSE, WebSocket and webhook routes only).
+    pub query_token: bool,
+}
+
+/// A route: its declaration and its handler.
+pub struct Route {
+    pub spec: RouteSpec,
+    pub handler: MethodRouter<AppState>,
+}
+
+impl Route {
+    pub fn new(
+        method: Method,
+        path: &'static str,
+        access: Access,
+        handler: MethodRouter<AppState>,
+    ) -> Self {
+        Self {
+            spec: RouteSpec {
+                method: Some(method),
+                path,
+                access,
+                query_token: false,
+            },
+            handler,
+        }
+    }
+
+    /// A route that takes every method (`handler` is typically `axum::routing::any(..)`).
+    pub fn any(path: &'static str, access: Access, handler: MethodRouter<AppState>) -> Self {
+        Self {
+            spec: RouteSpec {
+                method: None,
+                path,
+                access,
+                query_token: false,
+            },
+            handler,
+        }
+    }
+
+    /// Also accept the token as `?access_token=`.
+    pub fn with_query_token(mut self) -> Self {
+        self.spec.query_token = true;
+        self
+    }
+}
+
+/// Does `scope` grant `action` on `db_id` for `resource`?
+/// A scope with a `resource_prefix` grants only resources starting with it; it grants nothing on
+/// a route without a resource.
+pub fn scope_grants(scope: &Scope, db_id: &str, action: Action, resource: Option<&str>) -> bool {
+    if !scope.covers(db_id, action) {
+        return false;
+    }
+    match (&scope.resource_prefix, resource) {
+        (None, _) => true,
+        (Some(prefix), Some(resource)) => resource.starts_with(prefix.as_str()),
+        (Some(_), None) => false,
+    }
+}
+
+/// The witness a handler receives: the caller passed the route's [`Access`].
+#[derive(Clone)]
+pub struct Authorized {
+    /// `None` on public and anonymous routes.
+    pub token: Option<Arc<TokenRow>>,
+    /// The validated `{db_id}` of a DB route.
+    pub db_id: Option<DbId>,
+}
+
+impl Authorized {
+    pub fn is_admin(&self) -> bool {
+        self.token.as_ref().is_some_and(|t| t.meta.is_admin)
+    }
+
+    /// The route's document (DB routes only).
+    pub fn db(&self) -> Result<&DbId, ApiError> {
+        self.db_id
+            .as_ref()
+            .ok_or_else(|| ApiError::internal("db() on a route without {db_id}"))
+    }
+
+    /// The token id, as `producer` and in audit logs.
+    pub fn token_id(&self) -> Option<&str> {
+        self.token.as_ref().map(|t| t.meta.id.as_str())
+    }
+
+    fn grants(&self, action: Action, resource: Option<&str>) -> bool {
+        let Some(token) = &self.token else {
+            return false;
+        };
+        if token.meta.is_admin {
+            return true;
+        }
+        let db = self.db_id.as_ref().map_or("*", DbId::as_str);
+        token
+            .meta
+            .scopes
+            .iter()
+            .any(|s| scope_grants(s, db, action, resource))
+    }
+
+    /// `403` unless the caller holds `action` (unprefixed) on this document.
+    pub fn require(&self, action: Action) -> Result<(), ApiError> {
+        if self.grants(action, None) {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden(format!(
+                "the token lacks {action} on this document"
+            )))
+        }
+    }
+
+    /// `403` unless the caller holds `action` on this document for `resource`.
+    pub fn resource(&self, action: Action, resource: &str) -> Result<(), ApiError> {
+        if self.grants(action, Some(resource)) {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden(format!(
+                "the token lacks {action} for {resource:?} on this document"
+            )))
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for Authorized {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &AppState) -> Result<Self, ApiError> {
+        parts
+            .extensions
+            .get::<Authorized>()
+            .cloned()
+            .ok_or_else(|| ApiError::internal("handler reached without the authorization layer"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scope(db: &str, action: Action, prefix: Option<&str>) -> Scope {
+        Scope {
+            db_id: db.into(),
+            action,
+            resource_prefix: prefix.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn scope_matching() {
+        let s = scope("chat", Action::PubPublish, Some("room/"));
+        assert!(scope_grants(&s, "chat", Action::PubPublish, Some("room/1")));
+        assert!(!scope_grants(&s, "chat", Action::PubPublish, Some("roo")));
+        assert!(!scope_grants(&s, "chat", Action::PubPublish, None));
+        assert!(!scope_grants(
+            &s,
+            "other",
+            Action::PubPublish,
+            Some("room/1")
+        ));
+        assert!(!scope_grants(
+            &s,
+            "chat",
+            Action::PubSubscribe,
+            Some("room/1")
+        ));
+        let any = scope("*", Action::QueryRead, None);
+        assert!(scope_grants(&any, "x", Action::QueryRead, None));
+        assert!(!scope_grants(&any, "x", Action::QueryWrite, None));
+        // Actions are independent: admin does not imply read or write.
+        let admin = scope("x", Action::QueryAdmin, None);
+        assert!(!scope_grants(&admin, "x", Action::QueryRead, None));
+    }
+}

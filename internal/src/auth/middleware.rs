@@ -1,0 +1,187 @@
+//! The authorization layer: looks the matched route up in the route table and enforces its
+//! [`Access`] (global limit → token → per-token/per-IP limit → `db_id` → scope) before the
+//! handler runs. The handler finds an [`Authorized`] witness in the request extensions.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::{ConnectInfo, FromRequestParts, MatchedPath, RawPathParams, Request, State};
+use axum::http::Method;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use super::access::{Access, Authorized, ResourceFrom, RouteSpec, scope_grants};
+use super::{AuthFailure, presented_token};
+use crate::error::ApiError;
+use crate::registry::DbId;
+use crate::server::AppState;
+
+/// Route table keyed by method (`None` = any) and path template.
+pub type RouteTable = HashMap<(Option<Method>, &'static str), RouteSpec>;
+
+#[derive(Clone)]
+pub struct AuthLayer {
+    pub app: AppState,
+    pub table: Arc<RouteTable>,
+}
+
+fn query_token(req: &Request) -> Option<String> {
+    let query = req.uri().query()?;
+    let axum::extract::Query(params): axum::extract::Query<HashMap<String, String>> =
+        axum::extract::Query::try_from_uri(req.uri()).ok()?;
+    let _ = query;
+    params
+        .get("access_token")
+        .filter(|t| !t.is_empty())
+        .cloned()
+}
+
+pub async fn authorize(State(layer): State<AuthLayer>, req: Request, next: Next) -> Response {
+    match check(&layer, req).await {
+        Ok((req, authorized)) => {
+            let mut req = req;
+            req.extensions_mut().insert(authorized);
+            next.run(req).await
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn check(layer: &AuthLayer, req: Request) -> Result<(Request, Authorized), ApiError> {
+    let app = &layer.app;
+    let Some(matched) = req.extensions().get::<MatchedPath>() else {
+        return Err(ApiError::internal(
+            "authorization layer without a matched route",
+        ));
+    };
+    let path = matched.as_str();
+    let method = req.method().clone();
+    let table = &layer.table;
+    let spec = table
+        .get(&(Some(method.clone()), path))
+        .or_else(|| {
+            (method == Method::HEAD)
+                .then(|| table.get(&(Some(Method::GET), path)))
+                .flatten()
+        })
+        .or_else(|| table.get(&(None, path)))
+        .cloned()
+        .ok_or_else(|| {
+            ApiError::internal(format!("route {method} {path} is not in the route table"))
+        })?;
+
+    let public = Authorized {
+        token: None,
+        db_id: None,
+    };
+    match spec.access {
+        Access::Public => return Ok((req, public)),
+        Access::Anonymous => {
+            app.limits.check_global()?;
+            let peer = req
+                .extensions()
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|c| c.0.ip());
+            if let Some(peer) = peer {
+                app.limits
+                    .check_ip(app.limits.client_ip(peer, req.headers()))?;
+            }
+            return Ok((req, public));
+        }
+        _ => {}
+    }
+    app.limits.check_global()?;
+
+    let from_query = if spec.query_token && presented_token(req.headers()).is_none() {
+        query_token(&req)
+    } else {
+        None
+    };
+    let presented = presented_token(req.headers()).or(from_query.as_deref());
+    let Some(presented) = presented else {
+        tracing::info!(path = req.uri().path(), "audit: auth failure: no token");
+        return Err(AuthFailure::Missing.into());
+    };
+    let token = app
+        .tokens
+        .authenticate(presented)
+        .map_err(|(failure, row)| {
+            tracing::info!(path = req.uri().path(), reason = ?failure,
+            token_id = row.as_ref().map(|r| r.meta.id.as_str()),
+            label = row.as_ref().map(|r| r.meta.label.as_str()),
+            "audit: auth failure");
+            ApiError::from(failure)
+        })?;
+    app.limits.check_token(&token.meta.id)?;
+    let is_admin = token.meta.is_admin;
+
+    let (req, db_id) = match spec.access {
+        Access::Db { actions, resource } => {
+            let (mut parts, body) = req.into_parts();
+            let params = RawPathParams::from_request_parts(&mut parts, app)
+                .await
+                .map_err(|e| ApiError::bad_request("invalid_path", e.body_text()))?;
+            let param = |name: &str| {
+                params
+                    .iter()
+                    .find(|(n, _)| *n == name)
+                    .map(|(_, v)| v.to_owned())
+            };
+            let db_id = DbId::parse(&param("db_id").unwrap_or_default())?;
+            let resource_value = match resource {
+                ResourceFrom::Path(name) => Some(param(name).unwrap_or_default()),
+                _ => None,
+            };
+            let granted = is_admin
+                || actions.iter().any(|&action| {
+                    token.meta.scopes.iter().any(|s| match resource {
+                        ResourceFrom::None => scope_grants(s, db_id.as_str(), action, None),
+                        ResourceFrom::Path(_) => {
+                            scope_grants(s, db_id.as_str(), action, resource_value.as_deref())
+                        }
+                        // The handler checks the resource once it has read it.
+                        ResourceFrom::Handler => s.covers(db_id.as_str(), action),
+                    })
+                });
+            if !granted {
+                let names: Vec<&str> = actions.iter().map(|a| a.as_str()).collect();
+                return Err(ApiError::forbidden(format!(
+                    "the token lacks {} on {db_id}{}",
+                    names.join(" or "),
+                    resource_value
+                        .map(|r| format!(" for {r:?}"))
+                        .unwrap_or_default()
+                )));
+            }
+            (Request::from_parts(parts, body), Some(db_id))
+        }
+        Access::Admin => {
+            if !is_admin {
+                return Err(ApiError::forbidden("this route needs an admin token"));
+            }
+            (req, None)
+        }
+        Access::Global(action) => {
+            let granted =
+                is_admin
+                    || token.meta.scopes.iter().any(|s| {
+                        s.db_id == "*" && s.action == action && s.resource_prefix.is_none()
+                    });
+            if !granted {
+                return Err(ApiError::forbidden(format!(
+                    "this route needs {action} on db_id \"*\""
+                )));
+            }
+            (req, None)
+        }
+        Access::Public | Access::Anonymous => unreachable!("handled above"),
+    };
+    Ok((
+        req,
+        Authorized {
+            token: Some(token),
+            db_id,
+        },
+    ))
+}
