@@ -76,6 +76,27 @@ struct ServeArgs {
     /// Log format: text or json [default: text].
     #[arg(long, env = "PATCHWORK_LOG_FORMAT")]
     log_format: Option<LogFormat>,
+    /// Global requests per second, 0 = off [default: 0].
+    #[arg(long, env = "PATCHWORK_RATE_LIMIT_GLOBAL_RPS")]
+    rate_limit_global_rps: Option<u32>,
+    /// Global burst, 0 = same as rps [default: 0].
+    #[arg(long, env = "PATCHWORK_RATE_LIMIT_GLOBAL_BURST")]
+    rate_limit_global_burst: Option<u32>,
+    /// Requests per second per token, 0 = off [default: 0].
+    #[arg(long, env = "PATCHWORK_RATE_LIMIT_TOKEN_RPS")]
+    rate_limit_token_rps: Option<u32>,
+    /// Burst per token [default: 0 = same as rps].
+    #[arg(long, env = "PATCHWORK_RATE_LIMIT_TOKEN_BURST")]
+    rate_limit_token_burst: Option<u32>,
+    /// Requests per second per client IP on anonymous routes, 0 = off [default: 10].
+    #[arg(long, env = "PATCHWORK_RATE_LIMIT_IP_RPS")]
+    rate_limit_ip_rps: Option<u32>,
+    /// Burst per client IP [default: 20].
+    #[arg(long, env = "PATCHWORK_RATE_LIMIT_IP_BURST")]
+    rate_limit_ip_burst: Option<u32>,
+    /// Proxy IPs whose X-Forwarded-For is believed (comma-separated).
+    #[arg(long, env = "PATCHWORK_TRUSTED_PROXIES", value_delimiter = ',')]
+    trusted_proxies: Option<Vec<std::net::IpAddr>>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -135,7 +156,14 @@ impl ServeArgs {
             max_open_documents,
             shutdown_grace_secs,
             max_body_bytes,
-            log_format
+            log_format,
+            rate_limit_global_rps,
+            rate_limit_global_burst,
+            rate_limit_token_rps,
+            rate_limit_token_burst,
+            rate_limit_ip_rps,
+            rate_limit_ip_burst,
+            trusted_proxies
         );
         if let Some(token) = self.admin_token {
             config.admin_token = Some(Secret::new(token));

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::HeaderValue;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -60,7 +60,6 @@ pub fn build(state: AppState) -> Router {
     };
     router
         .route_layer(middleware::from_fn_with_state(auth, authorize))
-        .route_layer(middleware::from_fn(tag_route))
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
@@ -93,33 +92,37 @@ async fn empty_db_segment_is_not_found(req: Request, next: Next) -> Response {
     next.run(req).await
 }
 
-/// The matched route template, carried from the route layer out to the metrics layer.
-#[derive(Clone)]
-struct RouteTag(String);
+/// The declared route template, set by the authorization layer on the response so the metrics
+/// layer can label by route without allocating.
+#[derive(Clone, Copy)]
+pub struct RouteTag(pub &'static str);
 
-async fn tag_route(matched: Option<MatchedPath>, req: Request, next: Next) -> Response {
-    let tag = matched.map(|m| RouteTag(m.as_str().to_owned()));
-    let mut response = next.run(req).await;
-    if let Some(tag) = tag {
-        response.extensions_mut().insert(tag);
+fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method as M;
+    match *method {
+        M::GET => "GET",
+        M::POST => "POST",
+        M::PUT => "PUT",
+        M::DELETE => "DELETE",
+        M::HEAD => "HEAD",
+        M::PATCH => "PATCH",
+        M::OPTIONS => "OPTIONS",
+        _ => "OTHER",
     }
-    response
 }
 
 async fn track_metrics(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let start = Instant::now();
-    let method = req.method().as_str().to_owned();
+    let method = method_label(req.method());
     let response = next.run(req).await;
     let route = response
         .extensions()
         .get::<RouteTag>()
-        .map_or_else(|| "unmatched".to_owned(), |t| t.0.clone());
+        .map_or("unmatched", |t| t.0);
     let metrics = &state.metrics;
     metrics
         .http_latency
-        .get_or_create(&RouteLabel {
-            route: route.clone(),
-        })
+        .get_or_create(&RouteLabel { route })
         .observe(start.elapsed().as_secs_f64());
     metrics
         .http_requests

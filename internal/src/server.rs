@@ -128,7 +128,7 @@ impl App {
                 documents_dir: config.documents_dir(),
                 actor: actor_config(&config),
                 idle_timeout: config.idle_timeout(),
-                max_open: config.max_open_documents,
+                max_open: open_document_budget(config.max_open_documents),
             },
             metrics.clone(),
         );
@@ -148,6 +148,33 @@ impl App {
             state: AppState(Arc::new(app)),
             bootstrap_token,
         })
+    }
+}
+
+/// Each open document holds three file descriptors (database, WAL, shared memory). Raises the
+/// soft `RLIMIT_NOFILE` to the hard limit and caps the number of open documents so opening one
+/// never fails for lack of descriptors (256 are kept for sockets and the service database).
+fn open_document_budget(configured: usize) -> usize {
+    let limit = match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => limit,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not read or raise RLIMIT_NOFILE");
+            return configured;
+        }
+    };
+    let budget = usize::try_from(limit.saturating_sub(256) / 3)
+        .unwrap_or(usize::MAX)
+        .max(1);
+    if configured > budget {
+        tracing::warn!(
+            configured,
+            budget,
+            nofile = limit,
+            "max_open_documents is above what the file-descriptor limit allows; using the lower value"
+        );
+        budget
+    } else {
+        configured
     }
 }
 

@@ -115,6 +115,17 @@ pub fn all() -> Vec<Scenario> {
             expected: &[200],
             setup: None,
         },
+        Scenario {
+            name: "open",
+            about: "POST /api/v1/db/{db}-{worker}-{n}/_open: a new document per request",
+            method: Method::POST,
+            path: |ctx, worker, seq| format!("/api/v1/db/{}-{worker}-{seq}/_open", ctx.db),
+            auth: true,
+            headers: &[],
+            body: no_body,
+            expected: &[200],
+            setup: None,
+        },
     ]
 }
 

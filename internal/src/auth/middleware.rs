@@ -15,6 +15,7 @@ use super::access::{Access, Authorized, ResourceFrom, RouteSpec, scope_grants};
 use super::{AuthFailure, presented_token};
 use crate::error::ApiError;
 use crate::registry::DbId;
+use crate::router::RouteTag;
 use crate::server::AppState;
 
 /// Route table keyed by method (`None` = any) and path template.
@@ -38,17 +39,25 @@ fn query_token(req: &Request) -> Option<String> {
 }
 
 pub async fn authorize(State(layer): State<AuthLayer>, req: Request, next: Next) -> Response {
-    match check(&layer, req).await {
-        Ok((req, authorized)) => {
-            let mut req = req;
+    let mut tag = None;
+    let mut response = match check(&layer, req, &mut tag).await {
+        Ok((mut req, authorized)) => {
             req.extensions_mut().insert(authorized);
             next.run(req).await
         }
         Err(e) => e.into_response(),
+    };
+    if let Some(path) = tag {
+        response.extensions_mut().insert(RouteTag(path));
     }
+    response
 }
 
-async fn check(layer: &AuthLayer, req: Request) -> Result<(Request, Authorized), ApiError> {
+async fn check(
+    layer: &AuthLayer,
+    req: Request,
+    tag: &mut Option<&'static str>,
+) -> Result<(Request, Authorized), ApiError> {
     let app = &layer.app;
     let Some(matched) = req.extensions().get::<MatchedPath>() else {
         return Err(ApiError::internal(
@@ -70,6 +79,7 @@ async fn check(layer: &AuthLayer, req: Request) -> Result<(Request, Authorized),
         .ok_or_else(|| {
             ApiError::internal(format!("route {method} {path} is not in the route table"))
         })?;
+    *tag = Some(spec.path);
 
     let public = Authorized {
         token: None,

@@ -15,7 +15,8 @@ pub mod sql;
 pub mod token;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use axum::http::{HeaderMap, header};
@@ -64,8 +65,6 @@ pub struct TokenStore {
     key: InstallKey,
     service: DocHandle,
     cache: RwLock<Cache>,
-    /// Token ids used since the last flush of `last_used_at`.
-    used: Mutex<HashMap<String, OffsetDateTime>>,
 }
 
 fn data_version(conn: &rusqlite::Connection) -> Result<i64, DocError> {
@@ -81,7 +80,6 @@ impl TokenStore {
                 by_hash: HashMap::new(),
                 data_version: -1,
             }),
-            used: Mutex::new(HashMap::new()),
         });
         store.reload().await?;
         Ok(store)
@@ -134,12 +132,21 @@ impl TokenStore {
 
     async fn flush_last_used(&self) {
         let used: Vec<(String, OffsetDateTime)> = {
-            let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
-            if used.is_empty() {
-                return;
-            }
-            used.drain().collect()
+            let cache = self.cache.read().unwrap_or_else(|p| p.into_inner());
+            cache
+                .by_hash
+                .values()
+                .filter_map(|row| match row.used_at.swap(0, Ordering::Relaxed) {
+                    0 => None,
+                    secs => OffsetDateTime::from_unix_timestamp(secs)
+                        .ok()
+                        .map(|at| (row.meta.id.clone(), at)),
+                })
+                .collect()
         };
+        if used.is_empty() {
+            return;
+        }
         if let Err(e) = self
             .service
             .write(move |conn| Ok(sql::touch_last_used(conn, &used)?))
@@ -173,10 +180,7 @@ impl TokenStore {
         if row.expires_at.is_some_and(|exp| exp <= now) {
             return Err((AuthFailure::Expired, Some(row)));
         }
-        self.used
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(row.meta.id.clone(), now);
+        row.used_at.store(now.unix_timestamp(), Ordering::Relaxed);
         Ok(row)
     }
 
@@ -209,11 +213,11 @@ impl TokenStore {
         }
     }
 
-    pub fn list(&self) -> Vec<TokenMeta> {
-        let cache = self.cache.read().unwrap_or_else(|p| p.into_inner());
-        let mut all: Vec<TokenMeta> = cache.by_hash.values().map(|r| r.meta.clone()).collect();
-        all.sort_by(|a, b| (&a.created_at, &a.id).cmp(&(&b.created_at, &b.id)));
-        all
+    /// Every token's metadata, read from `service.db` (after flushing pending `last_used_at`).
+    pub async fn list(&self) -> Result<Vec<TokenMeta>, DocError> {
+        self.flush_last_used().await;
+        let rows = self.service.read(|conn| Ok(sql::load_all(conn)?)).await?;
+        Ok(rows.into_iter().map(|r| r.meta).collect())
     }
 }
 

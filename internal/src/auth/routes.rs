@@ -35,8 +35,8 @@ pub fn routes() -> Vec<Route> {
     ]
 }
 
-async fn list(State(state): State<AppState>) -> Json<serde_json::Value> {
-    Json(json!({"tokens": state.tokens.list()}))
+async fn list(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+    Ok(Json(json!({"tokens": state.tokens.list().await?})))
 }
 
 #[derive(Deserialize)]

@@ -24,12 +24,15 @@ pub struct TokenMeta {
 }
 
 /// A token with its hash, as the authenticator caches it.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct TokenRow {
     pub meta: TokenMeta,
     pub hash: [u8; 32],
     pub expires_at: Option<OffsetDateTime>,
     pub revoked: bool,
+    /// Unix seconds of the last successful authentication not yet written to `last_used_at`
+    /// (0 = nothing pending). Set lock-free on the request path, flushed in batches.
+    pub used_at: std::sync::atomic::AtomicI64,
 }
 
 /// What a new token should be.
@@ -137,6 +140,7 @@ pub fn load_all(conn: &Connection) -> rusqlite::Result<Vec<TokenRow>> {
                 .as_deref()
                 .and_then(crate::time_fmt::parse_rfc3339),
             revoked: revoked_at.is_some(),
+            used_at: Default::default(),
             meta: TokenMeta {
                 label: r.get(1)?,
                 is_admin: r.get(3)?,

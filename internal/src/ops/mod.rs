@@ -89,7 +89,7 @@ async fn status(State(state): State<AppState>) -> Json<serde_json::Value> {
         "sqlite_version": rusqlite::version(),
         "started_at": rfc3339(state.started_at),
         "uptime_seconds": state.started.elapsed().as_secs(),
-        "open_documents": state.registry.open_count(),
+        "open_documents": state.registry.live_actors(),
         "subscribers": state.registry.subscriber_count(),
     }))
 }

@@ -58,6 +58,12 @@ impl From<DocError> for ApiError {
                 ApiError::overloaded("too many documents are open and busy; retry shortly")
             }
             DocError::Api(api) => api,
+            DocError::Open(MigrationError::Sqlite(e))
+                if e.sqlite_error_code() == Some(rusqlite::ErrorCode::CannotOpen) =>
+            {
+                tracing::error!(error = %e, "a document could not be opened");
+                ApiError::overloaded("the document cannot be opened right now; retry shortly")
+            }
             DocError::Open(MigrationError::TooNew { found, supported }) => ApiError::new(
                 axum::http::StatusCode::INTERNAL_SERVER_ERROR,
                 "schema_too_new",

@@ -68,15 +68,16 @@ async fn status(
     let doc = state.registry.get(db_id).await?;
     let (page_count, size_bytes, wal_bytes) = doc
         .read(|conn| {
-            let page_count: i64 = conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
-            let (size, wal) = match conn.path() {
-                Some(path) if !path.is_empty() => (
-                    std::fs::metadata(path).map_or(0, |m| m.len()),
-                    std::fs::metadata(format!("{path}-wal")).map_or(0, |m| m.len()),
-                ),
-                _ => (0, 0),
+            let (page_count, page_size): (i64, i64) = conn
+                .prepare_cached("SELECT * FROM pragma_page_count(), pragma_page_size()")?
+                .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            let wal = match conn.path() {
+                Some(path) if !path.is_empty() => {
+                    std::fs::metadata(format!("{path}-wal")).map_or(0, |m| m.len())
+                }
+                _ => 0,
             };
-            Ok((page_count, size, wal))
+            Ok((page_count, (page_count * page_size).max(0) as u64, wal))
         })
         .await?;
     Ok(Json(DocStatus {

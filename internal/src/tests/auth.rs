@@ -391,6 +391,33 @@ async fn token_admin_api() {
     );
     assert!(!text.contains(&token));
     assert!(!text.contains("hash"));
+    // last_used_at is recorded in a batch within about a second.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let listed: Value = server
+            .admin(Method::GET, "/api/v1/admin/tokens")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let mine = listed["tokens"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["id"] == id.as_str())
+            .cloned()
+            .unwrap();
+        if mine["last_used_at"].is_string() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "last_used_at never written: {mine}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     // Revoke: the very next request is refused.
     let r = server
         .admin(Method::DELETE, &format!("/api/v1/admin/tokens/{id}"))
