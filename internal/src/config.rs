@@ -127,6 +127,12 @@ pub struct Config {
     pub rate_limit_ip_burst: u32,
     /// Proxies whose `X-Forwarded-For` is believed (exact IP addresses).
     pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// Longest a statement may run before it is interrupted (`504`).
+    pub query_timeout_ms: u64,
+    /// Most rows a statement returns (`truncated: true` past it).
+    pub query_max_rows: usize,
+    /// Largest JSON result of one request (`413` past it).
+    pub query_max_result_bytes: usize,
 }
 
 impl Default for Config {
@@ -151,6 +157,9 @@ impl Default for Config {
             rate_limit_ip_rps: 10,
             rate_limit_ip_burst: 20,
             trusted_proxies: Vec::new(),
+            query_timeout_ms: 5_000,
+            query_max_rows: 5_000,
+            query_max_result_bytes: 1024 * 1024,
         }
     }
 }
@@ -166,6 +175,15 @@ impl Config {
         }
         if self.max_open_documents == 0 {
             return Err("max_open_documents must be at least 1".into());
+        }
+        if self.query_timeout_ms == 0
+            || self.query_max_rows == 0
+            || self.query_max_result_bytes == 0
+        {
+            return Err(
+                "query_timeout_ms, query_max_rows and query_max_result_bytes must be at least 1"
+                    .into(),
+            );
         }
         if self.idle_timeout_secs == 0 {
             return Err("idle_timeout_secs must be at least 1".into());

@@ -1,4 +1,5 @@
 //! Black-box tests: the real server over TCP. Each capability adds a module here.
 
 mod auth;
+mod query;
 mod runtime;

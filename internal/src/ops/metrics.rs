@@ -48,6 +48,9 @@ pub struct Metrics {
     pub group_commit_batch: Histogram,
     pub failed_writes: Counter,
     pub evictions: Family<ReasonLabel, Counter>,
+    /// Statements run through the query API, by class (`read`, `write`, `admin`).
+    pub query_statements: Family<ReasonLabel, Counter>,
+    pub query_timeouts: Counter,
 }
 
 impl Metrics {
@@ -115,7 +118,21 @@ impl Metrics {
             "Document actors closed by the registry, by reason",
             evictions.clone(),
         );
+        let query_statements = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "query_statements",
+            "Statements run through the query API, by class (reason label)",
+            query_statements.clone(),
+        );
+        let query_timeouts = Counter::default();
+        registry.register(
+            "query_timeouts",
+            "Statements interrupted at their time limit",
+            query_timeouts.clone(),
+        );
         Arc::new(Self {
+            query_statements,
+            query_timeouts,
             registry,
             http_requests,
             http_latency,

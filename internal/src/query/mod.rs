@@ -1,0 +1,252 @@
+//! Query API: `POST /api/v1/db/{db_id}/query/exec` and `/query/batch`.
+//!
+//! The scope a statement needs is decided by SQLite ([`classify`]): a read-only statement runs
+//! on the actor's read path in one round trip; anything else is re-prepared inside the next group
+//! commit, where its class is checked against the token before it runs.
+
+pub mod classify;
+pub mod exec;
+pub mod value;
+
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::Method;
+use axum::routing::post;
+use serde::Deserialize;
+use serde_json::{Value as Json, json};
+
+use classify::{Class, ClassifyError};
+use exec::Limits;
+
+use crate::auth::{Access, Action, Authorized, ResourceFrom, Route};
+use crate::error::{ApiError, Json as ApiJson};
+use crate::ops::metrics::Metrics;
+use crate::registry::DocError;
+use crate::server::AppState;
+
+const QUERY: Access = Access::Db {
+    actions: &[Action::QueryRead, Action::QueryWrite, Action::QueryAdmin],
+    resource: ResourceFrom::None,
+};
+
+pub fn routes() -> Vec<Route> {
+    vec![
+        Route::new(
+            Method::POST,
+            "/api/v1/db/{db_id}/query/exec",
+            QUERY,
+            post(exec_route),
+        ),
+        Route::new(
+            Method::POST,
+            "/api/v1/db/{db_id}/query/batch",
+            QUERY,
+            post(batch_route),
+        ),
+    ]
+}
+
+#[derive(Deserialize, Default, Clone, Copy)]
+#[serde(deny_unknown_fields)]
+struct Options {
+    max_rows: Option<usize>,
+    timeout_ms: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExecBody {
+    sql: String,
+    #[serde(default)]
+    args: Option<Json>,
+    #[serde(default)]
+    options: Option<Options>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Statement {
+    sql: String,
+    #[serde(default)]
+    args: Option<Json>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchBody {
+    statements: Vec<Statement>,
+    #[serde(default)]
+    options: Option<Options>,
+}
+
+/// Configured bounds, lowered (never raised) by the request's options.
+fn limits(state: &AppState, options: Option<Options>) -> Result<Limits, ApiError> {
+    let o = options.unwrap_or_default();
+    let c = &state.config;
+    if o.max_rows == Some(0) || o.timeout_ms == Some(0) {
+        return Err(ApiError::bad_request(
+            "invalid_options",
+            "max_rows and timeout_ms must be at least 1",
+        ));
+    }
+    Ok(Limits {
+        timeout: Duration::from_millis(
+            o.timeout_ms
+                .map_or(c.query_timeout_ms, |t| t.min(c.query_timeout_ms)),
+        ),
+        max_rows: o
+            .max_rows
+            .map_or(c.query_max_rows, |r| r.min(c.query_max_rows)),
+        max_bytes: c.query_max_result_bytes,
+    })
+}
+
+fn classify_error(e: ClassifyError) -> ApiError {
+    match e {
+        ClassifyError::Refused(why) => {
+            ApiError::forbidden(why).with_details(json!({"reason": "refused_statement"}))
+        }
+        ClassifyError::Multiple => ApiError::bad_request("multiple_statements", e.to_string()),
+        ClassifyError::Empty => ApiError::bad_request("empty_statement", e.to_string()),
+        ClassifyError::Sql(e) => exec::sql_error(e),
+    }
+}
+
+fn count(metrics: &Metrics, class: Class) {
+    metrics
+        .query_statements
+        .get_or_create(&crate::ops::metrics::ReasonLabel {
+            reason: class.label(),
+        })
+        .inc();
+}
+
+fn note_timeout(metrics: &Metrics, e: &DocError) {
+    if let DocError::Api(api) = e
+        && api.status == axum::http::StatusCode::GATEWAY_TIMEOUT
+    {
+        metrics.query_timeouts.inc();
+    }
+}
+
+enum ReadOutcome {
+    Done(Json),
+    NeedsWrite,
+}
+
+async fn exec_route(
+    State(state): State<AppState>,
+    auth: Authorized,
+    ApiJson(body): ApiJson<ExecBody>,
+) -> Result<ApiJson<Json>, ApiError> {
+    let limits = limits(&state, body.options)?;
+    let doc = state.registry.get(auth.db()?).await?;
+    let metrics = state.metrics.clone();
+    let sql = std::sync::Arc::<str>::from(body.sql);
+    let args = std::sync::Arc::new(body.args);
+
+    // Read-only statements: one round trip on the read path.
+    let (read_auth, read_sql, read_args, read_metrics) =
+        (auth.clone(), sql.clone(), args.clone(), metrics.clone());
+    let outcome = doc
+        .read(move |conn| {
+            let (mut stmt, class) = classify::prepare(conn, &read_sql).map_err(classify_error)?;
+            if class != Class::Read {
+                return Ok(ReadOutcome::NeedsWrite);
+            }
+            read_auth.require(Action::QueryRead)?;
+            count(&read_metrics, class);
+            exec::bind(&mut stmt, read_args.as_ref().as_ref())?;
+            let mut budget = limits.max_bytes;
+            exec::run(conn, stmt, true, &limits, &mut budget).map(ReadOutcome::Done)
+        })
+        .await
+        .inspect_err(|e| note_timeout(&metrics, e))?;
+    if let ReadOutcome::Done(result) = outcome {
+        return Ok(ApiJson(result));
+    }
+    // Everything else joins the next group commit; the class is checked again there, before
+    // the statement runs (the schema may have changed in between).
+    let write_metrics = metrics.clone();
+    let result = doc
+        .write(move |conn| {
+            let (mut stmt, class) = classify::prepare(conn, &sql).map_err(classify_error)?;
+            auth.require(class.action())?;
+            count(&write_metrics, class);
+            exec::bind(&mut stmt, args.as_ref().as_ref())?;
+            let mut budget = limits.max_bytes;
+            exec::run(conn, stmt, class == Class::Read, &limits, &mut budget)
+        })
+        .await
+        .inspect_err(|e| note_timeout(&metrics, e))?;
+    Ok(ApiJson(result))
+}
+
+/// Adds the failing statement's index to an error.
+fn at(index: usize, e: impl Into<DocError>) -> DocError {
+    match e.into() {
+        DocError::Api(api) => DocError::Api(api.clone().with_details(match api.details {
+            Some(Json::Object(mut m)) => {
+                m.insert("index".into(), json!(index));
+                Json::Object(m)
+            }
+            _ => json!({"index": index}),
+        })),
+        other => other,
+    }
+}
+
+async fn batch_route(
+    State(state): State<AppState>,
+    auth: Authorized,
+    ApiJson(body): ApiJson<BatchBody>,
+) -> Result<ApiJson<Json>, ApiError> {
+    let limits = limits(&state, body.options)?;
+    if body.statements.is_empty() {
+        return Err(ApiError::bad_request(
+            "empty_batch",
+            "statements must not be empty",
+        ));
+    }
+    if body.statements.len() > 1_000 {
+        return Err(ApiError::bad_request(
+            "batch_too_large",
+            "at most 1000 statements per batch",
+        ));
+    }
+    let doc = state.registry.get(auth.db()?).await?;
+    let metrics = state.metrics.clone();
+    let write_metrics = metrics.clone();
+    let statements = body.statements;
+    let results = doc
+        .write(move |conn| {
+            // Every statement that can be prepared now is classified and its scope checked
+            // before any runs. One that depends on an earlier one (a table it creates) is
+            // prepared and checked at its turn; a refusal then rolls the whole batch back.
+            for (i, s) in statements.iter().enumerate() {
+                match classify::prepare(conn, &s.sql) {
+                    Ok((_, class)) => auth.require(class.action()).map_err(|e| at(i, e))?,
+                    Err(ClassifyError::Sql(_)) => {}
+                    Err(e) => return Err(at(i, classify_error(e))),
+                }
+            }
+            let mut budget = limits.max_bytes;
+            let mut results = Vec::with_capacity(statements.len());
+            for (i, s) in statements.iter().enumerate() {
+                let (mut stmt, class) =
+                    classify::prepare(conn, &s.sql).map_err(|e| at(i, classify_error(e)))?;
+                auth.require(class.action()).map_err(|e| at(i, e))?;
+                count(&write_metrics, class);
+                exec::bind(&mut stmt, s.args.as_ref()).map_err(|e| at(i, e))?;
+                results.push(
+                    exec::run(conn, stmt, class == Class::Read, &limits, &mut budget)
+                        .map_err(|e| at(i, e))?,
+                );
+            }
+            Ok(results)
+        })
+        .await
+        .inspect_err(|e| note_timeout(&metrics, e))?;
+    Ok(ApiJson(json!({"results": results})))
+}
