@@ -23,7 +23,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the server.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Manage machine tokens offline, against a data dir.
     Token {
         #[command(subcommand)]
@@ -94,6 +94,15 @@ struct ServeArgs {
     /// Burst per client IP [default: 20].
     #[arg(long, env = "PATCHWORK_RATE_LIMIT_IP_BURST")]
     rate_limit_ip_burst: Option<u32>,
+    /// Statement time limit in milliseconds [default: 5000].
+    #[arg(long, env = "PATCHWORK_QUERY_TIMEOUT_MS")]
+    query_timeout_ms: Option<u64>,
+    /// Most rows returned per statement [default: 5000].
+    #[arg(long, env = "PATCHWORK_QUERY_MAX_ROWS")]
+    query_max_rows: Option<usize>,
+    /// Largest JSON query result in bytes [default: 1048576].
+    #[arg(long, env = "PATCHWORK_QUERY_MAX_RESULT_BYTES")]
+    query_max_result_bytes: Option<usize>,
     /// Proxy IPs whose X-Forwarded-For is believed (comma-separated).
     #[arg(long, env = "PATCHWORK_TRUSTED_PROXIES", value_delimiter = ',')]
     trusted_proxies: Option<Vec<std::net::IpAddr>>,
@@ -163,6 +172,9 @@ impl ServeArgs {
             rate_limit_token_burst,
             rate_limit_ip_rps,
             rate_limit_ip_burst,
+            query_timeout_ms,
+            query_max_rows,
+            query_max_result_bytes,
             trusted_proxies
         );
         if let Some(token) = self.admin_token {
@@ -327,7 +339,7 @@ fn main() -> anyhow::Result<()> {
         Command::Serve(args) => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()?
-            .block_on(serve(args)),
+            .block_on(serve(*args)),
     }
 }
 

@@ -26,7 +26,6 @@ pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
 pub enum Body {
     Empty,
     /// Serialised per request, sent with `content-type: application/json`.
-    #[allow(dead_code, reason = "used by upcoming scenarios (point SELECT)")]
     Json(serde_json::Value),
     /// Raw bytes with the given content type.
     #[allow(dead_code, reason = "used by upcoming scenarios (publishes)")]

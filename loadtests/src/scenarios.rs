@@ -50,7 +50,7 @@ use std::pin::Pin;
 
 use hyper::Method;
 
-use crate::driver::{Body, Ctx};
+use crate::driver::{Body, Ctx, RequestSpec};
 
 /// What a setup hook returns: a boxed future borrowing the context.
 pub type SetupFuture<'a> = Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send + 'a>>;
@@ -90,6 +90,44 @@ fn no_body(_: &Ctx, _: usize, _: u64) -> Body {
     Body::Empty
 }
 
+async fn exec_setup(ctx: &Ctx, sql: &str) -> anyhow::Result<()> {
+    let spec = RequestSpec {
+        method: Method::POST,
+        path: format!("/api/v1/db/{}/query/batch", ctx.db),
+        auth: true,
+        headers: &[],
+        body: Body::Json(serde_json::json!({"statements": [{"sql": sql}]})),
+    };
+    let reply = ctx
+        .send(&spec)
+        .await
+        .map_err(|e| anyhow::anyhow!("setup request failed: {e:?}"))?;
+    anyhow::ensure!(reply.status.is_success(), "setup {sql:?}: {}", reply.status);
+    Ok(())
+}
+
+/// Creates `items` (10,000 rows) and `writes` once.
+fn setup_items(ctx: &Ctx) -> SetupFuture<'_> {
+    Box::pin(async move {
+        exec_setup(
+            ctx,
+            "CREATE TABLE IF NOT EXISTS writes (id INTEGER PRIMARY KEY, worker, seq, v)",
+        )
+        .await?;
+        exec_setup(
+            ctx,
+            "CREATE TABLE IF NOT EXISTS items (id INTEGER PRIMARY KEY, v TEXT)",
+        )
+        .await?;
+        exec_setup(
+            ctx,
+            "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c LIMIT 10000) \
+             INSERT OR IGNORE INTO items (id, v) SELECT x, 'item ' || x FROM c",
+        )
+        .await
+    })
+}
+
 /// Every scenario, in the order they are listed in help output.
 pub fn all() -> Vec<Scenario> {
     vec![
@@ -114,6 +152,38 @@ pub fn all() -> Vec<Scenario> {
             body: no_body,
             expected: &[200],
             setup: None,
+        },
+        Scenario {
+            name: "select",
+            about: "POST query/exec: point SELECT by primary key on a 10,000-row table",
+            method: Method::POST,
+            path: |ctx, _, _| format!("/api/v1/db/{}/query/exec", ctx.db),
+            auth: true,
+            headers: &[],
+            body: |_, worker, seq| {
+                Body::Json(serde_json::json!({
+                    "sql": "SELECT v FROM items WHERE id = ?",
+                    "args": [(worker as u64 * 1_000_003 + seq) % 10_000 + 1],
+                }))
+            },
+            expected: &[200],
+            setup: Some(setup_items),
+        },
+        Scenario {
+            name: "insert",
+            about: "POST query/exec: single-row INSERT (group-committed)",
+            method: Method::POST,
+            path: |ctx, _, _| format!("/api/v1/db/{}/query/exec", ctx.db),
+            auth: true,
+            headers: &[],
+            body: |_, worker, seq| {
+                Body::Json(serde_json::json!({
+                    "sql": "INSERT INTO writes (worker, seq, v) VALUES (?, ?, 'payload')",
+                    "args": [worker, seq],
+                }))
+            },
+            expected: &[200],
+            setup: Some(setup_items),
         },
         Scenario {
             name: "open",
