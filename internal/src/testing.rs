@@ -101,3 +101,91 @@ impl Drop for TestServer {
         self.stop.cancel();
     }
 }
+
+/// One server-sent event.
+#[derive(Debug, Clone, Default)]
+pub struct SseEvent {
+    pub event: String,
+    pub id: Option<String>,
+    pub data: String,
+}
+
+impl SseEvent {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.data).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+/// A minimal, spec-following SSE reader over a streaming response (fields `event`, `id`,
+/// `data` — multi-line data joined with `\n` — comments ignored, events end at a blank line).
+pub struct SseReader {
+    response: reqwest::Response,
+    buf: Vec<u8>,
+}
+
+impl SseReader {
+    pub fn new(response: reqwest::Response) -> Self {
+        Self {
+            response,
+            buf: Vec::new(),
+        }
+    }
+
+    /// The next event, or `None` when the stream ends or `timeout` passes first.
+    pub async fn next(&mut self, timeout: std::time::Duration) -> Option<SseEvent> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(event) = self.parse_one() {
+                return Some(event);
+            }
+            let chunk = tokio::time::timeout_at(deadline, self.response.chunk()).await;
+            match chunk {
+                Ok(Ok(Some(bytes))) => self.buf.extend_from_slice(&bytes),
+                _ => return None,
+            }
+        }
+    }
+
+    /// The next event that is not a heartbeat.
+    pub async fn next_non_heartbeat(&mut self, timeout: std::time::Duration) -> Option<SseEvent> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let event = self.next(left).await?;
+            if event.event != "heartbeat" {
+                return Some(event);
+            }
+        }
+    }
+
+    fn parse_one(&mut self) -> Option<SseEvent> {
+        let text = String::from_utf8_lossy(&self.buf).replace("\r\n", "\n");
+        let end = text.find("\n\n")?;
+        let block = text[..end].to_owned();
+        let consumed = text[..end + 2].len();
+        let rest = text[consumed..].as_bytes().to_vec();
+        self.buf = rest;
+        let mut event = SseEvent {
+            event: "message".into(),
+            ..SseEvent::default()
+        };
+        let mut data = Vec::new();
+        let mut any = false;
+        for line in block.lines() {
+            if line.starts_with(':') {
+                continue;
+            }
+            let (field, value) = line.split_once(':').unwrap_or((line, ""));
+            let value = value.strip_prefix(' ').unwrap_or(value);
+            any = true;
+            match field {
+                "event" => event.event = value.to_owned(),
+                "id" => event.id = Some(value.to_owned()),
+                "data" => data.push(value.to_owned()),
+                _ => {}
+            }
+        }
+        event.data = data.join("\n");
+        if any { Some(event) } else { self.parse_one() }
+    }
+}

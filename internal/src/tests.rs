@@ -3,3 +3,4 @@
 mod auth;
 mod query;
 mod runtime;
+mod watch;

@@ -51,6 +51,9 @@ pub struct Metrics {
     /// Statements run through the query API, by class (`read`, `write`, `admin`).
     pub query_statements: Family<ReasonLabel, Counter>,
     pub query_timeouts: Counter,
+    pub active_watches: Gauge,
+    pub watch_reevaluations: Counter,
+    pub watch_suppressed: Counter,
 }
 
 impl Metrics {
@@ -130,7 +133,28 @@ impl Metrics {
             "Statements interrupted at their time limit",
             query_timeouts.clone(),
         );
+        let active_watches = Gauge::default();
+        registry.register(
+            "active_watches",
+            "Open query watches",
+            active_watches.clone(),
+        );
+        let watch_reevaluations = Counter::default();
+        registry.register(
+            "watch_reevaluations",
+            "Watch re-evaluations after a change to a table they read",
+            watch_reevaluations.clone(),
+        );
+        let watch_suppressed = Counter::default();
+        registry.register(
+            "watch_suppressed_updates",
+            "Re-evaluations (or resumed snapshots) not sent because the result hash was unchanged",
+            watch_suppressed.clone(),
+        );
         Arc::new(Self {
+            active_watches,
+            watch_reevaluations,
+            watch_suppressed,
             query_statements,
             query_timeouts,
             registry,

@@ -50,6 +50,8 @@ pub enum ClassifyError {
 
 #[derive(Default)]
 struct Seen {
+    /// Tables the statement reads (lower-cased), for watch invalidation.
+    reads: std::collections::BTreeSet<String>,
     data_write: bool,
     schema: bool,
     pragma: bool,
@@ -100,10 +102,12 @@ fn observe(seen: &mut Seen, ctx: &AuthContext<'_>) -> Authorization {
         // The pragma's argument may be a value (`= DELETE`) or a name (`table_info(t)`); whether
         // it writes is what `sqlite3_stmt_readonly` says.
         AuthAction::Pragma { .. } => seen.pragma = true,
-        AuthAction::Read { .. }
-        | AuthAction::Select
-        | AuthAction::Function { .. }
-        | AuthAction::Recursive => {}
+        AuthAction::Read { table_name, .. } => {
+            if !seen.reads.contains(table_name) {
+                seen.reads.insert(table_name.to_ascii_lowercase());
+            }
+        }
+        AuthAction::Select | AuthAction::Function { .. } | AuthAction::Recursive => {}
         _ => seen.schema = true,
     }
     Authorization::Allow
@@ -114,6 +118,17 @@ pub fn prepare<'c>(
     conn: &'c Connection,
     sql: &str,
 ) -> Result<(Statement<'c>, Class), ClassifyError> {
+    prepare_with_reads(conn, sql).map(|(stmt, class, _)| (stmt, class))
+}
+
+/// Tables a statement reads, lower-cased (views are expanded by SQLite into their tables).
+pub type ReadSet = std::collections::BTreeSet<String>;
+
+/// As [`prepare`], plus the statement's read set, for watch invalidation.
+pub fn prepare_with_reads<'c>(
+    conn: &'c Connection,
+    sql: &str,
+) -> Result<(Statement<'c>, Class, ReadSet), ClassifyError> {
     let seen = Arc::new(Mutex::new(Seen::default()));
     let sink = seen.clone();
     conn.authorizer(Some(move |ctx: AuthContext<'_>| {
@@ -121,7 +136,7 @@ pub fn prepare<'c>(
     }));
     let prepared = conn.prepare(sql);
     conn.authorizer(None::<fn(AuthContext<'_>) -> Authorization>);
-    let seen = std::mem::take(&mut *seen.lock().unwrap_or_else(|p| p.into_inner()));
+    let mut seen = std::mem::take(&mut *seen.lock().unwrap_or_else(|p| p.into_inner()));
     let stmt = match prepared {
         Ok(stmt) => stmt,
         Err(_) if seen.refused.is_some() => {
@@ -130,7 +145,7 @@ pub fn prepare<'c>(
         Err(rusqlite::Error::MultipleStatement) => return Err(ClassifyError::Multiple),
         Err(e) => return Err(ClassifyError::Sql(e)),
     };
-    if let Some(why) = seen.refused {
+    if let Some(why) = seen.refused.take() {
         return Err(ClassifyError::Refused(why));
     }
     // Only whitespace and comments prepare to no statement at all.
@@ -149,7 +164,7 @@ pub fn prepare<'c>(
     } else {
         Class::Write
     };
-    Ok((stmt, class))
+    Ok((stmt, class, seen.reads))
 }
 
 /// Whether the compiled program of `sql` has a `Vacuum` opcode with an INTO target (its P2 is

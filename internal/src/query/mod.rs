@@ -7,6 +7,7 @@
 pub mod classify;
 pub mod exec;
 pub mod value;
+pub mod watch;
 
 use std::time::Duration;
 
@@ -44,14 +45,24 @@ pub fn routes() -> Vec<Route> {
             QUERY,
             post(batch_route),
         ),
+        Route::new(
+            Method::POST,
+            "/api/v1/db/{db_id}/query/watch",
+            Access::Db {
+                actions: &[Action::QueryRead],
+                resource: ResourceFrom::None,
+            },
+            post(watch::watch_route),
+        )
+        .with_query_token(),
     ]
 }
 
 #[derive(Deserialize, Default, Clone, Copy)]
 #[serde(deny_unknown_fields)]
-struct Options {
-    max_rows: Option<usize>,
-    timeout_ms: Option<u64>,
+pub(crate) struct Options {
+    pub(crate) max_rows: Option<usize>,
+    pub(crate) timeout_ms: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -81,7 +92,7 @@ struct BatchBody {
 }
 
 /// Configured bounds, lowered (never raised) by the request's options.
-fn limits(state: &AppState, options: Option<Options>) -> Result<Limits, ApiError> {
+pub(crate) fn limits(state: &AppState, options: Option<Options>) -> Result<Limits, ApiError> {
     let o = options.unwrap_or_default();
     let c = &state.config;
     if o.max_rows == Some(0) || o.timeout_ms == Some(0) {
@@ -102,7 +113,7 @@ fn limits(state: &AppState, options: Option<Options>) -> Result<Limits, ApiError
     })
 }
 
-fn classify_error(e: ClassifyError) -> ApiError {
+pub(crate) fn classify_error(e: ClassifyError) -> ApiError {
     match e {
         ClassifyError::Refused(why) => {
             ApiError::forbidden(why).with_details(json!({"reason": "refused_statement"}))

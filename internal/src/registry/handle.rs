@@ -76,6 +76,18 @@ impl From<DocError> for ApiError {
     }
 }
 
+/// Background reads (watch re-evaluations) a document runs at once.
+const BACKGROUND_READS: usize = 4;
+
+/// Counts a live watch until dropped.
+pub struct WatchCount(DocHandle);
+
+impl Drop for WatchCount {
+    fn drop(&mut self) {
+        self.0.inner.watches.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// A handle to one document actor.
 #[derive(Clone)]
 pub struct DocHandle {
@@ -84,6 +96,11 @@ pub struct DocHandle {
 
 struct HandleInner {
     tx: mpsc::Sender<Command>,
+    /// Bounds the background reads (watch re-evaluations) in this mailbox, so a thousand dirty
+    /// watches cannot crowd out writers or fill the mailbox.
+    background: Arc<tokio::sync::Semaphore>,
+    /// Live watches on this document.
+    watches: std::sync::atomic::AtomicUsize,
     events: broadcast::Sender<ChangeEvent>,
     shared: Arc<ActorShared>,
     metrics: Arc<Metrics>,
@@ -99,6 +116,8 @@ impl DocHandle {
         Self {
             inner: Arc::new(HandleInner {
                 tx,
+                background: Arc::new(tokio::sync::Semaphore::new(BACKGROUND_READS)),
+                watches: Default::default(),
                 events,
                 shared,
                 metrics,
@@ -173,6 +192,26 @@ impl DocHandle {
             0 => None,
             ms => Some(ms),
         }
+    }
+
+    /// Waits for a slot to run a background read (see `BACKGROUND_READS`).
+    pub async fn background_permit(&self) -> tokio::sync::OwnedSemaphorePermit {
+        self.inner
+            .background
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed")
+    }
+
+    /// Registers a live watch; the count drops with the returned guard.
+    pub fn watch_started(&self) -> WatchCount {
+        self.inner.watches.fetch_add(1, Ordering::AcqRel);
+        WatchCount(self.clone())
+    }
+
+    pub fn watch_count(&self) -> usize {
+        self.inner.watches.load(Ordering::Acquire)
     }
 
     pub fn is_closed(&self) -> bool {

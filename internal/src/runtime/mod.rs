@@ -86,7 +86,7 @@ async fn status(
         size_bytes,
         wal_bytes,
         page_count,
-        watches: 0,
+        watches: doc.watch_count(),
         subscribers: doc.subscriber_count(),
         last_write_at: doc.last_write_at_ms().map(time_fmt::from_unix_ms),
     }))
