@@ -163,7 +163,7 @@ impl SseReader {
         let end = text.find("\n\n")?;
         let block = text[..end].to_owned();
         let consumed = text[..end + 2].len();
-        let rest = text[consumed..].as_bytes().to_vec();
+        let rest = text.as_bytes()[consumed..].to_vec();
         self.buf = rest;
         let mut event = SseEvent {
             event: "message".into(),
