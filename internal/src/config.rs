@@ -133,6 +133,8 @@ pub struct Config {
     pub query_max_rows: usize,
     /// Largest JSON result of one request (`413` past it).
     pub query_max_result_bytes: usize,
+    /// Seconds between message retention sweeps.
+    pub retention_sweep_seconds: u64,
 }
 
 impl Default for Config {
@@ -160,6 +162,7 @@ impl Default for Config {
             query_timeout_ms: 5_000,
             query_max_rows: 5_000,
             query_max_result_bytes: 1024 * 1024,
+            retention_sweep_seconds: 60,
         }
     }
 }
@@ -184,6 +187,9 @@ impl Config {
                 "query_timeout_ms, query_max_rows and query_max_result_bytes must be at least 1"
                     .into(),
             );
+        }
+        if self.retention_sweep_seconds == 0 {
+            return Err("retention_sweep_seconds must be at least 1".into());
         }
         if self.idle_timeout_secs == 0 {
             return Err("idle_timeout_secs must be at least 1".into());

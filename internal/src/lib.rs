@@ -22,6 +22,7 @@ pub mod config;
 pub mod error;
 pub mod migrations;
 pub mod ops;
+pub mod pubsub;
 pub mod query;
 pub mod registry;
 pub mod router;

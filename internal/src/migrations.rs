@@ -20,17 +20,31 @@ pub enum Schema {
     Document,
 }
 
-const SERVICE: &[Migration] = &[Migration {
-    version: 1,
-    name: "0001_init",
-    sql: include_str!("../../migrations/service/0001_init.sql"),
-}];
+const SERVICE: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "0001_init",
+        sql: include_str!("../../migrations/service/0001_init.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "0002_retention_documents",
+        sql: include_str!("../../migrations/service/0002_retention_documents.sql"),
+    },
+];
 
-const DOCUMENT: &[Migration] = &[Migration {
-    version: 1,
-    name: "0001_init",
-    sql: include_str!("../../migrations/document/0001_init.sql"),
-}];
+const DOCUMENT: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "0001_init",
+        sql: include_str!("../../migrations/document/0001_init.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "0002_messages",
+        sql: include_str!("../../migrations/document/0002_messages.sql"),
+    },
+];
 
 impl Schema {
     pub fn migrations(self) -> &'static [Migration] {

@@ -189,6 +189,10 @@ pub async fn serve(
     let grace = Duration::from_secs(state.config.shutdown_grace_secs);
     tokio::spawn(state.tokens.clone().maintain(state.shutdown.clone()));
     tokio::spawn(trim_rate_limits(state.clone()));
+    tokio::spawn(crate::pubsub::retention::sweeper(
+        state.clone(),
+        Duration::from_secs(state.config.retention_sweep_seconds),
+    ));
     let router = crate::router::build(state.clone());
     let stop = state.shutdown.clone();
     let server = axum::serve(

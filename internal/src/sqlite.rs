@@ -24,6 +24,11 @@ pub fn open(path: &Path, schema: Schema, opts: OpenOptions) -> Result<Connection
         | OpenFlags::SQLITE_OPEN_URI;
     let conn = Connection::open_with_flags(path, flags)?;
     conn.busy_timeout(opts.busy_timeout)?;
+    // Only takes effect while the file is still empty (new databases): freed pages can then be
+    // returned to the file system with `PRAGMA incremental_vacuum` (message retention).
+    conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
+    // Deleted content is overwritten in place, so expired messages do not linger in free pages.
+    conn.pragma_update(None, "secure_delete", "FAST")?;
     // journal_mode returns a row; pragma_update_and_check reads it.
     let mode: String =
         conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;

@@ -54,6 +54,13 @@ pub struct Metrics {
     pub active_watches: Gauge,
     pub watch_reevaluations: Counter,
     pub watch_suppressed: Counter,
+    pub publishes: Counter,
+    pub published_bytes: Counter,
+    pub publish_batch: Histogram,
+    pub subscribers: Gauge,
+    pub fanout_lag: Histogram,
+    pub slow_disconnects: Counter,
+    pub retention_deleted: Counter,
 }
 
 impl Metrics {
@@ -151,7 +158,56 @@ impl Metrics {
             "Re-evaluations (or resumed snapshots) not sent because the result hash was unchanged",
             watch_suppressed.clone(),
         );
+        let publishes = Counter::default();
+        registry.register(
+            "publishes",
+            "Messages stored (duplicates excluded)",
+            publishes.clone(),
+        );
+        let published_bytes = Counter::default();
+        registry.register(
+            "published_bytes",
+            "Payload bytes published",
+            published_bytes.clone(),
+        );
+        let publish_batch = Histogram::new(exponential_buckets(1.0, 2.0, 11));
+        registry.register(
+            "publish_request_size",
+            "Messages per publish request",
+            publish_batch.clone(),
+        );
+        let subscribers = Gauge::default();
+        registry.register(
+            "subscribers",
+            "Connected SSE and WebSocket message subscribers",
+            subscribers.clone(),
+        );
+        let fanout_lag = Histogram::new(exponential_buckets(0.000_1, 2.0, 18));
+        registry.register(
+            "fanout_lag_seconds",
+            "Time from a message's commit stamp to its hand-off to a live subscriber",
+            fanout_lag.clone(),
+        );
+        let slow_disconnects = Counter::default();
+        registry.register(
+            "slow_consumer_disconnects",
+            "Subscribers cut off because they fell too far behind",
+            slow_disconnects.clone(),
+        );
+        let retention_deleted = Counter::default();
+        registry.register(
+            "retention_deleted",
+            "Messages deleted by retention sweeps",
+            retention_deleted.clone(),
+        );
         Arc::new(Self {
+            publishes,
+            published_bytes,
+            publish_batch,
+            subscribers,
+            fanout_lag,
+            slow_disconnects,
+            retention_deleted,
             active_watches,
             watch_reevaluations,
             watch_suppressed,

@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use rusqlite::{Connection, OptionalExtension};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-use super::events::{ChangeEvent, EVENT_CAPACITY};
+use super::events::{Announcement, ChangeEvent, EVENT_CAPACITY};
 use super::handle::{DocError, DocHandle};
 use crate::migrations::Schema;
 use crate::ops::metrics::Metrics;
@@ -43,6 +43,10 @@ pub(crate) trait WriteJob: Send {
     /// Called exactly once after the transaction ended; `commit_error` is set if it did not
     /// commit.
     fn finish(self: Box<Self>, commit_error: Option<&str>);
+    /// What the request asks to announce with the commit (taken after a successful `run`).
+    fn take_announcements(&mut self) -> Vec<Announcement> {
+        Vec::new()
+    }
 }
 
 /// State the actor shares with its handles without a round trip.
@@ -277,6 +281,7 @@ impl Actor {
             return;
         }
         let mut written = BTreeSet::new();
+        let mut announcements: Vec<Announcement> = Vec::new();
         let mut failed_early: Vec<Box<dyn WriteJob>> = Vec::new();
         let mut kept: Vec<Box<dyn WriteJob>> = Vec::with_capacity(batch.len());
         for mut job in batch.drain(..) {
@@ -313,6 +318,7 @@ impl Actor {
             if ok {
                 let _ = self.conn.execute_batch("RELEASE pw_job");
                 written.append(&mut self.take_hook_tables());
+                announcements.extend(job.take_announcements());
             } else {
                 self.metrics.failed_writes.inc();
                 let _ = self
@@ -323,7 +329,7 @@ impl Actor {
             kept.push(job);
         }
         let mut new_seq = None;
-        if self.track_commits && !written.is_empty() {
+        if self.track_commits && (!written.is_empty() || !announcements.is_empty()) {
             let seq = self.shared.commit_seq.load(Ordering::Acquire) + 1;
             let now_ms = now_ms();
             let bumped = self
@@ -363,6 +369,7 @@ impl Actor {
             let _ = self.events.send(ChangeEvent {
                 commit_seq: seq,
                 tables_written: tables.into(),
+                announcements: announcements.into(),
             });
         }
         for job in kept {

@@ -1,16 +1,33 @@
 //! Change events: what a document actor announces after each commit that changed something.
 //! Watches (query) and sync build on these; pub/sub adds its own payloads later.
 
+use std::any::Any;
 use std::sync::Arc;
 
+/// Something a write asks to announce with its commit (e.g. a stored pub/sub message). The
+/// capability that made it downcasts it again; the registry only carries it, in commit order.
+pub type Announcement = Arc<dyn Any + Send + Sync>;
+
 /// Published on the document's broadcast channel after a commit, never before.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct ChangeEvent {
     /// Monotonic per document, persisted, so it keeps growing across restarts.
     pub commit_seq: u64,
     /// User-visible tables the commit wrote (from SQLite's update hook), sorted, deduplicated.
-    /// Patchwork's own `_patchwork_*` bookkeeping tables are left out.
+    /// Patchwork's bookkeeping tables (`_patchwork_meta`, `_patchwork_migrations`) are left out.
     pub tables_written: Arc<[String]>,
+    /// What the committed writes announced, in commit order.
+    pub announcements: Arc<[Announcement]>,
+}
+
+impl std::fmt::Debug for ChangeEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChangeEvent")
+            .field("commit_seq", &self.commit_seq)
+            .field("tables_written", &self.tables_written)
+            .field("announcements", &self.announcements.len())
+            .finish()
+    }
 }
 
 /// Capacity of each document's broadcast channel. A receiver that falls further behind sees

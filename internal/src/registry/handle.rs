@@ -11,7 +11,7 @@ use rusqlite::Connection;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::actor::{ActorShared, Command, WriteJob};
-use super::events::ChangeEvent;
+use super::events::{Announcement, ChangeEvent};
 use crate::error::ApiError;
 use crate::migrations::MigrationError;
 use crate::ops::metrics::Metrics;
@@ -162,10 +162,21 @@ impl DocHandle {
         F: FnOnce(&Connection) -> Result<T, DocError> + Send + 'static,
         T: Send + 'static,
     {
+        self.write_announcing(move |conn, _| f(conn)).await
+    }
+
+    /// As [`write`](Self::write); what `f` pushes onto its second argument is published with the
+    /// commit's [`ChangeEvent`], in commit order, if (and only if) this request committed.
+    pub async fn write_announcing<T, F>(&self, f: F) -> Result<T, DocError>
+    where
+        F: FnOnce(&Connection, &mut Vec<Announcement>) -> Result<T, DocError> + Send + 'static,
+        T: Send + 'static,
+    {
         let (reply, rx) = oneshot::channel();
         self.send(Command::Write(Box::new(Job {
             f: Some(f),
             out: None,
+            announcements: Vec::new(),
             reply,
         })))?;
         rx.await.map_err(|_| DocError::Aborted)?
@@ -231,22 +242,27 @@ impl DocHandle {
 struct Job<F, T> {
     f: Option<F>,
     out: Option<Result<T, DocError>>,
+    announcements: Vec<Announcement>,
     reply: oneshot::Sender<Result<T, DocError>>,
 }
 
 impl<F, T> WriteJob for Job<F, T>
 where
-    F: FnOnce(&Connection) -> Result<T, DocError> + Send,
+    F: FnOnce(&Connection, &mut Vec<Announcement>) -> Result<T, DocError> + Send,
     T: Send,
 {
     fn run(&mut self, conn: &Connection) -> bool {
         let Some(f) = self.f.take() else {
             return false;
         };
-        let out = f(conn);
+        let out = f(conn, &mut self.announcements);
         let ok = out.is_ok();
         self.out = Some(out);
         ok
+    }
+
+    fn take_announcements(&mut self) -> Vec<Announcement> {
+        std::mem::take(&mut self.announcements)
     }
 
     fn finish(self: Box<Self>, commit_error: Option<&str>) {

@@ -26,7 +26,7 @@ use tokio::sync::{OnceCell, watch};
 pub use actor::ActorConfig;
 pub(crate) use actor::spawn as spawn_actor;
 pub use db_id::{DbId, InvalidDbId};
-pub use events::ChangeEvent;
+pub use events::{Announcement, ChangeEvent};
 pub use handle::{DocError, DocHandle};
 
 use crate::migrations::Schema;

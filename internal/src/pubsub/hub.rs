@@ -1,0 +1,202 @@
+//! The subscription engine shared by SSE, WebSocket (and later MQTT): replay from the database,
+//! then live delivery from the document's change events, with no gap and no duplicate at the
+//! seam, bounded buffers, and slow consumers cut off.
+//!
+//! Seam: the engine subscribes to the change events *before* reading the database, so every
+//! message committed after the subscription arrives live and every one committed before is in
+//! the replay; ids at or below the last delivered one are skipped. If the engine itself falls
+//! behind the broadcast (`Lagged`), it catches up from the database again. If the *client* falls
+//! behind (its bounded queue is full), it gets an `error` event and the stream ends; it can
+//! resume with `Last-Event-ID` / `since_id`.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{broadcast, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use super::sql::{self, Message};
+use super::topic;
+use crate::auth::{Action, Authorized};
+use crate::ops::metrics::Metrics;
+use crate::registry::{ChangeEvent, DocError, DocHandle};
+
+/// Messages buffered per subscriber before it counts as too slow.
+pub const QUEUE: usize = 512;
+const PAGE: usize = 500;
+
+/// Where a subscription starts.
+#[derive(Clone, Copy, Debug)]
+pub enum Start {
+    /// Messages with id > N.
+    After(i64),
+    /// The last N matching messages, then live.
+    Tail(usize),
+    /// Only messages committed from now on.
+    Live,
+}
+
+/// What a subscriber is sent.
+#[derive(Debug, Clone)]
+pub enum Delivery {
+    Message(Arc<Message>),
+    Heartbeat,
+    /// Sent once before the stream ends because the subscriber could not keep up.
+    SlowConsumer,
+    /// The document went away (shutdown).
+    Closed,
+}
+
+/// The filters of one subscription; WebSocket `unsubscribe` edits them while it runs.
+pub type Filters = Arc<Mutex<Vec<String>>>;
+
+pub struct Subscription {
+    pub doc: DocHandle,
+    pub auth: Authorized,
+    pub filters: Filters,
+    pub start: Start,
+    pub heartbeat: Option<Duration>,
+    pub metrics: Arc<Metrics>,
+    pub shutdown: CancellationToken,
+}
+
+impl Subscription {
+    fn wanted(&self, m: &Message) -> bool {
+        let filters = self.filters.lock().unwrap_or_else(|p| p.into_inner());
+        filters.iter().any(|f| topic::matches(f, &m.topic))
+            // Double-check per message: a prefixed scope never sees topics outside its prefix.
+            && self.auth.resource(Action::PubSubscribe, &m.topic).is_ok()
+    }
+
+    fn filters(&self) -> Vec<String> {
+        self.filters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Replays from the database after `last`, waiting for the client as needed. Returns the
+    /// new `last`, or `None` if the client went away.
+    async fn replay(
+        &self,
+        mut last: i64,
+        out: &mpsc::Sender<Delivery>,
+    ) -> Result<Option<i64>, DocError> {
+        loop {
+            let page = self
+                .doc
+                .read(move |c| Ok(sql::after(c, last, PAGE)?))
+                .await?;
+            let full = page.len() == PAGE;
+            for m in page {
+                last = m.id;
+                if self.wanted(&m) && out.send(Delivery::Message(m)).await.is_err() {
+                    return Ok(None);
+                }
+            }
+            if !full {
+                return Ok(Some(last));
+            }
+        }
+    }
+
+    /// Runs until the client goes away, is too slow, or the server shuts down.
+    pub async fn run(self, out: mpsc::Sender<Delivery>) -> Result<(), DocError> {
+        let mut events = self.doc.subscribe();
+        let current = self.doc.read(|c| Ok(sql::max_id(c)?)).await?;
+        let mut last = match self.start {
+            Start::After(n) => n,
+            Start::Live => current,
+            Start::Tail(n) => {
+                let filters = self.filters();
+                let tail = self
+                    .doc
+                    .read(move |c| Ok(sql::tail(c, &filters, n, 100_000)?))
+                    .await?;
+                for m in tail {
+                    if self.wanted(&m) && out.send(Delivery::Message(m)).await.is_err() {
+                        return Ok(());
+                    }
+                }
+                current
+            }
+        };
+        match self.replay(last, &out).await? {
+            Some(l) => last = l,
+            None => return Ok(()),
+        }
+        let period = self.heartbeat.unwrap_or(Duration::from_secs(3600));
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        loop {
+            let change: Result<ChangeEvent, broadcast::error::RecvError> = tokio::select! {
+                () = out.closed() => return Ok(()),
+                () = self.shutdown.cancelled() => {
+                    let _ = out.try_send(Delivery::Closed);
+                    return Ok(());
+                }
+                _ = tick.tick(), if self.heartbeat.is_some() => {
+                    if !self.offer(&out, Delivery::Heartbeat).await {
+                        return Ok(());
+                    }
+                    continue;
+                }
+                change = events.recv() => change,
+            };
+            match change {
+                Ok(change) => {
+                    for a in change.announcements.iter() {
+                        let Ok(m) = Arc::clone(a).downcast::<Message>() else {
+                            continue;
+                        };
+                        if m.id <= last {
+                            continue;
+                        }
+                        last = m.id;
+                        if self.wanted(&m) {
+                            self.metrics
+                                .fanout_lag
+                                .observe((now_ms() - m.created_ms).max(0) as f64 / 1000.0);
+                            if !self.offer(&out, Delivery::Message(m)).await {
+                                return Ok(());
+                            }
+                        }
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    // We (not the client) fell behind: catch up from the database.
+                    events = self.doc.subscribe();
+                    match self.replay(last, &out).await? {
+                        Some(l) => last = l,
+                        None => return Ok(()),
+                    }
+                }
+                Err(broadcast::error::RecvError::Closed) => {
+                    let _ = out.try_send(Delivery::Closed);
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// Queues a delivery without waiting; a full queue means the client is too slow: it gets
+    /// `SlowConsumer` (waiting briefly for room) and the subscription ends.
+    async fn offer(&self, out: &mpsc::Sender<Delivery>, d: Delivery) -> bool {
+        match out.try_send(d) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.metrics.slow_disconnects.inc();
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(5), out.send(Delivery::SlowConsumer))
+                        .await;
+                false
+            }
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}

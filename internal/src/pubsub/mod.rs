@@ -1,0 +1,435 @@
+//! Durable pub/sub: publish (committed before the answer, group-committed), subscribe over SSE
+//! and WebSocket with replay and MQTT wildcards, retention. Publishing, storage, matching and
+//! fan-out live here so every transport (HTTP, WebSocket, MQTT) goes through the same path.
+//!
+//! Routes: `POST /messages`, `POST /messages/batch`, `GET /events/stream` (SSE),
+//! `GET /events/ws`, `GET|PUT /messages/retention` — all under `/api/v1/db/{db_id}`.
+
+pub mod hub;
+pub mod retention;
+pub mod sql;
+pub mod topic;
+pub mod ws;
+
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::sse::{Event, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use serde_json::{Map, Value as Json, json};
+use tokio::sync::mpsc;
+
+use crate::auth::{Access, Action, Authorized, ResourceFrom, Route};
+use crate::error::{ApiError, Json as ApiJson, Query};
+use crate::registry::DocError;
+use crate::server::AppState;
+use hub::{Delivery, Start, Subscription};
+use sql::{NewMessage, Published};
+
+/// Largest decoded payload.
+pub const MAX_PAYLOAD: usize = 1024 * 1024;
+/// Most messages in one batch.
+pub const MAX_BATCH: usize = 1_000;
+
+const PUBLISH: Access = Access::Db {
+    actions: &[Action::PubPublish],
+    resource: ResourceFrom::Handler,
+};
+const SUBSCRIBE: Access = Access::Db {
+    actions: &[Action::PubSubscribe],
+    resource: ResourceFrom::Handler,
+};
+const RETENTION: Access = Access::Db {
+    actions: &[Action::QueryAdmin],
+    resource: ResourceFrom::None,
+};
+
+pub fn routes() -> Vec<Route> {
+    vec![
+        Route::new(
+            Method::POST,
+            "/api/v1/db/{db_id}/messages",
+            PUBLISH,
+            post(publish),
+        ),
+        Route::new(
+            Method::POST,
+            "/api/v1/db/{db_id}/messages/batch",
+            PUBLISH,
+            post(publish_batch),
+        ),
+        Route::new(
+            Method::GET,
+            "/api/v1/db/{db_id}/events/stream",
+            SUBSCRIBE,
+            get(stream),
+        )
+        .with_query_token(),
+        Route::new(
+            Method::GET,
+            "/api/v1/db/{db_id}/events/ws",
+            Access::Db {
+                actions: &[Action::PubSubscribe, Action::PubPublish],
+                resource: ResourceFrom::Handler,
+            },
+            get(ws::upgrade),
+        )
+        .with_query_token(),
+        Route::new(
+            Method::GET,
+            "/api/v1/db/{db_id}/messages/retention",
+            RETENTION,
+            get(retention::get_rules),
+        ),
+        Route::new(
+            Method::PUT,
+            "/api/v1/db/{db_id}/messages/retention",
+            RETENTION,
+            put(retention::put_rules),
+        ),
+    ]
+}
+
+/// Parses one message object of a publish request (exactly one payload field).
+pub fn parse_message(v: &Json) -> Result<NewMessage, ApiError> {
+    let bad = |m: &str| ApiError::bad_request("invalid_message", m.to_owned());
+    let Json::Object(map) = v else {
+        return Err(bad("a message must be a JSON object"));
+    };
+    parse_message_map(map, &[])
+}
+
+/// As [`parse_message`], allowing `extra` keys (the WebSocket frame's `type` and `ref`).
+pub fn parse_message_map(map: &Map<String, Json>, extra: &[&str]) -> Result<NewMessage, ApiError> {
+    let bad = |m: String| ApiError::bad_request("invalid_message", m);
+    for key in map.keys() {
+        if !matches!(
+            key.as_str(),
+            "topic" | "payload" | "payload_base64" | "payload_text" | "content_type" | "dedupe_key"
+        ) && !extra.contains(&key.as_str())
+        {
+            return Err(bad(format!("unknown field {key:?}")));
+        }
+    }
+    let topic = match map.get("topic") {
+        Some(Json::String(t)) => t.clone(),
+        _ => return Err(bad("topic is required and must be a string".into())),
+    };
+    topic::validate_topic(&topic).map_err(|e| ApiError::bad_request("invalid_topic", e))?;
+    let given: Vec<&str> = ["payload", "payload_base64", "payload_text"]
+        .into_iter()
+        .filter(|k| map.contains_key(*k))
+        .collect();
+    if given.len() != 1 {
+        return Err(bad(
+            "exactly one of payload, payload_base64, payload_text is required".into(),
+        ));
+    }
+    let (payload, default_type) = match given[0] {
+        "payload" => (
+            serde_json::to_vec(&map["payload"]).map_err(ApiError::internal)?,
+            "application/json",
+        ),
+        "payload_text" => match &map["payload_text"] {
+            Json::String(s) => (s.clone().into_bytes(), "text/plain; charset=utf-8"),
+            _ => return Err(bad("payload_text must be a string".into())),
+        },
+        _ => match &map["payload_base64"] {
+            Json::String(s) => (
+                B64.decode(s)
+                    .map_err(|e| bad(format!("payload_base64: {e}")))?,
+                "application/octet-stream",
+            ),
+            _ => return Err(bad("payload_base64 must be a string".into())),
+        },
+    };
+    if payload.len() > MAX_PAYLOAD {
+        return Err(ApiError::too_large(format!(
+            "the payload is {} bytes; at most {MAX_PAYLOAD} are allowed",
+            payload.len()
+        )));
+    }
+    let content_type = match map.get("content_type") {
+        None | Some(Json::Null) => default_type.to_owned(),
+        Some(Json::String(s)) if !s.is_empty() && s.len() <= 255 && !s.contains(['\r', '\n']) => {
+            s.clone()
+        }
+        Some(_) => {
+            return Err(bad(
+                "content_type must be a non-empty string of at most 255 bytes".into(),
+            ));
+        }
+    };
+    let dedupe_key = match map.get("dedupe_key") {
+        None | Some(Json::Null) => None,
+        Some(Json::String(s)) if !s.is_empty() && s.len() <= 255 => Some(s.clone()),
+        Some(_) => return Err(bad("dedupe_key must be a string of 1 to 255 bytes".into())),
+    };
+    Ok(NewMessage {
+        topic,
+        content_type,
+        payload,
+        dedupe_key,
+    })
+}
+
+/// The one publish path (HTTP, WebSocket, MQTT): checks each topic against the token, then
+/// stores every message in one savepoint of the next group commit, answering after the commit.
+pub async fn publish_messages(
+    state: &AppState,
+    auth: &Authorized,
+    messages: Vec<NewMessage>,
+) -> Result<Vec<Published>, ApiError> {
+    for m in &messages {
+        auth.resource(Action::PubPublish, &m.topic)?;
+    }
+    let doc = state.registry.get(auth.db()?).await?;
+    let producer = auth.token_id().map(str::to_owned);
+    let bytes: usize = messages.iter().map(|m| m.payload.len()).sum();
+    let count = messages.len();
+    let published = doc
+        .write_announcing(move |conn, announce| {
+            let mut out = Vec::with_capacity(messages.len());
+            for m in &messages {
+                let (published, stored) = sql::insert(conn, m, producer.as_deref())?;
+                if let Some(stored) = stored {
+                    announce.push(stored);
+                }
+                out.push(published);
+            }
+            Ok(out)
+        })
+        .await
+        .map_err(ApiError::from)?;
+    state.metrics.publishes.inc_by(count as u64);
+    state.metrics.published_bytes.inc_by(bytes as u64);
+    state.metrics.publish_batch.observe(count as f64);
+    Ok(published)
+}
+
+async fn publish(
+    State(state): State<AppState>,
+    auth: Authorized,
+    ApiJson(body): ApiJson<Json>,
+) -> Result<Response, ApiError> {
+    let message = parse_message(&body)?;
+    let mut published = publish_messages(&state, &auth, vec![message]).await?;
+    let one = published
+        .pop()
+        .ok_or_else(|| ApiError::internal("publish returned nothing"))?;
+    Ok((StatusCode::CREATED, axum::Json(one)).into_response())
+}
+
+async fn publish_batch(
+    State(state): State<AppState>,
+    auth: Authorized,
+    ApiJson(body): ApiJson<Json>,
+) -> Result<Response, ApiError> {
+    let Json::Object(map) = &body else {
+        return Err(ApiError::bad_request(
+            "invalid_body",
+            "expected {\"messages\": [...]}",
+        ));
+    };
+    if map.keys().any(|k| k != "messages") {
+        return Err(ApiError::bad_request(
+            "invalid_body",
+            "only \"messages\" is allowed",
+        ));
+    }
+    let Some(Json::Array(items)) = map.get("messages") else {
+        return Err(ApiError::bad_request(
+            "invalid_body",
+            "messages must be an array",
+        ));
+    };
+    if items.is_empty() || items.len() > MAX_BATCH {
+        return Err(ApiError::bad_request(
+            "invalid_body",
+            format!("messages must hold 1 to {MAX_BATCH} messages"),
+        ));
+    }
+    let messages = items
+        .iter()
+        .enumerate()
+        .map(|(i, m)| parse_message(m).map_err(|e| e.with_details(json!({"index": i}))))
+        .collect::<Result<Vec<_>, _>>()?;
+    let results = publish_messages(&state, &auth, messages).await?;
+    Ok((StatusCode::CREATED, axum::Json(json!({"results": results}))).into_response())
+}
+
+/// Validates subscription filters for the token: every topic a filter can match must be allowed
+/// (a scope prefix must be a prefix of the filter's literal part).
+pub fn check_filters(auth: &Authorized, filters: &[String]) -> Result<(), ApiError> {
+    if filters.is_empty() {
+        return Err(ApiError::bad_request(
+            "invalid_topic",
+            "at least one topic filter is required",
+        ));
+    }
+    for f in filters {
+        topic::validate_filter(f).map_err(|e| ApiError::bad_request("invalid_topic", e))?;
+        auth.resource(Action::PubSubscribe, topic::literal_prefix(f))
+            .map_err(|_| ApiError::forbidden(format!("the token may not subscribe to {f:?}")))?;
+    }
+    Ok(())
+}
+
+/// `since_id` / `tail` / `Last-Event-ID` → where to start.
+pub fn start_position(
+    since_id: Option<i64>,
+    tail: Option<usize>,
+    last_event_id: Option<&str>,
+) -> Result<Start, ApiError> {
+    match (since_id, tail) {
+        (Some(_), Some(_)) => Err(ApiError::bad_request(
+            "invalid_query",
+            "give since_id or tail, not both",
+        )),
+        (Some(n), None) if n >= 0 => Ok(Start::After(n)),
+        (Some(_), None) => Err(ApiError::bad_request(
+            "invalid_query",
+            "since_id must be >= 0",
+        )),
+        (None, Some(n)) if n <= 1000 => Ok(Start::Tail(n)),
+        (None, Some(_)) => Err(ApiError::bad_request(
+            "invalid_query",
+            "tail must be at most 1000",
+        )),
+        (None, None) => match last_event_id {
+            Some(id) => id
+                .trim()
+                .parse::<i64>()
+                .ok()
+                .filter(|n| *n >= 0)
+                .map(Start::After)
+                .ok_or_else(|| {
+                    ApiError::bad_request(
+                        "invalid_last_event_id",
+                        "Last-Event-ID must be a message id",
+                    )
+                }),
+            None => Ok(Start::Live),
+        },
+    }
+}
+
+fn delivery_event(d: &Delivery) -> Event {
+    match d {
+        Delivery::Message(m) => Event::default()
+            .event("message")
+            .id(m.id.to_string())
+            .data(m.json()),
+        Delivery::Heartbeat => Event::default()
+            .event("heartbeat")
+            .data(json!({"time": crate::time_fmt::rfc3339(time::OffsetDateTime::now_utc())}).to_string()),
+        Delivery::SlowConsumer => Event::default().event("error").data(
+            json!({"code": "slow_consumer", "message": "the subscriber fell too far behind; reconnect with Last-Event-ID"})
+                .to_string(),
+        ),
+        Delivery::Closed => Event::default().event("error").data(
+            json!({"code": "shutting_down", "message": "the server is shutting down; reconnect with Last-Event-ID"})
+                .to_string(),
+        ),
+    }
+}
+
+/// A gauge guard: counts a live subscriber until dropped.
+pub struct SubscriberCount(Arc<crate::ops::metrics::Metrics>);
+
+impl SubscriberCount {
+    pub fn new(metrics: Arc<crate::ops::metrics::Metrics>) -> Self {
+        metrics.subscribers.inc();
+        Self(metrics)
+    }
+}
+
+impl Drop for SubscriberCount {
+    fn drop(&mut self) {
+        self.0.subscribers.dec();
+    }
+}
+
+async fn stream(
+    State(state): State<AppState>,
+    auth: Authorized,
+    headers: HeaderMap,
+    Query(params): Query<Vec<(String, String)>>,
+) -> Result<Response, ApiError> {
+    let mut filters = Vec::new();
+    let (mut since_id, mut tail, mut heartbeat) = (None, None, 15u64);
+    let num = |k: &str, v: &str| {
+        v.parse::<i64>()
+            .map_err(|_| ApiError::bad_request("invalid_query", format!("{k} must be an integer")))
+    };
+    for (k, v) in &params {
+        match k.as_str() {
+            "topic" => filters.push(v.clone()),
+            "since_id" => since_id = Some(num(k, v)?),
+            "tail" => {
+                tail = Some(
+                    usize::try_from(num(k, v)?)
+                        .map_err(|_| ApiError::bad_request("invalid_query", "tail must be >= 0"))?,
+                )
+            }
+            "heartbeat_seconds" => {
+                heartbeat = u64::try_from(num(k, v)?)
+                    .ok()
+                    .filter(|s| *s >= 1)
+                    .ok_or_else(|| {
+                        ApiError::bad_request("invalid_query", "heartbeat_seconds must be >= 1")
+                    })?
+                    .min(15);
+            }
+            "access_token" => {}
+            other => {
+                return Err(ApiError::bad_request(
+                    "invalid_query",
+                    format!("unknown parameter {other:?}"),
+                ));
+            }
+        }
+    }
+    check_filters(&auth, &filters)?;
+    let last_event_id = headers.get("last-event-id").and_then(|v| v.to_str().ok());
+    let start = start_position(since_id, tail, last_event_id)?;
+    let doc = state.registry.get(auth.db()?).await?;
+    let (tx, mut rx) = mpsc::channel(hub::QUEUE);
+    let subscription = Subscription {
+        doc: (*doc).clone(),
+        auth,
+        filters: Arc::new(Mutex::new(filters)),
+        start,
+        heartbeat: Some(Duration::from_secs(heartbeat)),
+        metrics: state.metrics.clone(),
+        shutdown: state.shutdown.clone(),
+    };
+    let count = SubscriberCount::new(state.metrics.clone());
+    tokio::spawn(async move {
+        // The guard keeps the document open for the subscription's lifetime.
+        let _doc = doc;
+        let _count = count;
+        if let Err(e) = subscription.run(tx).await {
+            log_subscription_error(&e);
+        }
+    });
+    let events = futures_util::stream::poll_fn(move |cx| {
+        rx.poll_recv(cx)
+            .map(|d| d.map(|d| Ok::<_, Infallible>(delivery_event(&d))))
+    });
+    let mut response = Sse::new(events).into_response();
+    response
+        .headers_mut()
+        .insert("x-accel-buffering", HeaderValue::from_static("no"));
+    Ok(response)
+}
+
+pub fn log_subscription_error(e: &DocError) {
+    tracing::warn!(error = %e, "subscription ended with an error");
+}

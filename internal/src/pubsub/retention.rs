@@ -1,0 +1,177 @@
+//! Message retention: `GET|PUT /messages/retention` and the periodic sweep.
+//!
+//! Rules live in the document (`_patchwork_retention`); `service.db` remembers which documents
+//! have rules so the sweep opens only those. The sweep deletes in small batches, each its own
+//! write in the document's group commit (publishers interleave), then returns the freed pages to
+//! the file system (`PRAGMA incremental_vacuum`) and checkpoints the WAL, so expired messages are
+//! really gone from disk.
+
+use std::time::Duration;
+
+use axum::extract::State;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::sql::{self, RetentionRule};
+use super::topic;
+use crate::auth::Authorized;
+use crate::error::{ApiError, Json};
+use crate::registry::{DbId, DocError};
+use crate::server::AppState;
+
+const BATCH: usize = 500;
+const SCAN: usize = 100_000;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RulesBody {
+    rules: Vec<RetentionRule>,
+}
+
+pub async fn get_rules(
+    State(state): State<AppState>,
+    auth: Authorized,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let doc = state.registry.get(auth.db()?).await?;
+    let rules = doc.read(|c| Ok(sql::retention_rules(c)?)).await?;
+    Ok(Json(json!({"rules": rules})))
+}
+
+pub async fn put_rules(
+    State(state): State<AppState>,
+    auth: Authorized,
+    Json(body): Json<RulesBody>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    if body.rules.len() > 100 {
+        return Err(ApiError::bad_request("invalid_rules", "at most 100 rules"));
+    }
+    for r in &body.rules {
+        topic::validate_filter(&r.topic_filter)
+            .map_err(|e| ApiError::bad_request("invalid_rules", e))?;
+        if r.max_age_seconds.is_none() && r.max_messages.is_none() {
+            return Err(ApiError::bad_request(
+                "invalid_rules",
+                "a rule needs max_age_seconds or max_messages",
+            ));
+        }
+        if r.max_age_seconds.is_some_and(|s| s < 1) || r.max_messages.is_some_and(|n| n < 0) {
+            return Err(ApiError::bad_request(
+                "invalid_rules",
+                "max_age_seconds must be >= 1 and max_messages >= 0",
+            ));
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    if !body
+        .rules
+        .iter()
+        .all(|r| seen.insert(r.topic_filter.clone()))
+    {
+        return Err(ApiError::bad_request(
+            "invalid_rules",
+            "each topic_filter may appear once",
+        ));
+    }
+    let db_id = auth.db()?.clone();
+    let doc = state.registry.get(&db_id).await?;
+    let rules = body.rules;
+    let has_rules = !rules.is_empty();
+    let stored = doc
+        .write(move |c| {
+            sql::set_retention_rules(c, &rules)?;
+            Ok(sql::retention_rules(c)?)
+        })
+        .await?;
+    let id = db_id.to_string();
+    state
+        .service
+        .write(move |c| {
+            if has_rules {
+                c.execute(
+                    "INSERT OR IGNORE INTO retention_documents (db_id) VALUES (?1)",
+                    [&id],
+                )?;
+            } else {
+                c.execute("DELETE FROM retention_documents WHERE db_id = ?1", [&id])?;
+            }
+            Ok(())
+        })
+        .await?;
+    Ok(Json(json!({"rules": stored})))
+}
+
+/// Applies the rules of one document; returns how many messages it deleted.
+pub async fn sweep_document(state: &AppState, db_id: &DbId) -> Result<usize, DocError> {
+    let doc = state.registry.get(db_id).await?;
+    let rules = doc.read(|c| Ok(sql::retention_rules(c)?)).await?;
+    let mut total = 0;
+    for rule in rules {
+        loop {
+            let r = rule.clone();
+            let deleted = doc
+                .write(move |c| Ok(sql::sweep_rule(c, &r, BATCH, SCAN)?))
+                .await?;
+            total += deleted;
+            if deleted < BATCH {
+                break;
+            }
+            // Let publishers in between batches.
+            tokio::task::yield_now().await;
+        }
+    }
+    if total > 0 {
+        doc.write(|c| Ok(c.execute_batch("PRAGMA incremental_vacuum")?))
+            .await?;
+        doc.read(|c| {
+            crate::sqlite::checkpoint(c);
+            Ok(())
+        })
+        .await?;
+        state.metrics.retention_deleted.inc_by(total as u64);
+    }
+    Ok(total)
+}
+
+/// Sweeps every document with rules, every `period`, until shutdown.
+pub async fn sweeper(state: AppState, period: Duration) {
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = state.shutdown.cancelled() => return,
+        }
+        sweep_all(&state).await;
+    }
+}
+
+/// One pass over every document with retention rules.
+pub async fn sweep_all(state: &AppState) {
+    let ids: Vec<String> = match state
+        .service
+        .read(|c| {
+            let mut stmt = c.prepare("SELECT db_id FROM retention_documents ORDER BY db_id")?;
+            let ids = stmt
+                .query_map([], |r| r.get(0))?
+                .collect::<Result<Vec<String>, _>>()?;
+            Ok(ids)
+        })
+        .await
+    {
+        Ok(ids) => ids,
+        Err(e) => {
+            tracing::warn!(error = %e, "retention sweep could not list documents");
+            return;
+        }
+    };
+    for id in ids {
+        let Ok(db_id) = DbId::parse(&id) else {
+            continue;
+        };
+        match sweep_document(state, &db_id).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(db_id = %db_id, deleted = n, "retention sweep"),
+            Err(e) => tracing::warn!(db_id = %db_id, error = %e, "retention sweep failed"),
+        }
+    }
+}

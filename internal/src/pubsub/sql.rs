@@ -1,0 +1,275 @@
+//! Message storage: plain functions over the document's connection, run on its actor.
+
+use std::sync::{Arc, OnceLock};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::{Deserialize, Serialize};
+
+use super::topic;
+
+/// A stored message. Shared (`Arc`) between the publisher's announcement and every subscriber;
+/// its JSON form is computed once, however many subscribers send it.
+#[derive(Debug)]
+pub struct Message {
+    pub id: i64,
+    pub topic: String,
+    pub content_type: String,
+    pub payload: Vec<u8>,
+    pub created_ms: i64,
+    pub producer: Option<String>,
+    json: OnceLock<String>,
+}
+
+impl Message {
+    pub fn created_at(&self) -> String {
+        crate::time_fmt::from_unix_ms(self.created_ms)
+    }
+
+    /// `{id, topic, content_type, payload_base64, created_at, producer}` as compact JSON.
+    pub fn json(&self) -> &str {
+        self.json.get_or_init(|| {
+            serde_json::json!({
+                "id": self.id,
+                "topic": self.topic,
+                "content_type": self.content_type,
+                "payload_base64": B64.encode(&self.payload),
+                "created_at": self.created_at(),
+                "producer": self.producer,
+            })
+            .to_string()
+        })
+    }
+}
+
+/// A message to publish (validated).
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    pub topic: String,
+    pub content_type: String,
+    pub payload: Vec<u8>,
+    pub dedupe_key: Option<String>,
+}
+
+/// The publish answer.
+#[derive(Debug, Clone, Serialize)]
+pub struct Published {
+    pub id: i64,
+    pub topic: String,
+    pub created_at: String,
+    pub duplicate: bool,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Inserts `m` unless its `dedupe_key` was already used on its topic. Returns the answer and,
+/// for a new message, the stored message to announce.
+pub fn insert(
+    conn: &Connection,
+    m: &NewMessage,
+    producer: Option<&str>,
+) -> rusqlite::Result<(Published, Option<Arc<Message>>)> {
+    if let Some(key) = &m.dedupe_key {
+        let existing: Option<(i64, i64)> = conn
+            .prepare_cached(
+                "SELECT id, created_ms FROM _patchwork_messages WHERE topic = ?1 AND dedupe_key = ?2",
+            )?
+            .query_row(params![m.topic, key], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        if let Some((id, created_ms)) = existing {
+            return Ok((
+                Published {
+                    id,
+                    topic: m.topic.clone(),
+                    created_at: crate::time_fmt::from_unix_ms(created_ms),
+                    duplicate: true,
+                },
+                None,
+            ));
+        }
+    }
+    let created_ms = now_ms();
+    let id: i64 = conn
+        .prepare_cached(
+            "INSERT INTO _patchwork_messages (topic, content_type, payload, created_ms, producer, dedupe_key)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6) RETURNING id",
+        )?
+        .query_row(
+            params![m.topic, m.content_type, m.payload, created_ms, producer, m.dedupe_key],
+            |r| r.get(0),
+        )?;
+    let message = Arc::new(Message {
+        id,
+        topic: m.topic.clone(),
+        content_type: m.content_type.clone(),
+        payload: m.payload.clone(),
+        created_ms,
+        producer: producer.map(str::to_owned),
+        json: OnceLock::new(),
+    });
+    Ok((
+        Published {
+            id,
+            topic: m.topic.clone(),
+            created_at: message.created_at(),
+            duplicate: false,
+        },
+        Some(message),
+    ))
+}
+
+fn row_to_message(r: &rusqlite::Row<'_>) -> rusqlite::Result<Message> {
+    Ok(Message {
+        id: r.get(0)?,
+        topic: r.get(1)?,
+        content_type: r.get(2)?,
+        payload: r.get(3)?,
+        created_ms: r.get(4)?,
+        producer: r.get(5)?,
+        json: OnceLock::new(),
+    })
+}
+
+const COLUMNS: &str = "id, topic, content_type, payload, created_ms, producer";
+
+/// Up to `limit` messages with `id > after`, oldest first (all topics; the caller filters).
+/// Returns them and the highest id scanned.
+pub fn after(conn: &Connection, after: i64, limit: usize) -> rusqlite::Result<Vec<Arc<Message>>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {COLUMNS} FROM _patchwork_messages WHERE id > ?1 ORDER BY id LIMIT ?2"
+    ))?;
+    let rows = stmt.query_map(params![after, limit as i64], row_to_message)?;
+    rows.map(|r| r.map(Arc::new)).collect()
+}
+
+/// The highest message id ever assigned (0 if none).
+pub fn max_id(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.prepare_cached(
+        "SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = '_patchwork_messages'), 0)",
+    )?
+    .query_row([], |r| r.get(0))
+}
+
+/// The last `n` messages matching any of `filters`, oldest first, scanning at most `scan_limit`
+/// rows back from the newest.
+pub fn tail(
+    conn: &Connection,
+    filters: &[String],
+    n: usize,
+    scan_limit: usize,
+) -> rusqlite::Result<Vec<Arc<Message>>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {COLUMNS} FROM _patchwork_messages ORDER BY id DESC LIMIT ?1"
+    ))?;
+    let mut out = Vec::new();
+    let mut rows = stmt.query(params![scan_limit as i64])?;
+    while let Some(row) = rows.next()? {
+        if out.len() >= n {
+            break;
+        }
+        let topic: String = row.get(1)?;
+        if filters.iter().any(|f| topic::matches(f, &topic)) {
+            out.push(Arc::new(row_to_message(row)?));
+        }
+    }
+    out.reverse();
+    Ok(out)
+}
+
+/// One retention rule.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionRule {
+    pub topic_filter: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age_seconds: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_messages: Option<i64>,
+}
+
+pub fn retention_rules(conn: &Connection) -> rusqlite::Result<Vec<RetentionRule>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT topic_filter, max_age_seconds, max_messages FROM _patchwork_retention ORDER BY topic_filter",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok(RetentionRule {
+            topic_filter: r.get(0)?,
+            max_age_seconds: r.get(1)?,
+            max_messages: r.get(2)?,
+        })
+    })?;
+    rows.collect()
+}
+
+pub fn set_retention_rules(conn: &Connection, rules: &[RetentionRule]) -> rusqlite::Result<()> {
+    conn.execute("DELETE FROM _patchwork_retention", [])?;
+    let mut stmt = conn.prepare_cached(
+        "INSERT INTO _patchwork_retention (topic_filter, max_age_seconds, max_messages) VALUES (?1, ?2, ?3)",
+    )?;
+    for r in rules {
+        stmt.execute(params![r.topic_filter, r.max_age_seconds, r.max_messages])?;
+    }
+    Ok(())
+}
+
+/// Deletes at most `batch` messages that fall out of `rule`; returns how many it deleted.
+/// Age: older than `max_age_seconds`. Count: beyond the newest `max_messages` matching ones
+/// (scanning at most `scan_limit` rows).
+pub fn sweep_rule(
+    conn: &Connection,
+    rule: &RetentionRule,
+    batch: usize,
+    scan_limit: usize,
+) -> rusqlite::Result<usize> {
+    let mut doomed: Vec<i64> = Vec::new();
+    if let Some(age) = rule.max_age_seconds {
+        let cutoff = now_ms() - age.saturating_mul(1000);
+        let mut stmt = conn.prepare_cached(
+            "SELECT id, topic FROM _patchwork_messages WHERE created_ms < ?1 ORDER BY id LIMIT ?2",
+        )?;
+        let mut rows = stmt.query(params![cutoff, scan_limit as i64])?;
+        while let Some(row) = rows.next()? {
+            let topic: String = row.get(1)?;
+            if topic::matches(&rule.topic_filter, &topic) {
+                doomed.push(row.get(0)?);
+                if doomed.len() >= batch {
+                    break;
+                }
+            }
+        }
+    }
+    if let Some(keep) = rule.max_messages
+        && doomed.len() < batch
+    {
+        let mut stmt = conn.prepare_cached(
+            "SELECT id, topic FROM _patchwork_messages ORDER BY id DESC LIMIT ?1",
+        )?;
+        let mut rows = stmt.query(params![scan_limit as i64])?;
+        let mut seen = 0i64;
+        while let Some(row) = rows.next()? {
+            let topic: String = row.get(1)?;
+            if topic::matches(&rule.topic_filter, &topic) {
+                seen += 1;
+                if seen > keep.max(0) {
+                    let id: i64 = row.get(0)?;
+                    if !doomed.contains(&id) {
+                        doomed.push(id);
+                    }
+                    if doomed.len() >= batch {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    let mut del = conn.prepare_cached("DELETE FROM _patchwork_messages WHERE id = ?1")?;
+    for id in &doomed {
+        del.execute([id])?;
+    }
+    Ok(doomed.len())
+}
