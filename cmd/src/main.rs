@@ -103,6 +103,9 @@ struct ServeArgs {
     /// Largest JSON query result in bytes [default: 1048576].
     #[arg(long, env = "PATCHWORK_QUERY_MAX_RESULT_BYTES")]
     query_max_result_bytes: Option<usize>,
+    /// Seconds between message retention sweeps [default: 60].
+    #[arg(long, env = "PATCHWORK_RETENTION_SWEEP_SECONDS")]
+    retention_sweep_seconds: Option<u64>,
     /// Proxy IPs whose X-Forwarded-For is believed (comma-separated).
     #[arg(long, env = "PATCHWORK_TRUSTED_PROXIES", value_delimiter = ',')]
     trusted_proxies: Option<Vec<std::net::IpAddr>>,
@@ -175,6 +178,7 @@ impl ServeArgs {
             query_timeout_ms,
             query_max_rows,
             query_max_result_bytes,
+            retention_sweep_seconds,
             trusted_proxies
         );
         if let Some(token) = self.admin_token {
