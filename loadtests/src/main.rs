@@ -3,6 +3,7 @@
 //! ```text
 //! loadtests SCENARIO --url URL [--token T] [--concurrency N] [--duration S]
 //!           [--db DB_ID] [--max-requests M] [--warmup S] [--timeout-ms MS]
+//! loadtests watch-fanout --url URL --token T [--watches N] [--writes W] [common flags]
 //! ```
 //!
 //! Prints a human table, then the same numbers as one JSON object on the last
@@ -14,6 +15,7 @@
 
 mod driver;
 mod scenarios;
+mod watch;
 
 use std::net::IpAddr;
 use std::process::ExitCode;
@@ -26,6 +28,7 @@ use hyper::Uri;
 
 use crate::driver::{Ctx, RunConfig, RunResult};
 use crate::scenarios::Scenario;
+use crate::watch::WatchConfig;
 
 const MAX_DURATION_S: f64 = 600.0;
 const MAX_CONCURRENCY: usize = 4096;
@@ -39,7 +42,7 @@ const MAX_TIMEOUT_MS: u64 = 600_000;
     after_help = scenarios_help()
 )]
 struct Args {
-    /// Scenario to run (see below).
+    /// Scenario to run, or `watch-fanout` (see below).
     scenario: String,
 
     /// Base URL of the server; must be loopback (127.0.0.0/8, localhost, [::1]).
@@ -78,6 +81,14 @@ struct Args {
     /// Per-request timeout in milliseconds; a timeout counts as an error.
     #[arg(long, default_value_t = 10_000)]
     timeout_ms: u64,
+
+    /// watch-fanout only: SSE watch streams to open (default 1000).
+    #[arg(long)]
+    watches: Option<usize>,
+
+    /// watch-fanout only: sequential writes whose fan-out is timed (default 50).
+    #[arg(long)]
+    writes: Option<u32>,
 }
 
 /// The scenario list shown after `--help`.
@@ -86,12 +97,20 @@ fn scenarios_help() -> String {
     for s in scenarios::all() {
         out.push_str(&format!("\n  {:<10} {}", s.name, s.about));
     }
+    out.push_str(&format!(
+        "\n  {} {}\n               (uses the insert scenario; --watches N, --writes W)",
+        watch::NAME,
+        watch::ABOUT
+    ));
     out
 }
 
 /// Validated settings.
 struct Config {
+    /// For `watch-fanout`, the `insert` scenario it loads the server with.
     scenario: Scenario,
+    /// Set for `watch-fanout`.
+    watch: Option<WatchConfig>,
     target: Target,
     token: String,
     db: String,
@@ -193,13 +212,37 @@ fn check_seconds(name: &str, v: f64, allow_zero: bool) -> anyhow::Result<Duratio
 }
 
 fn validate(args: Args) -> anyhow::Result<Config> {
-    let scenario = scenarios::find(&args.scenario).ok_or_else(|| {
-        anyhow::anyhow!(
-            "unknown scenario {:?}; known: {}",
-            args.scenario,
-            scenarios::names().join(", ")
-        )
-    })?;
+    let (scenario, watch) = if args.scenario == watch::NAME {
+        let watches = args.watches.unwrap_or(watch::DEFAULT_WATCHES);
+        let writes = args.writes.unwrap_or(watch::DEFAULT_WRITES);
+        ensure!(
+            (1..=watch::MAX_WATCHES).contains(&watches),
+            "--watches must be between 1 and {}",
+            watch::MAX_WATCHES
+        );
+        ensure!(
+            (1..=watch::MAX_WRITES).contains(&writes),
+            "--writes must be between 1 and {}",
+            watch::MAX_WRITES
+        );
+        let insert = scenarios::find("insert").context("the insert scenario is missing")?;
+        (insert, Some(WatchConfig { watches, writes }))
+    } else {
+        ensure!(
+            args.watches.is_none() && args.writes.is_none(),
+            "--watches and --writes only apply to {}",
+            watch::NAME
+        );
+        let scenario = scenarios::find(&args.scenario).ok_or_else(|| {
+            anyhow::anyhow!(
+                "unknown scenario {:?}; known: {}, {}",
+                args.scenario,
+                scenarios::names().join(", "),
+                watch::NAME
+            )
+        })?;
+        (scenario, None)
+    };
     let target = check_url(&args.url)?;
     ensure!(
         (1..=MAX_CONCURRENCY).contains(&args.concurrency),
@@ -225,11 +268,16 @@ fn validate(args: Args) -> anyhow::Result<Config> {
         ensure!(
             !args.token.is_empty(),
             "scenario {} needs --token (or PATCHWORK_TOKEN)",
-            scenario.name
+            if watch.is_some() {
+                watch::NAME
+            } else {
+                scenario.name
+            }
         );
     }
     Ok(Config {
         scenario,
+        watch,
         target,
         token: args.token,
         db: args.db,
@@ -317,6 +365,9 @@ fn print_table(j: &serde_json::Value, result: &RunResult) {
 
 async fn run(cfg: Config) -> anyhow::Result<ExitCode> {
     check_resolves_to_loopback(&cfg.target).await?;
+    if let Some(wc) = cfg.watch {
+        return watch::run(cfg, wc).await;
+    }
     let ctx = Arc::new(Ctx::new(
         cfg.target.base.clone(),
         cfg.db,
@@ -513,6 +564,87 @@ mod tests {
             (
                 vec!["status", "--url", url, "--token", "t", "--db="],
                 "--db",
+            ),
+        ] {
+            let err = match args(&bad) {
+                Ok(_) => panic!("{bad:?} was accepted"),
+                Err(e) => e.to_string(),
+            };
+            assert!(err.contains(needle), "{bad:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn watch_fanout_parses() {
+        let url = "http://127.0.0.1:1";
+        let c = args(&["watch-fanout", "--url", url, "--token", "t"]).unwrap();
+        assert_eq!(c.scenario.name, "insert");
+        assert_eq!(
+            c.watch,
+            Some(WatchConfig {
+                watches: 1000,
+                writes: 50
+            })
+        );
+        let c = args(&[
+            "watch-fanout",
+            "--url",
+            url,
+            "--token",
+            "t",
+            "--watches",
+            "100",
+            "--writes",
+            "5",
+            "--concurrency",
+            "64",
+        ])
+        .unwrap();
+        assert_eq!(
+            c.watch,
+            Some(WatchConfig {
+                watches: 100,
+                writes: 5
+            })
+        );
+        assert_eq!(c.run.concurrency, 64);
+        assert!(args(&["healthz", "--url", url]).unwrap().watch.is_none());
+        for (bad, needle) in [
+            (
+                vec!["watch-fanout", "--url", url, "--token="],
+                "needs --token",
+            ),
+            (
+                vec!["watch-fanout", "--url", "http://10.0.0.1", "--token", "t"],
+                "refusing",
+            ),
+            (
+                vec![
+                    "watch-fanout",
+                    "--url",
+                    url,
+                    "--token",
+                    "t",
+                    "--watches",
+                    "0",
+                ],
+                "--watches",
+            ),
+            (
+                vec![
+                    "watch-fanout",
+                    "--url",
+                    url,
+                    "--token",
+                    "t",
+                    "--writes",
+                    "0",
+                ],
+                "--writes",
+            ),
+            (
+                vec!["insert", "--url", url, "--token", "t", "--watches", "5"],
+                "only apply",
             ),
         ] {
             let err = match args(&bad) {
