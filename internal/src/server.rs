@@ -30,6 +30,8 @@ pub struct App {
     pub service: DocHandle,
     pub tokens: Arc<TokenStore>,
     pub limits: RateLimits,
+    /// Per-document watch hubs (query watches share evaluations through them).
+    pub watch_hubs: crate::query::watch::Hubs,
     pub metrics: Arc<Metrics>,
     pub started_at: OffsetDateTime,
     pub started: Instant,
@@ -134,6 +136,7 @@ impl App {
         );
         let app = App {
             limits: RateLimits::new(&config),
+            watch_hubs: Default::default(),
             config,
             registry,
             service,

@@ -1,14 +1,18 @@
 //! `POST /api/v1/db/{db_id}/query/watch`: a read-only query kept up to date over SSE.
 //!
-//! The statement is validated and evaluated before the stream starts (so bad SQL is a plain
-//! `400`), after subscribing to the document's change events so no commit falls between. Its
-//! read set (tables, from the SQLite authorizer at prepare time) decides which commits matter:
-//! a commit that wrote none of them costs a set intersection and nothing else. A relevant
-//! commit marks the watch dirty; while a re-evaluation is running further commits only keep it
-//! dirty (coalescing). Re-evaluations are ordinary reads on the document's actor, at most a few
-//! per document at once (`DocHandle::background_permit`), so writes are never starved. An
-//! `update` is sent only when the result hash changes. The stream's task ends as soon as the
-//! client goes away.
+//! Shape: per document one [`Hub`] with one dispatcher task reading the document's change
+//! events; watches of the same statement (same SQL, args and bounds) share one [`Group`], which
+//! evaluates once for all of them and publishes the result on a `tokio::sync::watch` channel.
+//! So a commit costs one dispatcher wake-up plus a read-set intersection per group — watches on
+//! other tables are not woken at all — and a thousand identical watches cost one evaluation.
+//!
+//! The statement is validated and evaluated before the stream starts (bad SQL is a plain `400`),
+//! after its group is registered with the hub, so no commit falls between. A group's read set
+//! (tables, from the SQLite authorizer at prepare time) decides which commits matter; a relevant
+//! commit marks it dirty (`Notify`: further commits while it evaluates collapse into one more
+//! evaluation). Evaluations are ordinary reads on the document's actor, at most a few per
+//! document at once (`DocHandle::background_permit`), so writes are never starved. A group
+//! publishes only results whose hash changed. A member's task ends as soon as its client goes.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -21,13 +25,17 @@ use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value as Json, json};
-use tokio::sync::{broadcast, mpsc};
+use std::collections::HashMap;
+use std::sync::{Mutex, Weak};
+
+use tokio::sync::{Notify, broadcast, mpsc, watch};
+use tokio_util::sync::CancellationToken;
 
 use super::classify::{self, Class, ReadSet};
 use super::exec::{self, Limits};
 use crate::auth::{Action, Authorized};
 use crate::error::{ApiError, Json as ApiJson};
-use crate::registry::{DocError, DocHandle};
+use crate::registry::{DbId, DocError, DocHandle};
 use crate::server::AppState;
 
 static NEXT_WATCH_ID: AtomicU64 = AtomicU64::new(1);
@@ -51,6 +59,7 @@ pub(super) struct WatchBody {
 }
 
 /// One evaluation of the watched statement.
+#[derive(Debug)]
 struct Evaluated {
     columns: Json,
     rows: Json,
@@ -96,6 +105,151 @@ async fn evaluate(
     .await
 }
 
+/// What a group publishes: the latest result, or why it could not be computed.
+type Latest = Arc<Result<Evaluated, (&'static str, String)>>;
+
+/// Identifies statements that can share evaluations.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct GroupKey {
+    sql: Arc<str>,
+    args: String,
+    max_rows: usize,
+    timeout_ms: u128,
+}
+
+/// Watches of one statement on one document.
+struct Group {
+    /// `None` until the first evaluation: every commit counts then.
+    reads: Mutex<Option<ReadSet>>,
+    dirty: Notify,
+    latest: watch::Sender<Latest>,
+}
+
+impl Group {
+    fn cares(&self, tables: &[String]) -> bool {
+        match &*self.reads.lock().unwrap_or_else(|p| p.into_inner()) {
+            None => true,
+            Some(reads) => tables
+                .iter()
+                .any(|t| reads.contains(&t.to_ascii_lowercase())),
+        }
+    }
+}
+
+/// The watch groups of one document and the task that routes its commits to them.
+struct Hub {
+    groups: Mutex<HashMap<GroupKey, Weak<Group>>>,
+    stop: CancellationToken,
+}
+
+impl Drop for Hub {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// Per-document hubs, kept while any watch of the document lives.
+#[derive(Default)]
+pub struct Hubs {
+    hubs: Mutex<HashMap<DbId, Weak<Hub>>>,
+}
+
+impl Hubs {
+    fn get(&self, db_id: &DbId, doc: &DocHandle) -> Arc<Hub> {
+        let mut hubs = self.hubs.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(hub) = hubs.get(db_id).and_then(Weak::upgrade) {
+            return hub;
+        }
+        hubs.retain(|_, h| h.strong_count() > 0);
+        let hub = Arc::new(Hub {
+            groups: Mutex::default(),
+            stop: CancellationToken::new(),
+        });
+        hubs.insert(db_id.clone(), Arc::downgrade(&hub));
+        // Subscribed now, before any group of this hub evaluates: no commit is missed.
+        tokio::spawn(dispatch(
+            Arc::downgrade(&hub),
+            hub.stop.clone(),
+            doc.subscribe(),
+        ));
+        hub
+    }
+}
+
+/// Routes each commit to the groups whose read set it touched.
+async fn dispatch(
+    hub: Weak<Hub>,
+    stop: CancellationToken,
+    mut events: broadcast::Receiver<crate::registry::ChangeEvent>,
+) {
+    loop {
+        let change = tokio::select! {
+            () = stop.cancelled() => return,
+            change = events.recv() => change,
+        };
+        let Some(hub) = hub.upgrade() else { return };
+        let groups: Vec<Arc<Group>> = hub
+            .groups
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter_map(Weak::upgrade)
+            .collect();
+        match change {
+            Ok(change) => {
+                for g in groups.iter().filter(|g| g.cares(&change.tables_written)) {
+                    g.dirty.notify_one();
+                }
+            }
+            // Missed commits: assume the worst.
+            Err(broadcast::error::RecvError::Lagged(_)) => {
+                for g in &groups {
+                    g.dirty.notify_one();
+                }
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
+/// Re-evaluates a group whenever it is dirty, until its last member leaves.
+async fn evaluate_group(
+    group: Arc<Group>,
+    doc: DocHandle,
+    key: GroupKey,
+    args: Arc<Option<Json>>,
+    limits: Limits,
+    metrics: Arc<crate::ops::metrics::Metrics>,
+) {
+    loop {
+        tokio::select! {
+            () = group.latest.closed() => return,
+            () = group.dirty.notified() => {}
+        }
+        metrics.watch_reevaluations.inc();
+        let result = {
+            let _permit = doc.background_permit().await;
+            evaluate(&doc, key.sql.clone(), args.clone(), limits).await
+        };
+        let latest: Latest = match result {
+            Ok(e) => {
+                *group.reads.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.reads.clone());
+                let same = matches!(&**group.latest.borrow(), Ok(prev) if prev.hash == e.hash);
+                if same {
+                    metrics.watch_suppressed.inc();
+                    continue;
+                }
+                Arc::new(Ok(e))
+            }
+            Err(e) => {
+                let api = ApiError::from(e);
+                Arc::new(Err((api.code, api.message)))
+            }
+        };
+        group.latest.send_replace(latest);
+    }
+}
+
 pub(super) async fn watch_route(
     State(state): State<AppState>,
     auth: Authorized,
@@ -125,31 +279,84 @@ pub(super) async fn watch_route(
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    let doc = state.registry.get(auth.db()?).await?;
-    // Subscribe first: a commit between the first evaluation and the subscription is not lost.
-    let events = doc.subscribe();
+    let db_id = auth.db()?.clone();
+    let doc = state.registry.get(&db_id).await?;
     let sql: Arc<str> = Arc::from(body.sql);
     let args = Arc::new(body.args);
-    let first = evaluate(&doc, sql.clone(), args.clone(), limits).await?;
+    let key = GroupKey {
+        sql: sql.clone(),
+        args: serde_json::to_string(&*args).unwrap_or_default(),
+        max_rows: limits.max_rows,
+        timeout_ms: limits.timeout.as_millis(),
+    };
+    let hub = state.watch_hubs.get(&db_id, &doc);
+    let existing = hub
+        .groups
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&key)
+        .and_then(Weak::upgrade);
+    let (group, latest) = match existing {
+        Some(group) => {
+            let latest = group.latest.subscribe();
+            (group, latest)
+        }
+        None => {
+            // Evaluate once up front: invalid SQL is refused before the stream starts. The
+            // hub is already subscribed, so a commit during this evaluation is not lost
+            // (the group is registered first and, with no read set yet, any commit dirties it).
+            let (latest_tx, _) =
+                watch::channel::<Latest>(Arc::new(Err(("pending", String::new()))));
+            let group = Arc::new(Group {
+                reads: Mutex::new(None),
+                dirty: Notify::new(),
+                latest: latest_tx,
+            });
+            hub.groups
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(key.clone(), Arc::downgrade(&group));
+            let first = match evaluate(&doc, sql.clone(), args.clone(), limits).await {
+                Ok(first) => first,
+                Err(e) => {
+                    hub.groups
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&key);
+                    return Err(e.into());
+                }
+            };
+            *group.reads.lock().unwrap_or_else(|p| p.into_inner()) = Some(first.reads.clone());
+            group.latest.send_replace(Arc::new(Ok(first)));
+            let latest = group.latest.subscribe();
+            tokio::spawn(evaluate_group(
+                group.clone(),
+                (*doc).clone(),
+                key,
+                args,
+                limits,
+                state.metrics.clone(),
+            ));
+            (group, latest)
+        }
+    };
 
     let watch_id = NEXT_WATCH_ID.fetch_add(1, Ordering::Relaxed);
     let (tx, mut rx) = mpsc::channel::<Event>(16);
-    let task = WatchTask {
+    let member = Member {
         watch_id,
         seq: 0,
-        last_hash: first.hash.clone(),
-        reads: first.reads.clone(),
-        sql,
-        args,
-        limits,
+        last_hash: String::new(),
         tx,
         state: state.clone(),
     };
-    let _count = doc.watch_started();
+    let count = doc.watch_started();
     state.metrics.active_watches.inc();
     tokio::spawn(async move {
-        let _count = _count;
-        task.run(doc, events, first, resume, Duration::from_secs(heartbeat))
+        // Held for the stream's lifetime: the document stays open, the hub and group live.
+        let _keep = (doc, hub, group, count);
+        member
+            .run(latest, resume, Duration::from_secs(heartbeat))
             .await;
     });
     let stream = futures_util::stream::poll_fn(move |cx| {
@@ -162,21 +369,19 @@ pub(super) async fn watch_route(
     Ok(response)
 }
 
-struct WatchTask {
+/// One client's watch.
+struct Member {
     watch_id: u64,
     seq: u64,
     last_hash: String,
-    reads: ReadSet,
-    sql: Arc<str>,
-    args: Arc<Option<Json>>,
-    limits: Limits,
     tx: mpsc::Sender<Event>,
     state: AppState,
 }
 
-impl WatchTask {
+impl Member {
     fn result_event(&mut self, kind: &str, e: &Evaluated) -> Event {
         self.seq += 1;
+        self.last_hash = e.hash.clone();
         Event::default().event(kind).id(e.hash.clone()).data(
             json!({
                 "watch_id": self.watch_id,
@@ -189,102 +394,75 @@ impl WatchTask {
         )
     }
 
-    fn error_event(&self, e: DocError) -> Event {
-        let api = ApiError::from(e);
-        Event::default().event("error").data(
-            json!({"watch_id": self.watch_id, "code": api.code, "message": api.message})
-                .to_string(),
-        )
+    fn error_event(&self, code: &str, message: &str) -> Event {
+        Event::default()
+            .event("error")
+            .data(json!({"watch_id": self.watch_id, "code": code, "message": message}).to_string())
     }
 
     fn heartbeat(&self) -> Event {
         Event::default().event("heartbeat").data(
-            json!({"watch_id": self.watch_id, "seq": self.seq, "time": crate::time_fmt::rfc3339(time::OffsetDateTime::now_utc())})
-                .to_string(),
+            json!({
+                "watch_id": self.watch_id,
+                "seq": self.seq,
+                "time": crate::time_fmt::rfc3339(time::OffsetDateTime::now_utc()),
+            })
+            .to_string(),
         )
     }
 
-    fn touches(&self, tables: &[String]) -> bool {
-        tables
-            .iter()
-            .any(|t| self.reads.contains(&t.to_ascii_lowercase()))
+    /// The event for the group's latest result, if this member has not seen it.
+    fn event_for(&mut self, latest: &Latest, first: bool) -> Option<Event> {
+        match &**latest {
+            Ok(e) if e.hash == self.last_hash => None,
+            Ok(e) => Some(self.result_event(if first { "snapshot" } else { "update" }, e)),
+            Err((code, message)) => Some(self.error_event(code, message)),
+        }
     }
 
     async fn run(
         mut self,
-        doc: crate::registry::DocGuard,
-        mut events: broadcast::Receiver<crate::registry::ChangeEvent>,
-        first: Evaluated,
+        mut latest: watch::Receiver<Latest>,
         resume: Option<String>,
         heartbeat: Duration,
     ) {
         let metrics = self.state.metrics.clone();
         let shutdown = self.state.shutdown.clone();
-        let opening = if resume.as_deref() == Some(first.hash.as_str()) {
-            // The client already has this result: say nothing until it changes.
-            metrics.watch_suppressed.inc();
-            self.heartbeat()
-        } else {
-            self.result_event("snapshot", &first)
+        let current = latest.borrow_and_update().clone();
+        let opening = match (&*current, resume) {
+            (Ok(e), Some(resume)) if resume == e.hash => {
+                // The client already has this result: say nothing until it changes.
+                metrics.watch_suppressed.inc();
+                self.last_hash = resume;
+                Some(self.heartbeat())
+            }
+            _ => self.event_for(&current, true),
         };
-        if self.tx.send(opening).await.is_err() {
+        if let Some(opening) = opening
+            && self.tx.send(opening).await.is_err()
+        {
             metrics.active_watches.dec();
             return;
         }
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
-        let mut dirty = false;
-        let mut inflight: Option<tokio::task::JoinHandle<Result<Evaluated, DocError>>> = None;
         loop {
-            if dirty && inflight.is_none() {
-                dirty = false;
-                metrics.watch_reevaluations.inc();
-                let handle: DocHandle = (*doc).clone();
-                let (sql, args, limits) = (self.sql.clone(), self.args.clone(), self.limits);
-                inflight = Some(tokio::spawn(async move {
-                    let _permit = handle.background_permit().await;
-                    evaluate(&handle, sql, args, limits).await
-                }));
-            }
             let event = tokio::select! {
                 () = self.tx.closed() => break,
                 () = shutdown.cancelled() => break,
                 _ = tick.tick() => Some(self.heartbeat()),
-                change = events.recv() => match change {
-                    Ok(change) => {
-                        if self.touches(&change.tables_written) {
-                            dirty = true;
-                        }
-                        None
+                changed = latest.changed() => match changed {
+                    Ok(()) => {
+                        let current = latest.borrow_and_update().clone();
+                        self.event_for(&current, false)
                     }
-                    // Missed events: assume the worst and re-evaluate.
-                    Err(broadcast::error::RecvError::Lagged(_)) => { dirty = true; None }
-                    Err(broadcast::error::RecvError::Closed) => break,
+                    Err(_) => break,
                 },
-                done = async { inflight.as_mut().expect("guarded").await }, if inflight.is_some() => {
-                    inflight = None;
-                    match done {
-                        Ok(Ok(e)) if e.hash == self.last_hash => {
-                            metrics.watch_suppressed.inc();
-                            None
-                        }
-                        Ok(Ok(e)) => {
-                            self.last_hash = e.hash.clone();
-                            self.reads = e.reads.clone();
-                            Some(self.result_event("update", &e))
-                        }
-                        Ok(Err(err)) => Some(self.error_event(err)),
-                        Err(join) => Some(self.error_event(DocError::Commit(join.to_string()))),
-                    }
-                }
             };
             if let Some(event) = event
                 && self.tx.send(event).await.is_err()
             {
                 break;
             }
-        }
-        if let Some(task) = inflight {
-            task.abort();
         }
         metrics.active_watches.dec();
     }

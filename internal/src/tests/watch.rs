@@ -331,3 +331,44 @@ async fn watching_a_view_follows_its_tables() {
         .expect("update through the view");
     assert_eq!(up.json()["rows"], json!([[50]]));
 }
+
+#[tokio::test]
+async fn identical_watches_share_one_evaluation() {
+    let server = TestServer::start().await;
+    exec(&server, "g", "CREATE TABLE a (v)").await;
+    let mut readers = Vec::new();
+    for _ in 0..20 {
+        let mut sse = watch(&server, "g", json!({"sql": "SELECT count(*) FROM a"}), None).await;
+        assert_eq!(
+            sse.next_non_heartbeat(WAIT).await.unwrap().event,
+            "snapshot"
+        );
+        readers.push(sse);
+    }
+    let metrics = || async {
+        let text = server
+            .anon(Method::GET, "/metrics")
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix("patchwork_watch_reevaluations_total "))
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+    };
+    let before = metrics().await;
+    exec(&server, "g", "INSERT INTO a VALUES (1)").await;
+    for sse in &mut readers {
+        let up = sse.next_non_heartbeat(WAIT).await.expect("update");
+        assert_eq!(up.json()["rows"], json!([[1]]));
+    }
+    assert_eq!(
+        metrics().await - before,
+        1,
+        "one evaluation for twenty watches"
+    );
+}
