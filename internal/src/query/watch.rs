@@ -105,6 +105,9 @@ async fn evaluate(
     .await
 }
 
+/// The placeholder code of a group whose first evaluation is still running.
+const PENDING: &str = "pending";
+
 /// What a group publishes: the latest result, or why it could not be computed.
 type Latest = Arc<Result<Evaluated, (&'static str, String)>>;
 
@@ -298,15 +301,36 @@ pub(super) async fn watch_route(
         .and_then(Weak::upgrade);
     let (group, latest) = match existing {
         Some(group) => {
-            let latest = group.latest.subscribe();
+            // The group may still be computing its first result (another client just created
+            // it): wait for it, and answer its failure as this request's failure.
+            let mut latest = group.latest.subscribe();
+            let failed = {
+                let ready = tokio::time::timeout(
+                    limits.timeout + Duration::from_secs(5),
+                    latest.wait_for(|l| !matches!(&**l, Err((PENDING, _)))),
+                )
+                .await;
+                match ready {
+                    Ok(Ok(l)) => match &**l {
+                        Err((code, message)) => Some((*code, message.clone())),
+                        Ok(_) => None,
+                    },
+                    _ => Some((
+                        "timeout",
+                        "the watch's first evaluation did not finish".to_owned(),
+                    )),
+                }
+            };
+            if let Some((code, message)) = failed {
+                return Err(ApiError::bad_request(code, message));
+            }
             (group, latest)
         }
         None => {
             // Evaluate once up front: invalid SQL is refused before the stream starts. The
             // hub is already subscribed, so a commit during this evaluation is not lost
             // (the group is registered first and, with no read set yet, any commit dirties it).
-            let (latest_tx, _) =
-                watch::channel::<Latest>(Arc::new(Err(("pending", String::new()))));
+            let (latest_tx, _) = watch::channel::<Latest>(Arc::new(Err((PENDING, String::new()))));
             let group = Arc::new(Group {
                 reads: Mutex::new(None),
                 dirty: Notify::new(),
@@ -323,7 +347,11 @@ pub(super) async fn watch_route(
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
                         .remove(&key);
-                    return Err(e.into());
+                    let api = ApiError::from(e);
+                    group
+                        .latest
+                        .send_replace(Arc::new(Err((api.code, api.message.clone()))));
+                    return Err(api);
                 }
             };
             *group.reads.lock().unwrap_or_else(|p| p.into_inner()) = Some(first.reads.clone());
