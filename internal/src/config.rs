@@ -135,6 +135,16 @@ pub struct Config {
     pub query_max_result_bytes: usize,
     /// Seconds between message retention sweeps.
     pub retention_sweep_seconds: u64,
+    /// Serve the anonymous legacy stream routes `/public/...` and `/p/...`.
+    pub streams_public: bool,
+    /// Longest a stream party waits for its counterpart before a `504`.
+    pub stream_wait_timeout_secs: u64,
+    /// Longest a double-clutch requester waits for the answer on the switch channel.
+    pub stream_switch_timeout_secs: u64,
+    /// Cap on parties waiting on one channel.
+    pub stream_max_waiters_per_channel: usize,
+    /// Cap on parties waiting on all channels.
+    pub stream_max_waiters_total: usize,
 }
 
 impl Default for Config {
@@ -163,6 +173,11 @@ impl Default for Config {
             query_max_rows: 5_000,
             query_max_result_bytes: 1024 * 1024,
             retention_sweep_seconds: 60,
+            streams_public: true,
+            stream_wait_timeout_secs: 120,
+            stream_switch_timeout_secs: 30,
+            stream_max_waiters_per_channel: 256,
+            stream_max_waiters_total: 10_000,
         }
     }
 }
@@ -187,6 +202,13 @@ impl Config {
                 "query_timeout_ms, query_max_rows and query_max_result_bytes must be at least 1"
                     .into(),
             );
+        }
+        if self.stream_wait_timeout_secs == 0
+            || self.stream_switch_timeout_secs == 0
+            || self.stream_max_waiters_per_channel == 0
+            || self.stream_max_waiters_total == 0
+        {
+            return Err("stream timeouts and waiter caps must be at least 1".into());
         }
         if self.retention_sweep_seconds == 0 {
             return Err("retention_sweep_seconds must be at least 1".into());

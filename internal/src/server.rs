@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use axum::serve::ListenerExt;
 use time::OffsetDateTime;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -32,6 +33,8 @@ pub struct App {
     pub limits: RateLimits,
     /// Per-document watch hubs (query watches share evaluations through them).
     pub watch_hubs: crate::query::watch::Hubs,
+    /// The in-memory byte relay (streams).
+    pub streams: crate::streams::Streams,
     pub metrics: Arc<Metrics>,
     pub started_at: OffsetDateTime,
     pub started: Instant,
@@ -137,6 +140,7 @@ impl App {
         let app = App {
             limits: RateLimits::new(&config),
             watch_hubs: Default::default(),
+            streams: crate::streams::Streams::new(&config),
             config,
             registry,
             service,
@@ -198,6 +202,12 @@ pub async fn serve(
     ));
     let router = crate::router::build(state.clone());
     let stop = state.shutdown.clone();
+    // Without TCP_NODELAY every small SSE event waits for the peer's delayed ACK (14–40 ms).
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "could not set TCP_NODELAY");
+        }
+    });
     let server = axum::serve(
         listener,
         router.into_make_service_with_connect_info::<SocketAddr>(),

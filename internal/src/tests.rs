@@ -4,4 +4,5 @@ mod auth;
 mod pubsub;
 mod query;
 mod runtime;
+mod streams;
 mod watch;

@@ -28,7 +28,10 @@ pub enum Body {
     /// Serialised per request, sent with `content-type: application/json`.
     Json(serde_json::Value),
     /// Raw bytes with the given content type.
-    #[allow(dead_code, reason = "used by upcoming scenarios (publishes)")]
+    #[allow(
+        dead_code,
+        reason = "for raw-body scenarios; publish sends JSON with base64"
+    )]
     Bytes {
         content_type: &'static str,
         data: Bytes,

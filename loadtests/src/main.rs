@@ -4,6 +4,8 @@
 //! loadtests SCENARIO --url URL [--token T] [--concurrency N] [--duration S]
 //!           [--db DB_ID] [--max-requests M] [--warmup S] [--timeout-ms MS]
 //! loadtests watch-fanout --url URL --token T [--watches N] [--writes W] [common flags]
+//! loadtests sse-fanout --url URL --token T [--subscribers N] [--rate R] [--server-pid PID]
+//!           [--duration S] [--concurrency P] [--db DB_ID] [--timeout-ms MS]
 //! ```
 //!
 //! Prints a human table, then the same numbers as one JSON object on the last
@@ -14,7 +16,9 @@
 #![allow(clippy::print_stdout)]
 
 mod driver;
+mod pubsub;
 mod scenarios;
+mod sse;
 mod watch;
 
 use std::net::IpAddr;
@@ -27,11 +31,13 @@ use clap::Parser;
 use hyper::Uri;
 
 use crate::driver::{Ctx, RunConfig, RunResult};
+use crate::pubsub::FanoutConfig;
 use crate::scenarios::Scenario;
 use crate::watch::WatchConfig;
 
 const MAX_DURATION_S: f64 = 600.0;
 const MAX_CONCURRENCY: usize = 4096;
+const DEFAULT_CONCURRENCY: usize = 16;
 const MAX_TIMEOUT_MS: u64 = 600_000;
 
 /// Load generator for Patchwork. Only loopback targets are allowed.
@@ -42,7 +48,7 @@ const MAX_TIMEOUT_MS: u64 = 600_000;
     after_help = scenarios_help()
 )]
 struct Args {
-    /// Scenario to run, or `watch-fanout` (see below).
+    /// Scenario to run, or `watch-fanout` / `sse-fanout` (see below).
     scenario: String,
 
     /// Base URL of the server; must be loopback (127.0.0.0/8, localhost, [::1]).
@@ -58,9 +64,10 @@ struct Args {
     )]
     token: String,
 
-    /// Number of concurrent workers (each keeps one keep-alive connection busy).
-    #[arg(long, default_value_t = 16)]
-    concurrency: usize,
+    /// Number of concurrent workers (each keeps one keep-alive connection busy) [default: 16;
+    /// sse-fanout: publishes in flight at most, default 32].
+    #[arg(long)]
+    concurrency: Option<usize>,
 
     /// Length of the timed run in seconds (max 600).
     #[arg(long, default_value_t = 10.0)]
@@ -89,6 +96,18 @@ struct Args {
     /// watch-fanout only: sequential writes whose fan-out is timed (default 50).
     #[arg(long)]
     writes: Option<u32>,
+
+    /// sse-fanout only: SSE subscribers to open (default 1000).
+    #[arg(long)]
+    subscribers: Option<usize>,
+
+    /// sse-fanout only: messages published per second (default 1000).
+    #[arg(long)]
+    rate: Option<u32>,
+
+    /// sse-fanout only: the server's process id, to report its RSS from /proc.
+    #[arg(long)]
+    server_pid: Option<u32>,
 }
 
 /// The scenario list shown after `--help`.
@@ -102,15 +121,24 @@ fn scenarios_help() -> String {
         watch::NAME,
         watch::ABOUT
     ));
+    out.push_str(&format!(
+        "\n  {}   {}\n               (--subscribers N, --rate R, --server-pid PID; \
+         --concurrency = publishes in flight)",
+        pubsub::NAME,
+        pubsub::ABOUT
+    ));
     out
 }
 
 /// Validated settings.
 struct Config {
-    /// For `watch-fanout`, the `insert` scenario it loads the server with.
+    /// For `watch-fanout`, the `insert` scenario it loads the server with; for `sse-fanout`,
+    /// `publish`.
     scenario: Scenario,
     /// Set for `watch-fanout`.
     watch: Option<WatchConfig>,
+    /// Set for `sse-fanout`.
+    fanout: Option<FanoutConfig>,
     target: Target,
     token: String,
     db: String,
@@ -212,7 +240,20 @@ fn check_seconds(name: &str, v: f64, allow_zero: bool) -> anyhow::Result<Duratio
 }
 
 fn validate(args: Args) -> anyhow::Result<Config> {
-    let (scenario, watch) = if args.scenario == watch::NAME {
+    let is_watch = args.scenario == watch::NAME;
+    let is_fanout = args.scenario == pubsub::NAME;
+    ensure!(
+        is_watch || (args.watches.is_none() && args.writes.is_none()),
+        "--watches and --writes only apply to {}",
+        watch::NAME
+    );
+    ensure!(
+        is_fanout
+            || (args.subscribers.is_none() && args.rate.is_none() && args.server_pid.is_none()),
+        "--subscribers, --rate and --server-pid only apply to {}",
+        pubsub::NAME
+    );
+    let (scenario, watch, fanout) = if is_watch {
         let watches = args.watches.unwrap_or(watch::DEFAULT_WATCHES);
         let writes = args.writes.unwrap_or(watch::DEFAULT_WRITES);
         ensure!(
@@ -226,26 +267,52 @@ fn validate(args: Args) -> anyhow::Result<Config> {
             watch::MAX_WRITES
         );
         let insert = scenarios::find("insert").context("the insert scenario is missing")?;
-        (insert, Some(WatchConfig { watches, writes }))
-    } else {
+        (insert, Some(WatchConfig { watches, writes }), None)
+    } else if is_fanout {
+        let subscribers = args.subscribers.unwrap_or(pubsub::DEFAULT_SUBSCRIBERS);
+        let rate = args.rate.unwrap_or(pubsub::DEFAULT_RATE);
         ensure!(
-            args.watches.is_none() && args.writes.is_none(),
-            "--watches and --writes only apply to {}",
-            watch::NAME
+            (1..=pubsub::MAX_SUBSCRIBERS).contains(&subscribers),
+            "--subscribers must be between 1 and {}",
+            pubsub::MAX_SUBSCRIBERS
         );
+        ensure!(
+            (1..=pubsub::MAX_RATE).contains(&rate),
+            "--rate must be between 1 and {}",
+            pubsub::MAX_RATE
+        );
+        ensure!(
+            args.warmup == 0.0,
+            "--warmup does not apply to {} (it warms up with marked messages)",
+            pubsub::NAME
+        );
+        let publish = scenarios::find("publish").context("the publish scenario is missing")?;
+        let fc = FanoutConfig {
+            subscribers,
+            rate,
+            server_pid: args.server_pid,
+        };
+        (publish, None, Some(fc))
+    } else {
         let scenario = scenarios::find(&args.scenario).ok_or_else(|| {
             anyhow::anyhow!(
-                "unknown scenario {:?}; known: {}, {}",
+                "unknown scenario {:?}; known: {}, {}, {}",
                 args.scenario,
                 scenarios::names().join(", "),
-                watch::NAME
+                watch::NAME,
+                pubsub::NAME
             )
         })?;
-        (scenario, None)
+        (scenario, None, None)
     };
+    let concurrency = args.concurrency.unwrap_or(if is_fanout {
+        pubsub::DEFAULT_PUBLISHERS
+    } else {
+        DEFAULT_CONCURRENCY
+    });
     let target = check_url(&args.url)?;
     ensure!(
-        (1..=MAX_CONCURRENCY).contains(&args.concurrency),
+        (1..=MAX_CONCURRENCY).contains(&concurrency),
         "--concurrency must be between 1 and {MAX_CONCURRENCY}"
     );
     let duration = check_seconds("duration", args.duration, false)?;
@@ -268,8 +335,8 @@ fn validate(args: Args) -> anyhow::Result<Config> {
         ensure!(
             !args.token.is_empty(),
             "scenario {} needs --token (or PATCHWORK_TOKEN)",
-            if watch.is_some() {
-                watch::NAME
+            if is_watch || is_fanout {
+                args.scenario.as_str()
             } else {
                 scenario.name
             }
@@ -278,11 +345,12 @@ fn validate(args: Args) -> anyhow::Result<Config> {
     Ok(Config {
         scenario,
         watch,
+        fanout,
         target,
         token: args.token,
         db: args.db,
         run: RunConfig {
-            concurrency: args.concurrency,
+            concurrency,
             duration,
             warmup,
             max_requests: args.max_requests,
@@ -367,6 +435,9 @@ async fn run(cfg: Config) -> anyhow::Result<ExitCode> {
     check_resolves_to_loopback(&cfg.target).await?;
     if let Some(wc) = cfg.watch {
         return watch::run(cfg, wc).await;
+    }
+    if let Some(fc) = cfg.fanout {
+        return pubsub::run(cfg, fc).await;
     }
     let ctx = Arc::new(Ctx::new(
         cfg.target.base.clone(),
@@ -644,6 +715,92 @@ mod tests {
             ),
             (
                 vec!["insert", "--url", url, "--token", "t", "--watches", "5"],
+                "only apply",
+            ),
+        ] {
+            let err = match args(&bad) {
+                Ok(_) => panic!("{bad:?} was accepted"),
+                Err(e) => e.to_string(),
+            };
+            assert!(err.contains(needle), "{bad:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn sse_fanout_parses() {
+        let url = "http://127.0.0.1:1";
+        let c = args(&["sse-fanout", "--url", url, "--token", "t"]).unwrap();
+        assert_eq!(c.scenario.name, "publish");
+        assert!(c.watch.is_none());
+        assert_eq!(
+            c.fanout,
+            Some(FanoutConfig {
+                subscribers: 1000,
+                rate: 1000,
+                server_pid: None
+            })
+        );
+        assert_eq!(c.run.concurrency, pubsub::DEFAULT_PUBLISHERS);
+        let c = args(&[
+            "sse-fanout",
+            "--url",
+            url,
+            "--token",
+            "t",
+            "--subscribers",
+            "10",
+            "--rate",
+            "50",
+            "--server-pid",
+            "1234",
+            "--duration",
+            "2",
+            "--concurrency",
+            "4",
+        ])
+        .unwrap();
+        assert_eq!(
+            c.fanout,
+            Some(FanoutConfig {
+                subscribers: 10,
+                rate: 50,
+                server_pid: Some(1234)
+            })
+        );
+        assert_eq!(c.run.concurrency, 4);
+        assert_eq!(c.run.duration, Duration::from_secs(2));
+        // Other modes keep their default concurrency.
+        assert_eq!(
+            args(&["healthz", "--url", url]).unwrap().run.concurrency,
+            16
+        );
+        assert!(args(&["healthz", "--url", url]).unwrap().fanout.is_none());
+        let fanout = |extra: &[&'static str]| {
+            let mut v = vec!["sse-fanout", "--url", url, "--token", "t"];
+            v.extend_from_slice(extra);
+            v
+        };
+        for (bad, needle) in [
+            (
+                vec!["sse-fanout", "--url", url, "--token="],
+                "needs --token",
+            ),
+            (
+                vec!["sse-fanout", "--url", "http://192.168.1.1", "--token", "t"],
+                "refusing",
+            ),
+            (fanout(&["--subscribers", "0"]), "--subscribers"),
+            (fanout(&["--subscribers", "10001"]), "--subscribers"),
+            (fanout(&["--rate", "0"]), "--rate"),
+            (fanout(&["--rate", "100001"]), "--rate"),
+            (fanout(&["--warmup", "1"]), "--warmup"),
+            (fanout(&["--watches", "5"]), "only apply"),
+            (
+                vec!["publish", "--url", url, "--token", "t", "--rate", "5"],
+                "only apply",
+            ),
+            (
+                vec!["status", "--url", url, "--token", "t", "--server-pid", "1"],
                 "only apply",
             ),
         ] {

@@ -51,6 +51,7 @@ use std::pin::Pin;
 use hyper::Method;
 
 use crate::driver::{Body, Ctx, RequestSpec};
+use crate::pubsub;
 
 /// What a setup hook returns: a boxed future borrowing the context.
 pub type SetupFuture<'a> = Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send + 'a>>;
@@ -184,6 +185,22 @@ pub fn all() -> Vec<Scenario> {
             },
             expected: &[200],
             setup: Some(setup_items),
+        },
+        Scenario {
+            name: "publish",
+            about: "POST /api/v1/db/{db}/messages: 1 KiB payload to topic bench/{worker} (group-committed)",
+            method: Method::POST,
+            path: |ctx, _, _| format!("/api/v1/db/{}/messages", ctx.db),
+            auth: true,
+            headers: &[],
+            body: |_, worker, _| {
+                Body::Json(serde_json::json!({
+                    "topic": format!("bench/{worker}"),
+                    "payload_base64": pubsub::STATIC_PAYLOAD_B64.as_str(),
+                }))
+            },
+            expected: &[201],
+            setup: None,
         },
         Scenario {
             name: "open",

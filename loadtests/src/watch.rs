@@ -14,23 +14,24 @@
 //! Every phase has its own time limit and the whole run an overall deadline.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
-use http_body_util::{BodyExt as _, Full};
+use http_body_util::BodyExt as _;
 use hyper::body::Bytes;
-use hyper::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HOST, HeaderValue};
-use hyper::{Method, Request, StatusCode, Uri};
-use hyper_util::rt::TokioIo;
+use hyper::{Method, StatusCode};
 use tokio::sync::{Notify, Semaphore, watch};
-use tokio::task::{AbortHandle, JoinSet};
+use tokio::task::JoinSet;
 
 use crate::driver::{self, Body, Ctx, RequestSpec, RunResult};
 use crate::scenarios::{self, Scenario};
+use crate::sse::{
+    ErrorLog, OpenStage, OpenStream, SseParser, StreamRequest, lock, nofile_soft_limit,
+    open_stream, quantile,
+};
 use crate::{Config, round};
 
 /// Command-line name of this mode.
@@ -49,8 +50,6 @@ const MAX_CONSECUTIVE_TIMEOUTS: u32 = 3;
 const OPEN_PARALLELISM: usize = 64;
 /// Pause after all watches are open, before the loaded run.
 const SETTLE: Duration = Duration::from_secs(1);
-/// A single SSE line may not grow beyond this (protects against a runaway stream).
-const MAX_SSE_LINE: usize = 16 << 20;
 /// Low half of [`Shared::round`]: watchers that reached the round's count.
 const REACHED_MASK: u64 = 0xffff_ffff;
 
@@ -66,86 +65,6 @@ pub struct WatchConfig {
     pub writes: u32,
 }
 
-// ---------------------------------------------------------------------------------------------
-// SSE parsing
-
-/// One server-sent event.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SseEvent {
-    /// `event:` field, `message` when absent.
-    pub event: String,
-    /// The last `id:` seen on the stream so far (ids persist across events).
-    pub id: Option<String>,
-    /// `data:` lines joined with `\n`.
-    pub data: String,
-}
-
-/// Incremental `text/event-stream` parser: feed it body chunks as they arrive (split anywhere,
-/// even inside a UTF-8 sequence), get complete events back. Lines end in `\n` or `\r\n`
-/// (a lone `\r` is not treated as a line end); `:` lines are comments.
-#[derive(Default)]
-pub struct SseParser {
-    buf: Vec<u8>,
-    event: Option<String>,
-    id: Option<String>,
-    data: Option<String>,
-}
-
-impl SseParser {
-    /// Parses `chunk`, appending every event it completes to `out`.
-    pub fn feed(&mut self, chunk: &[u8], out: &mut Vec<SseEvent>) -> anyhow::Result<()> {
-        self.buf.extend_from_slice(chunk);
-        let mut start = 0;
-        while let Some(pos) = self.buf[start..].iter().position(|&b| b == b'\n') {
-            let end = start + pos;
-            let raw = &self.buf[start..end];
-            let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
-            let line = String::from_utf8_lossy(raw).into_owned();
-            start = end + 1;
-            self.line(&line, out);
-        }
-        self.buf.drain(..start);
-        ensure!(
-            self.buf.len() <= MAX_SSE_LINE,
-            "SSE line longer than {MAX_SSE_LINE} bytes"
-        );
-        Ok(())
-    }
-
-    fn line(&mut self, line: &str, out: &mut Vec<SseEvent>) {
-        if line.is_empty() {
-            let event = self.event.take();
-            if let Some(data) = self.data.take() {
-                out.push(SseEvent {
-                    event: event.unwrap_or_else(|| "message".to_owned()),
-                    id: self.id.clone(),
-                    data,
-                });
-            }
-            return;
-        }
-        if line.starts_with(':') {
-            return;
-        }
-        let (field, value) = match line.split_once(':') {
-            Some((f, v)) => (f, v.strip_prefix(' ').unwrap_or(v)),
-            None => (line, ""),
-        };
-        match field {
-            "event" => self.event = Some(value.to_owned()),
-            "id" => self.id = Some(value.to_owned()),
-            "data" => match &mut self.data {
-                Some(d) => {
-                    d.push('\n');
-                    d.push_str(value);
-                }
-                None => self.data = Some(value.to_owned()),
-            },
-            _ => {}
-        }
-    }
-}
-
 /// `rows[0][0]` of a watch event's or exec reply's JSON, as an integer.
 pub fn first_cell(json: &serde_json::Value) -> Option<i64> {
     let cell = json.get("rows")?.get(0)?.get(0)?;
@@ -155,28 +74,6 @@ pub fn first_cell(json: &serde_json::Value) -> Option<i64> {
 
 // ---------------------------------------------------------------------------------------------
 // Shared watcher state
-
-#[derive(Default)]
-struct ErrorLog {
-    total: u64,
-    kinds: BTreeMap<String, u64>,
-    samples: BTreeMap<String, String>,
-}
-
-impl ErrorLog {
-    fn add(&mut self, kind: &str, n: u64, sample: impl FnOnce() -> String) {
-        if n == 0 {
-            return;
-        }
-        self.total += n;
-        *self.kinds.entry(kind.to_owned()).or_default() += n;
-        self.samples.entry(kind.to_owned()).or_insert_with(sample);
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
 
 /// What the watcher tasks and the controller share.
 struct Shared {
@@ -261,44 +158,24 @@ impl Shared {
 // ---------------------------------------------------------------------------------------------
 // Watchers
 
-/// Everything needed to open one watch stream.
-struct WatchRequest {
-    addr: SocketAddr,
-    host: HeaderValue,
-    path: String,
-    auth: HeaderValue,
-    body: Bytes,
-    timeout: Duration,
-}
-
-impl WatchRequest {
-    fn build(&self) -> anyhow::Result<Request<Full<Bytes>>> {
-        Ok(Request::builder()
-            .method(Method::POST)
-            .uri(&self.path)
-            .header(HOST, self.host.clone())
-            .header(AUTHORIZATION, self.auth.clone())
-            .header(CONTENT_TYPE, "application/json")
-            .header(ACCEPT, "text/event-stream")
-            .body(Full::new(self.body.clone()))?)
-    }
-}
-
-/// Aborts the spawned connection task when the watcher is done.
-struct AbortOnDrop(AbortHandle);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 /// A watcher failure: error kind and message.
 type WatchError = (&'static str, String);
 
+/// The error kind of a failed watch open.
+fn open_kind(stage: OpenStage) -> &'static str {
+    match stage {
+        OpenStage::Build => "build",
+        OpenStage::Connect => "watch_connect",
+        OpenStage::Handshake => "watch_handshake",
+        OpenStage::Timeout => "watch_timeout",
+        OpenStage::Transport => "watch_transport",
+        OpenStage::Status => "watch_status",
+    }
+}
+
 async fn watcher(
     idx: usize,
-    req: Arc<WatchRequest>,
+    req: Arc<StreamRequest>,
     shared: Arc<Shared>,
     open: Arc<Semaphore>,
     stop: watch::Receiver<bool>,
@@ -315,7 +192,7 @@ async fn watcher(
 
 async fn watch_stream(
     idx: usize,
-    req: &WatchRequest,
+    req: &StreamRequest,
     shared: &Shared,
     open: &Semaphore,
     mut stop: watch::Receiver<bool>,
@@ -324,46 +201,12 @@ async fn watch_stream(
         .acquire()
         .await
         .map_err(|e| ("watch_open", e.to_string()))?;
-    let (body, _conn) = loop {
-        let stream = tokio::time::timeout(req.timeout, tokio::net::TcpStream::connect(req.addr))
-            .await
-            .map_err(|_| ("watch_connect", "connect timed out".to_owned()))?
-            .map_err(|e| ("watch_connect", e.to_string()))?;
-        let _ = stream.set_nodelay(true);
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| ("watch_handshake", e.to_string()))?;
-        let conn = AbortOnDrop(tokio::spawn(conn).abort_handle());
-        let request = req.build().map_err(|e| ("build", e.to_string()))?;
-        let resp = tokio::time::timeout(req.timeout, sender.send_request(request))
-            .await
-            .map_err(|_| ("watch_timeout", "no response head in time".to_owned()))?
-            .map_err(|e| ("watch_transport", e.to_string()))?;
-        let status = resp.status();
-        if status == StatusCode::OK {
-            break (resp.into_body(), conn);
-        }
-        let body = tokio::time::timeout(req.timeout, resp.into_body().collect())
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
-            .unwrap_or_default();
-        if matches!(
-            status,
-            StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS
-        ) {
-            // Overloaded or rate limited: back off and retry until the open phase gives up.
-            shared.open_retries.fetch_add(1, Ordering::SeqCst);
-            tokio::time::sleep(Duration::from_millis(100 + (idx % 100) as u64)).await;
-            continue;
-        }
-        return Err((
-            "watch_status",
-            format!("watch open answered {status}: {body}"),
-        ));
-    };
-    let mut body = body;
+    let OpenStream {
+        mut body,
+        conn: _conn,
+    } = open_stream(req, idx, &shared.open_retries)
+        .await
+        .map_err(|(stage, msg)| (open_kind(stage), msg))?;
     let mut permit = Some(permit);
     let mut parser = SseParser::default();
     let mut events = Vec::new();
@@ -439,28 +282,8 @@ fn rps(r: &RunResult) -> f64 {
     }
 }
 
-/// Nearest-rank quantile of sorted values.
-fn quantile(sorted: &[f64], q: f64) -> Option<f64> {
-    if sorted.is_empty() {
-        return None;
-    }
-    let rank = (q * sorted.len() as f64).ceil() as usize;
-    Some(sorted[rank.clamp(1, sorted.len()) - 1])
-}
-
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
-}
-
-/// Soft `RLIMIT_NOFILE` of this process (Linux), if it can be read.
-fn nofile_soft_limit() -> Option<u64> {
-    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
-    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
-    line["Max open files".len()..]
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
 }
 
 async fn batch(ctx: &Ctx, sql: &str) -> anyhow::Result<()> {
@@ -503,17 +326,6 @@ async fn count_a(ctx: &Ctx) -> anyhow::Result<i64> {
     );
     let json: serde_json::Value = serde_json::from_slice(&reply.body).context("count reply")?;
     first_cell(&json).ok_or_else(|| anyhow::anyhow!("no count in {json}"))
-}
-
-/// Resolves the target (already checked to be loopback) to one socket address.
-async fn resolve(host: &str, port: u16) -> anyhow::Result<SocketAddr> {
-    let addr = tokio::net::lookup_host((host, port))
-        .await
-        .context("resolving the target")?
-        .next()
-        .ok_or_else(|| anyhow::anyhow!("{host} did not resolve"))?;
-    ensure!(addr.ip().is_loopback(), "refusing: {addr} is not loopback");
-    Ok(addr)
 }
 
 /// An upper bound on the whole run, from the per-phase bounds (a safety net: every phase
@@ -609,25 +421,18 @@ async fn phases(cfg: &Config, wc: WatchConfig) -> anyhow::Result<Outcome> {
     eprintln!("loadtests:   {:.1} req/s", rps(&without));
 
     // 3. Open the watches.
-    let url: Uri = cfg.target.base.parse().context("base URL")?;
-    let authority = url.authority().context("base URL has no host")?;
-    let prefix = url.path().trim_end_matches('/');
-    let req = Arc::new(WatchRequest {
-        addr: resolve(&cfg.target.host, cfg.target.port).await?,
-        host: HeaderValue::from_str(authority.as_str()).context("host header")?,
-        path: format!("{prefix}/api/v1/db/{}/query/watch", cfg.db),
-        auth: {
-            let mut v = HeaderValue::try_from(format!("Bearer {}", cfg.token))
-                .context("the token contains characters not allowed in a header")?;
-            v.set_sensitive(true);
-            v
-        },
-        body: Bytes::from(serde_json::to_vec(&serde_json::json!({
-            "sql": WATCH_SQL,
-            "options": {"heartbeat_seconds": 60},
-        }))?),
-        timeout: cfg.timeout,
-    });
+    let req = Arc::new(
+        StreamRequest::new(
+            cfg,
+            Method::POST,
+            &format!("/api/v1/db/{}/query/watch", cfg.db),
+            Some(Bytes::from(serde_json::to_vec(&serde_json::json!({
+                "sql": WATCH_SQL,
+                "options": {"heartbeat_seconds": 60},
+            }))?)),
+        )
+        .await?,
+    );
     let shared = Arc::new(Shared::new(wc.watches));
     let (stop_tx, stop_rx) = watch::channel(false);
     let open_sem = Arc::new(Semaphore::new(OPEN_PARALLELISM));
@@ -809,11 +614,7 @@ async fn phases(cfg: &Config, wc: WatchConfig) -> anyhow::Result<Outcome> {
     {
         tasks.abort_all();
     }
-    let watch_errors = std::mem::take(&mut *lock(&shared.errors));
-    for (kind, n) in watch_errors.kinds {
-        let sample = watch_errors.samples.get(&kind).cloned().unwrap_or_default();
-        errors.add(&kind, n, || sample);
-    }
+    errors.merge(std::mem::take(&mut *lock(&shared.errors)));
     let closed = shared.closed.load(Ordering::SeqCst);
     if closed > 0 {
         eprintln!("loadtests: {closed} watch streams ended early");
@@ -938,72 +739,6 @@ fn print_table(j: &serde_json::Value, o: &Outcome) {
 mod tests {
     use super::*;
 
-    fn parse_chunks(chunks: &[&[u8]]) -> Vec<SseEvent> {
-        let mut p = SseParser::default();
-        let mut out = Vec::new();
-        for c in chunks {
-            p.feed(c, &mut out).unwrap();
-        }
-        out
-    }
-
-    fn ev(event: &str, id: Option<&str>, data: &str) -> SseEvent {
-        SseEvent {
-            event: event.to_owned(),
-            id: id.map(str::to_owned),
-            data: data.to_owned(),
-        }
-    }
-
-    const STREAM: &str = "event: snapshot\nid: abc\ndata: {\"watch_id\":1,\"seq\":1,\"rows\":[[0]]}\n\n\
-                          : keep-alive comment\n\n\
-                          event: heartbeat\ndata: {\"watch_id\":1,\"seq\":1}\n\n\
-                          event: update\r\nid: def\r\ndata: {\"rows\":[[7]],\r\ndata: \"x\":\"é\"}\r\n\r\n";
-
-    #[test]
-    fn sse_events_are_parsed() {
-        let want = vec![
-            ev(
-                "snapshot",
-                Some("abc"),
-                r#"{"watch_id":1,"seq":1,"rows":[[0]]}"#,
-            ),
-            ev("heartbeat", Some("abc"), r#"{"watch_id":1,"seq":1}"#),
-            ev("update", Some("def"), "{\"rows\":[[7]],\n\"x\":\"é\"}"),
-        ];
-        assert_eq!(parse_chunks(&[STREAM.as_bytes()]), want);
-        // Split at every possible byte boundary, including inside `é` and `\r\n`.
-        let bytes = STREAM.as_bytes();
-        for cut in 0..bytes.len() {
-            assert_eq!(
-                parse_chunks(&[&bytes[..cut], &bytes[cut..]]),
-                want,
-                "cut at {cut}"
-            );
-        }
-        // One byte at a time.
-        let singles: Vec<&[u8]> = bytes.chunks(1).collect();
-        assert_eq!(parse_chunks(&singles), want);
-    }
-
-    #[test]
-    fn sse_edge_cases() {
-        // No trailing blank line yet: nothing is dispatched.
-        assert!(parse_chunks(&[b"event: update\ndata: 1\n"]).is_empty());
-        // No event field: `message`; no space after the colon; unknown fields ignored.
-        assert_eq!(
-            parse_chunks(&[b"data:x\nretry: 5\nfoo\n\n"]),
-            vec![ev("message", None, "x")]
-        );
-        // An event with no data is not dispatched (per the SSE spec).
-        assert!(parse_chunks(&[b"event: heartbeat\n\n"]).is_empty());
-        // The buffer does not grow without bound.
-        let mut p = SseParser::default();
-        let mut out = Vec::new();
-        let big = vec![b'x'; MAX_SSE_LINE + 1];
-        assert!(p.feed(&big, &mut out).is_err());
-    }
-
     #[test]
     fn counts_are_read_from_rows() {
         let j: serde_json::Value =
@@ -1039,15 +774,5 @@ mod tests {
         s.round.store(7 << 32, Ordering::SeqCst);
         s.saw(7, &mut credited[0]);
         assert_eq!(s.reached(), 1);
-    }
-
-    #[test]
-    fn quantiles_use_nearest_rank() {
-        let v: Vec<f64> = (1..=50).map(f64::from).collect();
-        assert_eq!(quantile(&v, 0.5), Some(25.0));
-        assert_eq!(quantile(&v, 0.99), Some(50.0));
-        assert_eq!(quantile(&v, 1.0), Some(50.0));
-        assert_eq!(quantile(&v, 0.0), Some(1.0));
-        assert_eq!(quantile(&[], 0.5), None);
     }
 }

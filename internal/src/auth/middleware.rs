@@ -27,13 +27,14 @@ pub struct AuthLayer {
     pub table: Arc<RouteTable>,
 }
 
+/// `?access_token=` (or `?token=`, the legacy stream routes' spelling) on routes that take it.
 fn query_token(req: &Request) -> Option<String> {
-    let query = req.uri().query()?;
+    req.uri().query()?;
     let axum::extract::Query(params): axum::extract::Query<HashMap<String, String>> =
         axum::extract::Query::try_from_uri(req.uri()).ok()?;
-    let _ = query;
     params
         .get("access_token")
+        .or_else(|| params.get("token"))
         .filter(|t| !t.is_empty())
         .cloned()
 }

@@ -61,6 +61,8 @@ pub struct Metrics {
     pub fanout_lag: Histogram,
     pub slow_disconnects: Counter,
     pub retention_deleted: Counter,
+    pub stream_waiting: Gauge,
+    pub stream_timeouts: Counter,
 }
 
 impl Metrics {
@@ -200,7 +202,21 @@ impl Metrics {
             "Messages deleted by retention sweeps",
             retention_deleted.clone(),
         );
+        let stream_waiting = Gauge::default();
+        registry.register(
+            "stream_waiting",
+            "Stream parties waiting for a counterpart",
+            stream_waiting.clone(),
+        );
+        let stream_timeouts = Counter::default();
+        registry.register(
+            "stream_timeouts",
+            "Stream parties answered 504 after the wait timeout",
+            stream_timeouts.clone(),
+        );
         Arc::new(Self {
+            stream_waiting,
+            stream_timeouts,
             publishes,
             published_bytes,
             publish_batch,

@@ -1,0 +1,514 @@
+//! Client side of server-sent event streams, shared by the streaming benchmark modes
+//! (`watch-fanout`, `sse-fanout`): an incremental `text/event-stream` parser, opening one
+//! stream on its own HTTP/1 connection, and small helpers (error log, quantiles, fd limit).
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use anyhow::{Context as _, ensure};
+use http_body_util::{BodyExt as _, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HOST, HeaderValue};
+use hyper::{Method, Request, StatusCode, Uri};
+use hyper_util::rt::TokioIo;
+use tokio::task::AbortHandle;
+
+use crate::Config;
+
+/// A single SSE line may not grow beyond this (protects against a runaway stream).
+pub const MAX_SSE_LINE: usize = 16 << 20;
+/// Read buffer of each stream's connection.
+const READ_BUF: usize = 32 << 10;
+
+// ---------------------------------------------------------------------------------------------
+// Parsing
+
+/// One server-sent event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SseEvent {
+    /// `event:` field, `message` when absent.
+    pub event: String,
+    /// The last `id:` seen on the stream so far (ids persist across events).
+    pub id: Option<String>,
+    /// `data:` lines joined with `\n`.
+    pub data: String,
+}
+
+/// Incremental `text/event-stream` parser: feed it body chunks as they arrive (split anywhere,
+/// even inside a UTF-8 sequence), get complete events back. Lines end in `\n` or `\r\n`
+/// (a lone `\r` is not treated as a line end); `:` lines are comments.
+///
+/// Complete lines are parsed straight from the chunk; only an unfinished last line is copied
+/// into the internal buffer (the fan-out benchmarks push a lot of bytes through this).
+#[derive(Default)]
+pub struct SseParser {
+    /// The unfinished last line.
+    buf: Vec<u8>,
+    event: Option<String>,
+    id: Option<String>,
+    data: Option<String>,
+}
+
+impl SseParser {
+    /// Parses `chunk`, appending every event it completes to `out`.
+    pub fn feed(&mut self, chunk: &[u8], out: &mut Vec<SseEvent>) -> anyhow::Result<()> {
+        let mut rest = chunk;
+        if !self.buf.is_empty() {
+            let Some(pos) = find_newline(rest) else {
+                self.buf.extend_from_slice(rest);
+                return self.check_len();
+            };
+            let mut line = std::mem::take(&mut self.buf);
+            line.extend_from_slice(&rest[..pos]);
+            self.line(&line, out);
+            line.clear();
+            self.buf = line;
+            rest = &rest[pos + 1..];
+        }
+        while let Some(pos) = find_newline(rest) {
+            self.line(&rest[..pos], out);
+            rest = &rest[pos + 1..];
+        }
+        self.buf.extend_from_slice(rest);
+        self.check_len()
+    }
+
+    fn check_len(&self) -> anyhow::Result<()> {
+        ensure!(
+            self.buf.len() <= MAX_SSE_LINE,
+            "SSE line longer than {MAX_SSE_LINE} bytes"
+        );
+        Ok(())
+    }
+
+    fn line(&mut self, raw: &[u8], out: &mut Vec<SseEvent>) {
+        let line = raw.strip_suffix(b"\r").unwrap_or(raw);
+        if line.is_empty() {
+            let event = self.event.take();
+            if let Some(data) = self.data.take() {
+                out.push(SseEvent {
+                    event: event.unwrap_or_else(|| "message".to_owned()),
+                    id: self.id.clone(),
+                    data,
+                });
+            }
+            return;
+        }
+        if line[0] == b':' {
+            return;
+        }
+        let (field, value) = match line.iter().position(|&b| b == b':') {
+            Some(i) => {
+                let v = &line[i + 1..];
+                (&line[..i], v.strip_prefix(b" ").unwrap_or(v))
+            }
+            None => (line, &b""[..]),
+        };
+        // `from_utf8` has an ASCII fast path; `from_utf8_lossy` checks byte by byte.
+        let value = match std::str::from_utf8(value) {
+            Ok(v) => Cow::Borrowed(v),
+            Err(_) => String::from_utf8_lossy(value),
+        };
+        match field {
+            b"event" => self.event = Some(value.into_owned()),
+            b"id" => self.id = Some(value.into_owned()),
+            b"data" => match &mut self.data {
+                Some(d) => {
+                    d.push('\n');
+                    d.push_str(&value);
+                }
+                None => self.data = Some(value.into_owned()),
+            },
+            _ => {}
+        }
+    }
+}
+
+/// Index of the first `\n` in `s`, eight bytes at a time.
+fn find_newline(s: &[u8]) -> Option<usize> {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    const NL: u64 = LO * b'\n' as u64;
+    // Nonzero exactly when some byte of `word` is `\n`.
+    let hit = |word: &[u8]| {
+        let bytes: [u8; 8] = word.try_into().expect("8-byte slice");
+        let x = u64::from_le_bytes(bytes) ^ NL;
+        x.wrapping_sub(LO) & !x & HI
+    };
+    let mut skipped = 0;
+    // 32 bytes per step while there is no newline, then 8, then one by one.
+    for block in s.chunks_exact(32) {
+        if hit(&block[..8]) | hit(&block[8..16]) | hit(&block[16..24]) | hit(&block[24..]) != 0 {
+            break;
+        }
+        skipped += 32;
+    }
+    for word in s[skipped..].chunks_exact(8) {
+        if hit(word) != 0 {
+            break;
+        }
+        skipped += 8;
+    }
+    s[skipped..]
+        .iter()
+        .position(|&b| b == b'\n')
+        .map(|p| p + skipped)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Opening a stream
+
+/// Everything needed to open one stream on its own connection.
+pub struct StreamRequest {
+    pub addr: SocketAddr,
+    host: HeaderValue,
+    method: Method,
+    /// Path and query, including any prefix of `--url`.
+    path: String,
+    auth: HeaderValue,
+    /// Sent as `application/json` when present.
+    json_body: Option<Bytes>,
+    pub timeout: Duration,
+}
+
+impl StreamRequest {
+    /// A request to `{--url}{path}` with the bearer token; resolves the (loopback) target.
+    pub async fn new(
+        cfg: &Config,
+        method: Method,
+        path: &str,
+        json_body: Option<Bytes>,
+    ) -> anyhow::Result<Self> {
+        let url: Uri = cfg.target.base.parse().context("base URL")?;
+        let authority = url.authority().context("base URL has no host")?;
+        let prefix = url.path().trim_end_matches('/');
+        let mut auth = HeaderValue::try_from(format!("Bearer {}", cfg.token))
+            .context("the token contains characters not allowed in a header")?;
+        auth.set_sensitive(true);
+        Ok(Self {
+            addr: resolve(&cfg.target.host, cfg.target.port).await?,
+            host: HeaderValue::from_str(authority.as_str()).context("host header")?,
+            method,
+            path: format!("{prefix}{path}"),
+            auth,
+            json_body,
+            timeout: cfg.timeout,
+        })
+    }
+
+    fn build(&self) -> Result<Request<Full<Bytes>>, hyper::http::Error> {
+        let mut b = Request::builder()
+            .method(self.method.clone())
+            .uri(&self.path)
+            .header(HOST, self.host.clone())
+            .header(AUTHORIZATION, self.auth.clone())
+            .header(ACCEPT, "text/event-stream");
+        if self.json_body.is_some() {
+            b = b.header(CONTENT_TYPE, "application/json");
+        }
+        b.body(Full::new(self.json_body.clone().unwrap_or_default()))
+    }
+}
+
+/// Aborts the spawned connection task when dropped.
+pub struct AbortOnDrop(AbortHandle);
+
+impl AbortOnDrop {
+    pub fn new(handle: AbortHandle) -> Self {
+        Self(handle)
+    }
+}
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// An open stream: the response body, and the connection it lives on (closed when dropped).
+pub struct OpenStream {
+    pub body: Incoming,
+    pub conn: AbortOnDrop,
+}
+
+/// Where opening a stream failed; each mode maps these to its own error kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenStage {
+    Build,
+    Connect,
+    Handshake,
+    /// No response head within the timeout.
+    Timeout,
+    Transport,
+    /// A status other than 200 (and other than 503/429, which are retried).
+    Status,
+}
+
+/// Opens the stream on a new HTTP/1 connection and waits for a `200` head. `503` and `429`
+/// answers are retried (counted in `retries`) for as long as the caller lets this run: wrap it
+/// in a timeout or abort the task.
+pub async fn open_stream(
+    req: &StreamRequest,
+    idx: usize,
+    retries: &AtomicU64,
+) -> Result<OpenStream, (OpenStage, String)> {
+    loop {
+        let stream = tokio::time::timeout(req.timeout, tokio::net::TcpStream::connect(req.addr))
+            .await
+            .map_err(|_| (OpenStage::Connect, "connect timed out".to_owned()))?
+            .map_err(|e| (OpenStage::Connect, e.to_string()))?;
+        let _ = stream.set_nodelay(true);
+        // A fixed read buffer: hyper's adaptive one grows to hundreds of KiB under a busy
+        // stream and is reallocated as it goes, and every fresh allocation costs page faults.
+        let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
+            .read_buf_exact_size(Some(READ_BUF))
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| (OpenStage::Handshake, e.to_string()))?;
+        let conn = AbortOnDrop::new(tokio::spawn(conn).abort_handle());
+        let request = req.build().map_err(|e| (OpenStage::Build, e.to_string()))?;
+        let resp = tokio::time::timeout(req.timeout, sender.send_request(request))
+            .await
+            .map_err(|_| (OpenStage::Timeout, "no response head in time".to_owned()))?
+            .map_err(|e| (OpenStage::Transport, e.to_string()))?;
+        let status = resp.status();
+        if status == StatusCode::OK {
+            return Ok(OpenStream {
+                body: resp.into_body(),
+                conn,
+            });
+        }
+        let body = tokio::time::timeout(req.timeout, resp.into_body().collect())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
+            .unwrap_or_default();
+        if matches!(
+            status,
+            StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS
+        ) {
+            // Overloaded or rate limited: back off and retry until the open phase gives up.
+            retries.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(100 + (idx % 100) as u64)).await;
+            continue;
+        }
+        return Err((
+            OpenStage::Status,
+            format!("stream open answered {status}: {body}"),
+        ));
+    }
+}
+
+/// Resolves the target (already checked to be loopback) to one socket address.
+pub async fn resolve(host: &str, port: u16) -> anyhow::Result<SocketAddr> {
+    let addr = tokio::net::lookup_host((host, port))
+        .await
+        .context("resolving the target")?
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("{host} did not resolve"))?;
+    ensure!(addr.ip().is_loopback(), "refusing: {addr} is not loopback");
+    Ok(addr)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+
+/// Error counts by kind, with the first message of each kind.
+#[derive(Default)]
+pub struct ErrorLog {
+    pub total: u64,
+    pub kinds: BTreeMap<String, u64>,
+    pub samples: BTreeMap<String, String>,
+}
+
+impl ErrorLog {
+    pub fn add(&mut self, kind: &str, n: u64, sample: impl FnOnce() -> String) {
+        if n == 0 {
+            return;
+        }
+        self.total += n;
+        *self.kinds.entry(kind.to_owned()).or_default() += n;
+        self.samples.entry(kind.to_owned()).or_insert_with(sample);
+    }
+
+    /// Adds every kind of `other`.
+    pub fn merge(&mut self, other: Self) {
+        for (kind, n) in other.kinds {
+            let sample = other.samples.get(&kind).cloned().unwrap_or_default();
+            self.add(&kind, n, || sample);
+        }
+    }
+}
+
+/// Locks, ignoring poisoning (the data are counters).
+pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Nearest-rank quantile of sorted values.
+pub fn quantile(sorted: &[f64], q: f64) -> Option<f64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let rank = (q * sorted.len() as f64).ceil() as usize;
+    Some(sorted[rank.clamp(1, sorted.len()) - 1])
+}
+
+/// Soft `RLIMIT_NOFILE` of this process (Linux), if it can be read.
+pub fn nofile_soft_limit() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line["Max open files".len()..]
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_chunks(chunks: &[&[u8]]) -> Vec<SseEvent> {
+        let mut p = SseParser::default();
+        let mut out = Vec::new();
+        for c in chunks {
+            p.feed(c, &mut out).unwrap();
+        }
+        out
+    }
+
+    fn ev(event: &str, id: Option<&str>, data: &str) -> SseEvent {
+        SseEvent {
+            event: event.to_owned(),
+            id: id.map(str::to_owned),
+            data: data.to_owned(),
+        }
+    }
+
+    const STREAM: &str = "event: snapshot\nid: abc\ndata: {\"watch_id\":1,\"seq\":1,\"rows\":[[0]]}\n\n\
+                          : keep-alive comment\n\n\
+                          event: heartbeat\ndata: {\"watch_id\":1,\"seq\":1}\n\n\
+                          event: update\r\nid: def\r\ndata: {\"rows\":[[7]],\r\ndata: \"x\":\"é\"}\r\n\r\n";
+
+    #[test]
+    fn sse_events_are_parsed() {
+        let want = vec![
+            ev(
+                "snapshot",
+                Some("abc"),
+                r#"{"watch_id":1,"seq":1,"rows":[[0]]}"#,
+            ),
+            ev("heartbeat", Some("abc"), r#"{"watch_id":1,"seq":1}"#),
+            ev("update", Some("def"), "{\"rows\":[[7]],\n\"x\":\"é\"}"),
+        ];
+        assert_eq!(parse_chunks(&[STREAM.as_bytes()]), want);
+        // Split at every possible byte boundary, including inside `é` and `\r\n`.
+        let bytes = STREAM.as_bytes();
+        for cut in 0..bytes.len() {
+            assert_eq!(
+                parse_chunks(&[&bytes[..cut], &bytes[cut..]]),
+                want,
+                "cut at {cut}"
+            );
+        }
+        // Three pieces: a line may span several chunks.
+        for cut in (0..bytes.len()).step_by(7) {
+            for cut2 in (cut..bytes.len()).step_by(5) {
+                assert_eq!(
+                    parse_chunks(&[&bytes[..cut], &bytes[cut..cut2], &bytes[cut2..]]),
+                    want,
+                    "cuts at {cut}, {cut2}"
+                );
+            }
+        }
+        // One byte at a time.
+        let singles: Vec<&[u8]> = bytes.chunks(1).collect();
+        assert_eq!(parse_chunks(&singles), want);
+    }
+
+    #[test]
+    fn sse_edge_cases() {
+        // No trailing blank line yet: nothing is dispatched.
+        assert!(parse_chunks(&[b"event: update\ndata: 1\n"]).is_empty());
+        // No event field: `message`; no space after the colon; unknown fields ignored.
+        assert_eq!(
+            parse_chunks(&[b"data:x\nretry: 5\nfoo\n\n"]),
+            vec![ev("message", None, "x")]
+        );
+        // Only one space is stripped; later colons belong to the value.
+        assert_eq!(
+            parse_chunks(&[b"data:  a:b\n\n"]),
+            vec![ev("message", None, " a:b")]
+        );
+        // An event with no data is not dispatched (per the SSE spec).
+        assert!(parse_chunks(&[b"event: heartbeat\n\n"]).is_empty());
+        // Invalid UTF-8 is replaced, not fatal.
+        assert_eq!(
+            parse_chunks(&[b"data: \xff\n\n"]),
+            vec![ev("message", None, "\u{fffd}")]
+        );
+        // The buffer does not grow without bound, whether in one chunk or many.
+        let mut p = SseParser::default();
+        let mut out = Vec::new();
+        let big = vec![b'x'; MAX_SSE_LINE + 1];
+        assert!(p.feed(&big, &mut out).is_err());
+        let mut p = SseParser::default();
+        p.feed(b"data: ", &mut out).unwrap();
+        assert!(p.feed(&big, &mut out).is_err());
+    }
+
+    #[test]
+    fn newlines_are_found_at_every_offset() {
+        for len in 0..100 {
+            for at in 0..=len {
+                let mut s = vec![b'a'; len];
+                // Bytes that differ from `\n` (0x0a) by one bit must not be mistaken for it.
+                for (i, b) in s.iter_mut().enumerate() {
+                    *b = [b'a', 0x0b, 0x8a, 0x09, 0x0e, 0x2a][i % 6];
+                }
+                let want = if at < len {
+                    s[at] = b'\n';
+                    if at + 1 < len {
+                        s[at + 1] = b'\n';
+                    }
+                    Some(at)
+                } else {
+                    None
+                };
+                assert_eq!(find_newline(&s), want, "len {len}, newline at {at}");
+            }
+        }
+    }
+
+    #[test]
+    fn quantiles_use_nearest_rank() {
+        let v: Vec<f64> = (1..=50).map(f64::from).collect();
+        assert_eq!(quantile(&v, 0.5), Some(25.0));
+        assert_eq!(quantile(&v, 0.99), Some(50.0));
+        assert_eq!(quantile(&v, 1.0), Some(50.0));
+        assert_eq!(quantile(&v, 0.0), Some(1.0));
+        assert_eq!(quantile(&[], 0.5), None);
+    }
+
+    #[test]
+    fn error_logs_merge() {
+        let mut a = ErrorLog::default();
+        a.add("x", 2, || "first x".to_owned());
+        a.add("none", 0, || "ignored".to_owned());
+        let mut b = ErrorLog::default();
+        b.add("x", 1, || "second x".to_owned());
+        b.add("y", 3, || "y".to_owned());
+        a.merge(b);
+        assert_eq!(a.total, 6);
+        assert_eq!(a.kinds.get("x"), Some(&3));
+        assert_eq!(a.kinds.get("y"), Some(&3));
+        assert!(!a.kinds.contains_key("none"));
+        assert_eq!(a.samples.get("x").map(String::as_str), Some("first x"));
+    }
+}
