@@ -282,14 +282,12 @@ impl Ctx {
         }
     }
 
-    /// Token routes: the caller needs `action` for this stream path.
-    fn allow(&self, action: Action) -> Result<(), Response> {
-        match &self.auth {
-            Some(auth) => auth
-                .resource(action, &self.resource)
-                .map_err(IntoResponse::into_response),
-            None => Ok(()),
-        }
+    /// Token routes: the refusal if the caller lacks `action` for this stream path.
+    fn refused(&self, action: Action) -> Option<Response> {
+        let auth = self.auth.as_ref()?;
+        auth.resource(action, &self.resource)
+            .err()
+            .map(IntoResponse::into_response)
     }
 
     fn note_waiting(&self) {
@@ -307,19 +305,19 @@ async fn run(ctx: Ctx, mode: Mode, query: HashMap<String, String>, req: Request)
         Mode::Queue(name) | Mode::Pubsub(name)
             if req.method() == Method::GET && body_param.is_none() =>
         {
-            if let Err(r) = ctx.allow(Action::StreamRead) {
+            if let Some(r) = ctx.refused(Action::StreamRead) {
                 return r;
             }
             consume(&ctx, name, req).await
         }
         Mode::Queue(name) if matches!(*req.method(), Method::GET | Method::POST | Method::PUT) => {
-            if let Err(r) = ctx.allow(Action::StreamWrite) {
+            if let Some(r) = ctx.refused(Action::StreamWrite) {
                 return r;
             }
             produce(&ctx, name, body_param, req).await
         }
         Mode::Pubsub(name) if matches!(*req.method(), Method::GET | Method::POST | Method::PUT) => {
-            if let Err(r) = ctx.allow(Action::StreamWrite) {
+            if let Some(r) = ctx.refused(Action::StreamWrite) {
                 return r;
             }
             publish(&ctx, name, body_param, req).await
@@ -341,13 +339,13 @@ async fn run(ctx: Ctx, mode: Mode, query: HashMap<String, String>, req: Request)
             );
         }
         Mode::Req(id) => {
-            if let Err(r) = ctx.allow(Action::StreamWrite) {
+            if let Some(r) = ctx.refused(Action::StreamWrite) {
                 return r;
             }
             request(&ctx, id, req).await
         }
         Mode::Res(id) => {
-            if let Err(r) = ctx.allow(Action::StreamRead) {
+            if let Some(r) = ctx.refused(Action::StreamRead) {
                 return r;
             }
             let switch = query.get("switch").is_some_and(|v| v == "true" || v == "1");
