@@ -106,6 +106,21 @@ struct ServeArgs {
     /// Seconds between message retention sweeps [default: 60].
     #[arg(long, env = "PATCHWORK_RETENTION_SWEEP_SECONDS")]
     retention_sweep_seconds: Option<u64>,
+    /// Serve the anonymous /public and /p stream routes [default: true].
+    #[arg(long, env = "PATCHWORK_STREAMS_PUBLIC")]
+    streams_public: Option<bool>,
+    /// Seconds a stream party waits for its counterpart before a 504 [default: 120].
+    #[arg(long, env = "PATCHWORK_STREAM_WAIT_TIMEOUT_SECS")]
+    stream_wait_timeout_secs: Option<u64>,
+    /// Seconds a double-clutch requester waits for the answer [default: 30].
+    #[arg(long, env = "PATCHWORK_STREAM_SWITCH_TIMEOUT_SECS")]
+    stream_switch_timeout_secs: Option<u64>,
+    /// Cap on parties waiting on one stream channel [default: 256].
+    #[arg(long, env = "PATCHWORK_STREAM_MAX_WAITERS_PER_CHANNEL")]
+    stream_max_waiters_per_channel: Option<usize>,
+    /// Cap on parties waiting on all stream channels [default: 10000].
+    #[arg(long, env = "PATCHWORK_STREAM_MAX_WAITERS_TOTAL")]
+    stream_max_waiters_total: Option<usize>,
     /// Proxy IPs whose X-Forwarded-For is believed (comma-separated).
     #[arg(long, env = "PATCHWORK_TRUSTED_PROXIES", value_delimiter = ',')]
     trusted_proxies: Option<Vec<std::net::IpAddr>>,
@@ -179,6 +194,11 @@ impl ServeArgs {
             query_max_rows,
             query_max_result_bytes,
             retention_sweep_seconds,
+            streams_public,
+            stream_wait_timeout_secs,
+            stream_switch_timeout_secs,
+            stream_max_waiters_per_channel,
+            stream_max_waiters_total,
             trusted_proxies
         );
         if let Some(token) = self.admin_token {
