@@ -9,6 +9,15 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::server::{App, AppState, serve};
 
+/// A scope for tests.
+pub fn scope(db: &str, action: crate::auth::Action, prefix: Option<&str>) -> crate::auth::Scope {
+    crate::auth::Scope {
+        db_id: db.into(),
+        action,
+        resource_prefix: prefix.map(Into::into),
+    }
+}
+
 pub struct TestServer {
     pub addr: SocketAddr,
     pub admin_token: String,
@@ -78,6 +87,32 @@ impl TestServer {
     /// A request without a token.
     pub fn anon(&self, method: Method, path: &str) -> RequestBuilder {
         self.client.request(method, self.url(path))
+    }
+
+    /// A non-admin token with `scopes` (plaintext).
+    pub async fn mint(&self, scopes: Vec<crate::auth::Scope>) -> String {
+        self.state
+            .tokens
+            .create(crate::auth::NewToken {
+                label: "test".into(),
+                is_admin: false,
+                scopes,
+                expires_at: None,
+            })
+            .await
+            .expect("token created")
+            .1
+    }
+
+    /// The Prometheus text of `/metrics`.
+    pub async fn metrics(&self) -> String {
+        self.anon(Method::GET, "/metrics")
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics text")
     }
 
     /// Graceful shutdown, as on SIGTERM; returns the server's result.

@@ -12,26 +12,11 @@ use crate::router::route_table;
 use crate::testing::TestServer;
 
 fn scope(db: &str, action: Action, prefix: Option<&str>) -> Scope {
-    Scope {
-        db_id: db.into(),
-        action,
-        resource_prefix: prefix.map(Into::into),
-    }
+    crate::testing::scope(db, action, prefix)
 }
 
 async fn mint(server: &TestServer, scopes: Vec<Scope>) -> String {
-    server
-        .state
-        .tokens
-        .create(NewToken {
-            label: "matrix".into(),
-            is_admin: false,
-            scopes,
-            expires_at: None,
-        })
-        .await
-        .unwrap()
-        .1
+    server.mint(scopes).await
 }
 
 /// A token stored with an expiry in the past (the API refuses to create one).

@@ -9,7 +9,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
-use crate::auth::{Action, NewToken, Scope};
+use crate::auth::Action;
 use crate::testing::{SseReader, TestServer};
 
 const WAIT: Duration = Duration::from_secs(5);
@@ -45,21 +45,8 @@ async fn sse(server: &TestServer, db: &str, query: &str) -> SseReader {
 
 async fn scoped(server: &TestServer, db: &str, action: Action, prefix: Option<&str>) -> String {
     server
-        .state
-        .tokens
-        .create(NewToken {
-            label: "p".into(),
-            is_admin: false,
-            scopes: vec![Scope {
-                db_id: db.into(),
-                action,
-                resource_prefix: prefix.map(Into::into),
-            }],
-            expires_at: None,
-        })
+        .mint(vec![crate::testing::scope(db, action, prefix)])
         .await
-        .unwrap()
-        .1
 }
 
 fn payload_of(data: &Value) -> Vec<u8> {
@@ -494,14 +481,7 @@ async fn a_slow_consumer_is_cut_off_while_a_fast_one_keeps_receiving() {
         800,
         "the fast subscriber got everything"
     );
-    let metrics = server
-        .anon(Method::GET, "/metrics")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.metrics().await;
     assert!(
         metrics.contains("patchwork_slow_consumer_disconnects_total 1"),
         "{metrics}"
@@ -562,14 +542,7 @@ async fn retention_rules_and_sweep() {
     }
     assert_eq!(topics.iter().filter(|t| *t == "chat/a").count(), 3);
     assert_eq!(topics.iter().filter(|t| *t == "keep").count(), 15);
-    let metrics = server
-        .anon(Method::GET, "/metrics")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.metrics().await;
     assert!(
         metrics.contains("patchwork_retention_deleted_total 12"),
         "{metrics}"

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::auth::{Action, NewToken, Scope};
+use crate::auth::Action;
 use crate::testing::TestServer;
 
 async fn exec(server: &TestServer, token: &str, db: &str, body: Value) -> (StatusCode, Value) {
@@ -21,25 +21,11 @@ async fn exec(server: &TestServer, token: &str, db: &str, body: Value) -> (Statu
 }
 
 async fn token_with(server: &TestServer, db: &str, actions: &[Action]) -> String {
-    server
-        .state
-        .tokens
-        .create(NewToken {
-            label: "q".into(),
-            is_admin: false,
-            scopes: actions
-                .iter()
-                .map(|a| Scope {
-                    db_id: db.into(),
-                    action: *a,
-                    resource_prefix: None,
-                })
-                .collect(),
-            expires_at: None,
-        })
-        .await
-        .unwrap()
-        .1
+    let scopes = actions
+        .iter()
+        .map(|a| crate::testing::scope(db, *a, None))
+        .collect();
+    server.mint(scopes).await
 }
 
 #[tokio::test]
@@ -213,14 +199,7 @@ async fn runaway_statement_is_stopped_and_the_actor_is_free() {
     assert!(started.elapsed() < Duration::from_millis(1_000));
     let (s, v) = exec(&server, &admin, "r", json!({"sql": "SELECT 1"})).await;
     assert_eq!(s, StatusCode::OK, "{v}");
-    let metrics = server
-        .anon(Method::GET, "/metrics")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.metrics().await;
     assert!(
         metrics.contains("patchwork_query_timeouts_total 2"),
         "{metrics}"

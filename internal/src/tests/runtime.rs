@@ -291,14 +291,7 @@ async fn ops_endpoints() {
         .send()
         .await
         .unwrap();
-    let text = server
-        .anon(Method::GET, "/metrics")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = server.metrics().await;
     for name in [
         "patchwork_http_requests_total{route=\"/api/v1/db/{db_id}/_status\",method=\"GET\",status=\"200\"} 1",
         "patchwork_http_request_duration_seconds_bucket",
@@ -373,14 +366,7 @@ async fn a_panicking_request_does_not_hurt_the_others() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
-    let text = server
-        .anon(Method::GET, "/metrics")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = server.metrics().await;
     assert!(
         text.contains("patchwork_actor_restarts_total{reason=\"panic\"} 1"),
         "{text}"

@@ -91,14 +91,7 @@ async fn snapshot_then_updates_only_for_tables_read() {
     assert_eq!(data["rows"], json!([[1], [2]]));
     assert_eq!(data["seq"], 2);
     assert_eq!(data["watch_id"], watch_id);
-    let metrics = server
-        .anon(Method::GET, "/metrics")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.metrics().await;
     assert!(
         metrics.contains("patchwork_watch_suppressed_updates_total 1"),
         "{metrics}"
@@ -148,14 +141,7 @@ async fn bursts_coalesce() {
         updates < 400,
         "{updates} updates for 400 commits: not coalesced"
     );
-    let metrics = server
-        .anon(Method::GET, "/metrics")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.metrics().await;
     let reevals: u64 = metrics
         .lines()
         .find_map(|l| l.strip_prefix("patchwork_watch_reevaluations_total "))
@@ -223,14 +209,7 @@ async fn heartbeats_and_disconnect_cleanup() {
             .json()
             .await
             .unwrap();
-        let metrics = server
-            .anon(Method::GET, "/metrics")
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = server.metrics().await;
         if status["watches"] == 0 && metrics.contains("patchwork_active_watches 0") {
             break;
         }
@@ -346,14 +325,7 @@ async fn identical_watches_share_one_evaluation() {
         readers.push(sse);
     }
     let metrics = || async {
-        let text = server
-            .anon(Method::GET, "/metrics")
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = server.metrics().await;
         text.lines()
             .find_map(|l| l.strip_prefix("patchwork_watch_reevaluations_total "))
             .unwrap()
