@@ -121,6 +121,9 @@ struct ServeArgs {
     /// Cap on parties waiting on all stream channels [default: 10000].
     #[arg(long, env = "PATCHWORK_STREAM_MAX_WAITERS_TOTAL")]
     stream_max_waiters_total: Option<usize>,
+    /// Longest lease TTL in seconds [default: 3600].
+    #[arg(long, env = "PATCHWORK_LEASE_MAX_TTL_SECS")]
+    lease_max_ttl_secs: Option<u64>,
     /// Proxy IPs whose X-Forwarded-For is believed (comma-separated).
     #[arg(long, env = "PATCHWORK_TRUSTED_PROXIES", value_delimiter = ',')]
     trusted_proxies: Option<Vec<std::net::IpAddr>>,
@@ -199,6 +202,7 @@ impl ServeArgs {
             stream_switch_timeout_secs,
             stream_max_waiters_per_channel,
             stream_max_waiters_total,
+            lease_max_ttl_secs,
             trusted_proxies
         );
         if let Some(token) = self.admin_token {

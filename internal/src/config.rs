@@ -145,6 +145,8 @@ pub struct Config {
     pub stream_max_waiters_per_channel: usize,
     /// Cap on parties waiting on all channels.
     pub stream_max_waiters_total: usize,
+    /// Longest lease a client may ask for.
+    pub lease_max_ttl_secs: u64,
 }
 
 impl Default for Config {
@@ -178,6 +180,7 @@ impl Default for Config {
             stream_switch_timeout_secs: 30,
             stream_max_waiters_per_channel: 256,
             stream_max_waiters_total: 10_000,
+            lease_max_ttl_secs: 3_600,
         }
     }
 }

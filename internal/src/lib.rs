@@ -20,6 +20,7 @@
 pub mod auth;
 pub mod config;
 pub mod error;
+pub mod leases;
 pub mod migrations;
 pub mod ops;
 pub mod pubsub;

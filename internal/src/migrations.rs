@@ -44,6 +44,11 @@ const DOCUMENT: &[Migration] = &[
         name: "0002_messages",
         sql: include_str!("../../migrations/document/0002_messages.sql"),
     },
+    Migration {
+        version: 3,
+        name: "0003_leases",
+        sql: include_str!("../../migrations/document/0003_leases.sql"),
+    },
 ];
 
 impl Schema {

@@ -33,6 +33,7 @@ pub fn all_routes() -> Vec<Route> {
     routes.extend(crate::auth::routes::routes());
     routes.extend(crate::query::routes());
     routes.extend(crate::pubsub::routes());
+    routes.extend(crate::leases::routes());
     routes.extend(crate::streams::routes());
     routes
 }

@@ -44,6 +44,17 @@ impl TestServer {
         Self::start_in(dir, config).await
     }
 
+    /// Starts on an existing data dir (e.g. one handed back by `stop_keeping_data`), with
+    /// `admin_token` registered as an admin token.
+    pub async fn restart_on(dir: tempfile::TempDir, admin_token: &str) -> Self {
+        let config = Config {
+            data_dir: dir.path().to_path_buf(),
+            admin_token: Some(crate::config::Secret::new(admin_token)),
+            ..Config::default()
+        };
+        Self::start_in(dir, config).await
+    }
+
     async fn start_in(dir: tempfile::TempDir, config: Config) -> Self {
         let env_token = config.admin_token.clone();
         let opened = App::open(config).await.expect("app opens");

@@ -1,6 +1,7 @@
 //! Black-box tests: the real server over TCP. Each capability adds a module here.
 
 mod auth;
+mod leases;
 mod pubsub;
 mod query;
 mod runtime;

@@ -203,6 +203,23 @@ pub fn all() -> Vec<Scenario> {
             setup: None,
         },
         Scenario {
+            name: "acquire",
+            about: "POST leases/acquire: a fresh resource per request (fence 1 each time)",
+            method: Method::POST,
+            path: |ctx, _, _| format!("/api/v1/db/{}/leases/acquire", ctx.db),
+            auth: true,
+            headers: &[],
+            body: |_, worker, seq| {
+                Body::Json(serde_json::json!({
+                    "resource": format!("bench/{worker}/{seq}"),
+                    "owner": format!("worker-{worker}"),
+                    "ttl_seconds": 60,
+                }))
+            },
+            expected: &[200],
+            setup: None,
+        },
+        Scenario {
             name: "open",
             about: "POST /api/v1/db/{db}-{worker}-{n}/_open: a new document per request",
             method: Method::POST,

@@ -185,6 +185,7 @@ pub async fn publish_messages(
     state: &AppState,
     auth: &Authorized,
     messages: Vec<NewMessage>,
+    fences: Vec<(String, i64)>,
 ) -> Result<Vec<Published>, ApiError> {
     for m in &messages {
         auth.resource(Action::PubPublish, &m.topic)?;
@@ -195,6 +196,7 @@ pub async fn publish_messages(
     let count = messages.len();
     let published = doc
         .write_announcing(move |conn, announce| {
+            crate::leases::check_fences(conn, &fences)?;
             let mut out = Vec::with_capacity(messages.len());
             for m in &messages {
                 let (published, stored) = sql::insert(conn, m, producer.as_deref())?;
@@ -216,10 +218,12 @@ pub async fn publish_messages(
 async fn publish(
     State(state): State<AppState>,
     auth: Authorized,
+    headers: HeaderMap,
     ApiJson(body): ApiJson<Json>,
 ) -> Result<Response, ApiError> {
+    let fences = crate::leases::parse_fences(&headers)?;
     let message = parse_message(&body)?;
-    let mut published = publish_messages(&state, &auth, vec![message]).await?;
+    let mut published = publish_messages(&state, &auth, vec![message], fences).await?;
     let one = published
         .pop()
         .ok_or_else(|| ApiError::internal("publish returned nothing"))?;
@@ -229,8 +233,10 @@ async fn publish(
 async fn publish_batch(
     State(state): State<AppState>,
     auth: Authorized,
+    headers: HeaderMap,
     ApiJson(body): ApiJson<Json>,
 ) -> Result<Response, ApiError> {
+    let fences = crate::leases::parse_fences(&headers)?;
     let Json::Object(map) = &body else {
         return Err(ApiError::bad_request(
             "invalid_body",
@@ -260,7 +266,7 @@ async fn publish_batch(
         .enumerate()
         .map(|(i, m)| parse_message(m).map_err(|e| e.with_details(json!({"index": i}))))
         .collect::<Result<Vec<_>, _>>()?;
-    let results = publish_messages(&state, &auth, messages).await?;
+    let results = publish_messages(&state, &auth, messages, fences).await?;
     Ok((StatusCode::CREATED, axum::Json(json!({"results": results}))).into_response())
 }
 

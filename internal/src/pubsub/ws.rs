@@ -204,7 +204,8 @@ impl Session {
             return Err(ApiError::bad_request("invalid_frame", "expected an object"));
         };
         let message = parse_message_map(map, &["type", "ref"])?;
-        let mut published = publish_messages(&self.state, &self.auth, vec![message]).await?;
+        let mut published =
+            publish_messages(&self.state, &self.auth, vec![message], Vec::new()).await?;
         let one = published
             .pop()
             .ok_or_else(|| ApiError::internal("publish returned nothing"))?;

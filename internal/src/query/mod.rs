@@ -149,9 +149,11 @@ enum ReadOutcome {
 async fn exec_route(
     State(state): State<AppState>,
     auth: Authorized,
+    headers: axum::http::HeaderMap,
     ApiJson(body): ApiJson<ExecBody>,
 ) -> Result<ApiJson<Json>, ApiError> {
     let limits = limits(&state, body.options)?;
+    let fences = crate::leases::parse_fences(&headers)?;
     let doc = state.registry.get(auth.db()?).await?;
     let metrics = state.metrics.clone();
     let sql = std::sync::Arc::<str>::from(body.sql);
@@ -160,8 +162,11 @@ async fn exec_route(
     // Read-only statements: one round trip on the read path.
     let (read_auth, read_sql, read_args, read_metrics) =
         (auth.clone(), sql.clone(), args.clone(), metrics.clone());
-    let outcome = doc
-        .read(move |conn| {
+    let outcome = if !fences.is_empty() {
+        // A fenced statement is checked inside the write transaction.
+        ReadOutcome::NeedsWrite
+    } else {
+        doc.read(move |conn| {
             let (mut stmt, class) = classify::prepare(conn, &read_sql).map_err(classify_error)?;
             if class != Class::Read {
                 return Ok(ReadOutcome::NeedsWrite);
@@ -173,7 +178,8 @@ async fn exec_route(
             exec::run(conn, stmt, true, &limits, &mut budget).map(ReadOutcome::Done)
         })
         .await
-        .inspect_err(|e| note_timeout(&metrics, e))?;
+        .inspect_err(|e| note_timeout(&metrics, e))?
+    };
     if let ReadOutcome::Done(result) = outcome {
         return Ok(ApiJson(result));
     }
@@ -184,6 +190,7 @@ async fn exec_route(
         .write(move |conn| {
             let (mut stmt, class) = classify::prepare(conn, &sql).map_err(classify_error)?;
             auth.require(class.action())?;
+            crate::leases::check_fences(conn, &fences)?;
             count(&write_metrics, class);
             exec::bind(&mut stmt, args.as_ref().as_ref())?;
             let mut budget = limits.max_bytes;
@@ -211,9 +218,11 @@ fn at(index: usize, e: impl Into<DocError>) -> DocError {
 async fn batch_route(
     State(state): State<AppState>,
     auth: Authorized,
+    headers: axum::http::HeaderMap,
     ApiJson(body): ApiJson<BatchBody>,
 ) -> Result<ApiJson<Json>, ApiError> {
     let limits = limits(&state, body.options)?;
+    let fences = crate::leases::parse_fences(&headers)?;
     if body.statements.is_empty() {
         return Err(ApiError::bad_request(
             "empty_batch",
@@ -242,6 +251,7 @@ async fn batch_route(
                     Err(e) => return Err(at(i, classify_error(e))),
                 }
             }
+            crate::leases::check_fences(conn, &fences)?;
             let mut budget = limits.max_bytes;
             let mut results = Vec::with_capacity(statements.len());
             for (i, s) in statements.iter().enumerate() {
