@@ -124,6 +124,9 @@ struct ServeArgs {
     /// Longest lease TTL in seconds [default: 3600].
     #[arg(long, env = "PATCHWORK_LEASE_MAX_TTL_SECS")]
     lease_max_ttl_secs: Option<u64>,
+    /// Largest webhook body stored, in bytes [default: 1048576].
+    #[arg(long, env = "PATCHWORK_WEBHOOK_MAX_BODY_BYTES")]
+    webhook_max_body_bytes: Option<usize>,
     /// Proxy IPs whose X-Forwarded-For is believed (comma-separated).
     #[arg(long, env = "PATCHWORK_TRUSTED_PROXIES", value_delimiter = ',')]
     trusted_proxies: Option<Vec<std::net::IpAddr>>,
@@ -203,6 +206,7 @@ impl ServeArgs {
             stream_max_waiters_per_channel,
             stream_max_waiters_total,
             lease_max_ttl_secs,
+            webhook_max_body_bytes,
             trusted_proxies
         );
         if let Some(token) = self.admin_token {

@@ -147,6 +147,8 @@ pub struct Config {
     pub stream_max_waiters_total: usize,
     /// Longest lease a client may ask for.
     pub lease_max_ttl_secs: u64,
+    /// Largest webhook body stored (`413` past it).
+    pub webhook_max_body_bytes: usize,
 }
 
 impl Default for Config {
@@ -181,6 +183,7 @@ impl Default for Config {
             stream_max_waiters_per_channel: 256,
             stream_max_waiters_total: 10_000,
             lease_max_ttl_secs: 3_600,
+            webhook_max_body_bytes: 1024 * 1024,
         }
     }
 }

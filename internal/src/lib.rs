@@ -33,6 +33,7 @@ pub mod sqlite;
 pub mod streams;
 pub mod time_fmt;
 pub mod tokens_cli;
+pub mod webhooks;
 
 #[cfg(test)]
 mod testing;

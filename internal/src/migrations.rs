@@ -49,6 +49,11 @@ const DOCUMENT: &[Migration] = &[
         name: "0003_leases",
         sql: include_str!("../../migrations/document/0003_leases.sql"),
     },
+    Migration {
+        version: 4,
+        name: "0004_webhooks",
+        sql: include_str!("../../migrations/document/0004_webhooks.sql"),
+    },
 ];
 
 impl Schema {

@@ -34,6 +34,7 @@ pub fn all_routes() -> Vec<Route> {
     routes.extend(crate::query::routes());
     routes.extend(crate::pubsub::routes());
     routes.extend(crate::leases::routes());
+    routes.extend(crate::webhooks::routes());
     routes.extend(crate::streams::routes());
     routes
 }

@@ -35,6 +35,8 @@ pub struct App {
     pub watch_hubs: crate::query::watch::Hubs,
     /// The in-memory byte relay (streams).
     pub streams: crate::streams::Streams,
+    /// Encrypts webhook endpoint secrets at rest (key derived from the install key).
+    pub webhook_secrets: crate::webhooks::SharedSecretBox,
     pub metrics: Arc<Metrics>,
     pub started_at: OffsetDateTime,
     pub started: Instant,
@@ -125,6 +127,9 @@ impl App {
             })
             .await
             .context("bootstrapping the admin token")?;
+        let webhook_secrets = Arc::new(crate::webhooks::SecretBox::new(
+            key.derive("patchwork 2026 webhook endpoint secrets v1"),
+        ));
         let tokens = TokenStore::load(key, service.clone())
             .await
             .context("loading tokens")?;
@@ -141,6 +146,7 @@ impl App {
             limits: RateLimits::new(&config),
             watch_hubs: Default::default(),
             streams: crate::streams::Streams::new(&config),
+            webhook_secrets,
             config,
             registry,
             service,

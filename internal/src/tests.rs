@@ -7,3 +7,4 @@ mod query;
 mod runtime;
 mod streams;
 mod watch;
+mod webhooks;

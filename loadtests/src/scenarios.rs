@@ -203,6 +203,21 @@ pub fn all() -> Vec<Scenario> {
             setup: None,
         },
         Scenario {
+            name: "webhook",
+            about: "POST webhooks/bench: a 1 KiB JSON delivery stored in the inbox",
+            method: Method::POST,
+            path: |ctx, _, _| format!("/api/v1/db/{}/webhooks/bench", ctx.db),
+            auth: true,
+            headers: &[("x-github-delivery", "bench")],
+            body: |_, worker, seq| {
+                Body::Json(
+                    serde_json::json!({"worker": worker, "seq": seq, "pad": "x".repeat(1000)}),
+                )
+            },
+            expected: &[201],
+            setup: None,
+        },
+        Scenario {
             name: "acquire",
             about: "POST leases/acquire: a fresh resource per request (fence 1 each time)",
             method: Method::POST,
