@@ -232,29 +232,26 @@ fn init_tracing(format: LogFormat) {
     }
 }
 
-/// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+/// Registers SIGINT and SIGTERM handlers now (before the server says it is listening, so an
+/// early signal is never lost to the default action) and returns a future that resolves on
+/// either.
+fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
         }
-    };
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
-    }
+    })
 }
 
 #[allow(clippy::print_stdout)] // printing the bootstrap token and config is this command's job
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = args.into_config()?;
     init_tracing(config.log_format);
+    let shutdown = shutdown_signal()?;
     println!(
         "patchwork {} effective configuration:",
         env!("CARGO_PKG_VERSION")
@@ -271,7 +268,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     println!("listening on http://{addr}");
     tracing::info!(%addr, "listening");
-    patchwork::serve(opened.state, listener, shutdown_signal()).await
+    patchwork::serve(opened.state, listener, shutdown).await
 }
 
 fn parse_scope(text: &str) -> anyhow::Result<Scope> {

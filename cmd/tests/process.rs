@@ -154,7 +154,8 @@ async fn bootstrap_token_is_printed_once_and_works() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200, "the bootstrap token survives a restart");
-    assert!(server.terminate().0.success());
+    let (status, stderr) = server.terminate();
+    assert!(status.success(), "{status:?}: {stderr:?}");
 }
 
 #[tokio::test]
