@@ -6,7 +6,8 @@
 //! ```text
 //! request ─▶ router.rs (layers: panic→500, request id, trace, metrics, body limit)
 //!         ─▶ auth/      who is calling (Caller), what they may do (scope)
-//!         ─▶ runtime/, ops/, … one module per capability: its routes, its SQL, its tests
+//!         ─▶ runtime/, ops/, query/, pubsub/, streams/, leases/, webhooks/: one module per
+//!            capability, each owning its routes (declared with their access), SQL and tests
 //!         ─▶ registry/  DbId → the document's actor (opened lazily, evicted when idle)
 //!         ─▶ registry/actor.rs  one OS thread per document owns the SQLite connection;
 //!                       group commit; change events published after each commit
