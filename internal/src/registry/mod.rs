@@ -13,6 +13,7 @@ mod events;
 mod handle;
 #[cfg(test)]
 mod tests;
+mod trim;
 
 use std::collections::HashMap;
 use std::ops::Deref;
@@ -318,6 +319,15 @@ async fn sweep_idle(registry: Weak<Inner>, period: Duration) {
             tracing::debug!(count = evicted.len(), "closing idle documents");
         }
         // Dropping the last handle closes the mailbox; the actor drains it, checkpoints, exits.
+        let closed_some = !evicted.is_empty();
         drop(evicted);
+        if closed_some {
+            // Once those threads have exited, give their freed memory back to the system.
+            // (The closing actors checkpoint first; a second is plenty for idle ones.)
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let _ = tokio::task::spawn_blocking(trim::release_freed_memory).await;
+            });
+        }
     }
 }
