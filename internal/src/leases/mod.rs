@@ -5,8 +5,6 @@
 //! commit), so concurrent acquirers are serialized and exactly one wins. The clock is the
 //! server's. Lease tokens are random and stored only as BLAKE3 hashes.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use axum::extract::State;
 use axum::http::{HeaderMap, Method};
 use axum::routing::{get, post};
@@ -66,12 +64,6 @@ pub fn routes() -> Vec<Route> {
             get(list),
         ),
     ]
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 fn validate_resource(r: &str) -> Result<(), ApiError> {
@@ -182,7 +174,7 @@ async fn acquire(
     let doc = state.registry.get(auth.db()?).await?;
     let grant = doc
         .write(move |conn| {
-            let now = now_ms();
+            let now = crate::time_fmt::now_ms();
             let row = load(conn, &body.resource)?;
             if let Some(r) = &row
                 && let Some(holder) = &r.owner
@@ -239,7 +231,7 @@ async fn renew(
     let doc = state.registry.get(auth.db()?).await?;
     let grant = doc
         .write(move |conn| {
-            let now = now_ms();
+            let now = crate::time_fmt::now_ms();
             let row = load(conn, &body.resource)?;
             if !holds(&row, &body.owner, &body.lease_token, now) {
                 return Err(not_holder().into());
@@ -281,7 +273,7 @@ async fn release(
     let doc = state.registry.get(auth.db()?).await?;
     let out = doc
         .write(move |conn| {
-            let now = now_ms();
+            let now = crate::time_fmt::now_ms();
             let row = load(conn, &body.resource)?;
             if !holds(&row, &body.owner, &body.lease_token, now) {
                 return Err(not_holder().into());
@@ -312,7 +304,7 @@ async fn list(
                 "SELECT resource, owner, fence, expires_ms FROM _patchwork_leases
                  WHERE owner IS NOT NULL AND expires_ms > ?1 ORDER BY resource",
             )?;
-            let rows = stmt.query_map([now_ms()], |r| {
+            let rows = stmt.query_map([crate::time_fmt::now_ms()], |r| {
                 Ok(json!({
                     "resource": r.get::<_, String>(0)?,
                     "owner": r.get::<_, String>(1)?,
@@ -352,7 +344,7 @@ pub fn check_fences(
     conn: &Connection,
     fences: &[(String, i64)],
 ) -> Result<(), crate::registry::DocError> {
-    let now = now_ms();
+    let now = crate::time_fmt::now_ms();
     for (resource, fence) in fences {
         let row = load(conn, resource)?;
         let current = row

@@ -153,9 +153,9 @@ impl Subscription {
                         }
                         last = m.id;
                         if self.wanted(&m) {
-                            self.metrics
-                                .fanout_lag
-                                .observe((now_ms() - m.created_ms).max(0) as f64 / 1000.0);
+                            self.metrics.fanout_lag.observe(
+                                (crate::time_fmt::now_ms() - m.created_ms).max(0) as f64 / 1000.0,
+                            );
                             if !self.offer(&out, Delivery::Message(m)).await {
                                 return Ok(());
                             }
@@ -193,10 +193,4 @@ impl Subscription {
             }
         }
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }

@@ -61,12 +61,6 @@ pub struct Published {
     pub duplicate: bool,
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
 /// Inserts `m` unless its `dedupe_key` was already used on its topic. Returns the answer and,
 /// for a new message, the stored message to announce.
 pub fn insert(
@@ -93,7 +87,7 @@ pub fn insert(
             ));
         }
     }
-    let created_ms = now_ms();
+    let created_ms = crate::time_fmt::now_ms();
     let id: i64 = conn
         .prepare_cached(
             "INSERT INTO _patchwork_messages (topic, content_type, payload, created_ms, producer, dedupe_key)
@@ -228,7 +222,7 @@ pub fn sweep_rule(
 ) -> rusqlite::Result<usize> {
     let mut doomed: Vec<i64> = Vec::new();
     if let Some(age) = rule.max_age_seconds {
-        let cutoff = now_ms() - age.saturating_mul(1000);
+        let cutoff = crate::time_fmt::now_ms() - age.saturating_mul(1000);
         let mut stmt = conn.prepare_cached(
             "SELECT id, topic FROM _patchwork_messages WHERE created_ms < ?1 ORDER BY id LIMIT ?2",
         )?;

@@ -331,7 +331,7 @@ impl Actor {
         let mut new_seq = None;
         if self.track_commits && (!written.is_empty() || !announcements.is_empty()) {
             let seq = self.shared.commit_seq.load(Ordering::Acquire) + 1;
-            let now_ms = now_ms();
+            let now_ms = crate::time_fmt::now_ms();
             let bumped = self
                 .conn
                 .prepare_cached(
@@ -376,10 +376,4 @@ impl Actor {
             job.finish(commit_error.as_deref());
         }
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }

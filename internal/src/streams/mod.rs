@@ -428,8 +428,7 @@ where
 fn message(req: Request, body_param: Option<String>) -> (HeaderMap, Body, oneshot::Receiver<bool>) {
     let (parts, body) = req.into_parts();
     let mut headers = headers::forwarded(&parts.headers, false);
-    let uri = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    if let Ok(v) = HeaderValue::from_str(uri) {
+    if let Ok(v) = HeaderValue::from_str(&patch_uri(&parts.uri)) {
         headers.insert("patch-uri", v);
     }
     let (body, len) = match body_param {
@@ -448,6 +447,27 @@ fn message(req: Request, body_param: Option<String>) -> (HeaderMap, Body, onesho
     let (done_tx, done_rx) = oneshot::channel();
     let tracked = Tracked::new(body.into_data_stream(), done_tx, len);
     (headers, Body::from_stream(tracked), done_rx)
+}
+
+/// The path and query as sent, minus `token` / `access_token` parameters: a `/u/` producer's
+/// credential must never reach the consumer through `Patch-Uri`.
+fn patch_uri(uri: &axum::http::Uri) -> String {
+    let path = uri.path();
+    let Some(query) = uri.query() else {
+        return path.to_owned();
+    };
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|p| {
+            let name = p.split('=').next().unwrap_or("");
+            name != "token" && name != "access_token"
+        })
+        .collect();
+    if kept.is_empty() {
+        path.to_owned()
+    } else {
+        format!("{path}?{}", kept.join("&"))
+    }
 }
 
 fn content_length(headers: &HeaderMap) -> Option<u64> {
@@ -605,11 +625,7 @@ async fn request(ctx: &Ctx, id: String, req: Request) -> Response {
     let relay = &ctx.state.streams.relay;
     let key = rr_key(ctx, &id);
     let (parts, body) = req.into_parts();
-    let uri = parts
-        .uri
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_owned();
+    let uri = patch_uri(&parts.uri);
     let (reply_tx, reply_rx) = oneshot::channel();
     let guard = match relay.request(&key, |waiter_id| RequestOffer {
         id: waiter_id,

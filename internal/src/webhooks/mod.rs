@@ -416,5 +416,5 @@ async fn delete_config(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Keeps `Arc` in the public signature of the app field.
+/// How the application state holds the secret box.
 pub type SharedSecretBox = Arc<SecretBox>;
