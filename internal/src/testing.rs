@@ -9,6 +9,25 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::server::{App, AppState, serve};
 
+/// Occupies a document's actor with a read that waits until the returned sender is used (or
+/// dropped): later requests queue in its mailbox meanwhile.
+pub async fn block_actor(doc: &crate::registry::DocHandle) -> std::sync::mpsc::Sender<()> {
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+    let doc = doc.clone();
+    tokio::spawn(async move {
+        let _ = doc
+            .read(move |_| {
+                let _ = started_tx.send(());
+                let _ = release_rx.recv_timeout(std::time::Duration::from_secs(30));
+                Ok(())
+            })
+            .await;
+    });
+    started_rx.await.expect("the actor runs the blocker");
+    release_tx
+}
+
 /// A scope for tests.
 pub fn scope(db: &str, action: crate::auth::Action, prefix: Option<&str>) -> crate::auth::Scope {
     crate::auth::Scope {

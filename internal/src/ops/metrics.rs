@@ -63,6 +63,7 @@ pub struct Metrics {
     pub retention_deleted: Counter,
     pub stream_waiting: Gauge,
     pub stream_timeouts: Counter,
+    pub stream_refused: Counter,
 }
 
 impl Metrics {
@@ -214,7 +215,14 @@ impl Metrics {
             "Stream parties answered 504 after the wait timeout",
             stream_timeouts.clone(),
         );
+        let stream_refused = Counter::default();
+        registry.register(
+            "stream_refused",
+            "Stream parties refused with 503 because a waiting-party cap was reached",
+            stream_refused.clone(),
+        );
         Arc::new(Self {
+            stream_refused,
             stream_waiting,
             stream_timeouts,
             publishes,

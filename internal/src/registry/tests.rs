@@ -32,23 +32,7 @@ fn id(s: &str) -> DbId {
     DbId::parse(s).unwrap()
 }
 
-/// Blocks the actor until the returned sender is used (or dropped).
-async fn block_actor(doc: &DocHandle) -> std::sync::mpsc::Sender<()> {
-    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
-    let (started_tx, started_rx) = tokio::sync::oneshot::channel();
-    let doc = doc.clone();
-    tokio::spawn(async move {
-        let _ = doc
-            .read(move |_| {
-                let _ = started_tx.send(());
-                let _ = release_rx.recv_timeout(Duration::from_secs(30));
-                Ok(())
-            })
-            .await;
-    });
-    started_rx.await.unwrap();
-    release_tx
-}
+use crate::testing::block_actor;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn group_commit_batches_waiting_writes_and_isolates_failures() {

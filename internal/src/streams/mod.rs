@@ -124,7 +124,8 @@ fn fail(legacy: bool, status: StatusCode, code: &'static str, text: &str) -> Res
     }
 }
 
-fn relay_error(e: RelayError) -> Response {
+fn relay_error(ctx: &Ctx, e: RelayError) -> Response {
+    ctx.state.metrics.stream_refused.inc();
     ApiError::overloaded(e.to_string()).into_response()
 }
 
@@ -492,7 +493,7 @@ async fn consume(ctx: &Ctx, name: String, _req: Request) -> Response {
     let relay = &ctx.state.streams.relay;
     let (rx, guard) = match relay.consume(&ctx.key(name), false) {
         Ok(x) => x,
-        Err(e) => return relay_error(e),
+        Err(e) => return relay_error(ctx, e),
     };
     ctx.note_waiting();
     let delivery = wait(ctx.state.streams.config.wait_timeout, rx).await;
@@ -548,7 +549,7 @@ async fn produce(ctx: &Ctx, name: String, body_param: Option<String>, req: Reque
                     }
                 }
             }
-            Err(e) => return relay_error(e),
+            Err(e) => return relay_error(ctx, e),
         };
         // A double-clutch requester honours the answer's Patch-Status; queue consumers do not.
         delivery.status = if slot.honour_status {
@@ -636,7 +637,7 @@ async fn request(ctx: &Ctx, id: String, req: Request) -> Response {
         reply: reply_tx,
     }) {
         Ok(g) => g,
-        Err(e) => return relay_error(e),
+        Err(e) => return relay_error(ctx, e),
     };
     ctx.note_waiting();
     let reply = wait(ctx.state.streams.config.wait_timeout, reply_rx).await;
@@ -647,7 +648,7 @@ async fn request(ctx: &Ctx, id: String, req: Request) -> Response {
             // Double clutch: wait on the answer channel like a consumer, honouring Patch-Status.
             let (rx, guard) = match relay.consume(&answer, true) {
                 Ok(x) => x,
-                Err(e) => return relay_error(e),
+                Err(e) => return relay_error(ctx, e),
             };
             let delivery = wait(ctx.state.streams.config.switch_timeout, rx).await;
             drop(guard);
@@ -683,7 +684,7 @@ async fn next_request(ctx: &Ctx, key: &ChannelKey) -> Result<RequestOffer, Respo
                 timeout_error("no requester arrived within the wait timeout")
             })
         }
-        Err(e) => Err(relay_error(e)),
+        Err(e) => Err(relay_error(ctx, e)),
     }
 }
 

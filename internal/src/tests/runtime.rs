@@ -315,19 +315,7 @@ async fn a_full_mailbox_answers_503_overloaded() {
     let id = crate::registry::DbId::parse("busy").unwrap();
     let doc = server.state.registry.get(&id).await.unwrap();
     // Occupy the actor, then fill its one mailbox slot.
-    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
-    let (started_tx, started_rx) = tokio::sync::oneshot::channel();
-    let blocker = doc.clone();
-    let hold = tokio::spawn(async move {
-        blocker
-            .read(move |_| {
-                let _ = started_tx.send(());
-                let _ = release_rx.recv_timeout(Duration::from_secs(30));
-                Ok(())
-            })
-            .await
-    });
-    started_rx.await.unwrap();
+    let release_tx = crate::testing::block_actor(&doc).await;
     let filler = doc.clone();
     let queued = tokio::spawn(async move { filler.read(|_| Ok(())).await });
     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -340,7 +328,6 @@ async fn a_full_mailbox_answers_503_overloaded() {
     assert!(r.headers().contains_key("retry-after"));
     assert_error_shape(&r.text().await.unwrap(), "overloaded");
     release_tx.send(()).unwrap();
-    hold.await.unwrap().unwrap();
     queued.await.unwrap().unwrap();
     let r = server
         .admin(Method::GET, "/api/v1/db/busy/_status")
