@@ -142,6 +142,46 @@ struct Config {
     publish_topic: Option<String>,
 }
 
+fn load_config(
+    c: &rusqlite::Connection,
+    endpoint: &str,
+    secrets: &SecretBox,
+) -> rusqlite::Result<Option<Config>> {
+    c.prepare_cached(
+        "SELECT scheme, secret_enc, enforce, signature_header, publish_topic
+         FROM _patchwork_webhook_config WHERE endpoint = ?1",
+    )?
+    .query_row([endpoint], |r| {
+        let sealed: Vec<u8> = r.get(1)?;
+        Ok(Config {
+            scheme: r.get(0)?,
+            secret: secrets.open(&sealed),
+            enforce: r.get(2)?,
+            signature_header: r.get(3)?,
+            publish_topic: r.get(4)?,
+        })
+    })
+    .optional()
+}
+
+/// Whether the delivery carries a valid signature for `cfg` (an undecryptable secret: no).
+fn verify(cfg: &Config, headers: &HeaderMap, body: &[u8]) -> bool {
+    let Some(secret) = &cfg.secret else {
+        return false;
+    };
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    match cfg.scheme.as_str() {
+        "github" => signature::github(secret, headers, body),
+        "stripe" => signature::stripe(secret, headers, body, now),
+        _ => signature::hmac_sha256(
+            secret,
+            cfg.signature_header.as_deref().unwrap_or("x-signature"),
+            headers,
+            body,
+        ),
+    }
+}
+
 fn endpoint_of(req_path: &str, db: &str) -> String {
     req_path
         .strip_prefix(&format!("/api/v1/db/{db}/webhooks/"))
@@ -192,49 +232,6 @@ async fn ingest(
             ))
         })?;
     let doc = state.registry.get(&db).await?;
-    let lookup = endpoint.clone();
-    let secrets = state.webhook_secrets.clone();
-    let config = doc
-        .read(move |c| {
-            Ok(c.prepare_cached(
-                "SELECT scheme, secret_enc, enforce, signature_header, publish_topic
-                 FROM _patchwork_webhook_config WHERE endpoint = ?1",
-            )?
-            .query_row([&lookup], |r| {
-                let sealed: Vec<u8> = r.get(1)?;
-                Ok(Config {
-                    scheme: r.get(0)?,
-                    secret: secrets.open(&sealed),
-                    enforce: r.get(2)?,
-                    signature_header: r.get(3)?,
-                    publish_topic: r.get(4)?,
-                })
-            })
-            .optional()?)
-        })
-        .await?;
-    let signature_valid = config.as_ref().map(|cfg| {
-        let Some(secret) = &cfg.secret else {
-            return false;
-        };
-        let now = time::OffsetDateTime::now_utc().unix_timestamp();
-        match cfg.scheme.as_str() {
-            "github" => signature::github(secret, &parts.headers, &body),
-            "stripe" => signature::stripe(secret, &parts.headers, &body, now),
-            _ => signature::hmac_sha256(
-                secret,
-                cfg.signature_header.as_deref().unwrap_or("x-signature"),
-                &parts.headers,
-                &body,
-            ),
-        }
-    });
-    if config.as_ref().is_some_and(|c| c.enforce) && signature_valid != Some(true) {
-        tracing::info!(db_id = %db, endpoint = %endpoint, "webhook refused: signature invalid or missing");
-        return Err(ApiError::unauthorized(
-            "the webhook signature is missing or invalid",
-        ));
-    }
     let received_at = crate::time_fmt::rfc3339(time::OffsetDateTime::now_utc());
     let method = parts.method.to_string();
     let query = stored_query(parts.uri.query());
@@ -245,11 +242,23 @@ async fn ingest(
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     let delivery = delivery_id(&parts.headers);
-    let topic = config.and_then(|c| c.publish_topic);
     let producer = auth.token_id().map(str::to_owned);
-    let payload = body.to_vec();
+    let secrets = state.webhook_secrets.clone();
+    let request_headers = parts.headers;
+    let log_db = db.clone();
+    // One write: the endpoint's config is read, the signature checked and the delivery stored
+    // in the same savepoint (an enforced refusal stores nothing).
     let id = doc
         .write_announcing(move |c, announce| {
+            let config = load_config(c, &endpoint, &secrets)?;
+            let signature_valid = config
+                .as_ref()
+                .map(|cfg| verify(cfg, &request_headers, &body));
+            if config.as_ref().is_some_and(|c| c.enforce) && signature_valid != Some(true) {
+                tracing::info!(db_id = %log_db, endpoint = %endpoint,
+                    "webhook refused: signature invalid or missing");
+                return Err(ApiError::unauthorized("the webhook signature is missing or invalid").into());
+            }
             let id: i64 = c
                 .prepare_cached(
                     "INSERT INTO webhook_inbox (endpoint, received_at, method, query_string, headers_json,
@@ -257,11 +266,11 @@ async fn ingest(
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) RETURNING id",
                 )?
                 .query_row(
-                    params![endpoint, received_at, method, query, headers, content_type, payload,
+                    params![endpoint, received_at, method, query, headers, content_type, body.as_ref(),
                         signature_valid, delivery],
                     |r| r.get(0),
                 )?;
-            if let Some(topic) = topic {
+            if let Some(topic) = config.and_then(|c| c.publish_topic) {
                 let note = crate::pubsub::sql::NewMessage {
                     topic,
                     content_type: "application/json".into(),
