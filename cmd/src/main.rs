@@ -7,6 +7,8 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use patchwork::auth::{NewToken, Scope};
 use patchwork::config::{Config, LogFormat, Secret, Synchronous};
+use std::io::IsTerminal as _;
+
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser, Debug)]
@@ -225,7 +227,10 @@ fn init_tracing(format: LogFormat) {
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // Colour codes only for a terminal: formatting them is a measurable part of every
+        // request span, and they are noise in files and journald.
+        .with_ansi(std::io::stderr().is_terminal());
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),

@@ -32,6 +32,9 @@ pub(crate) enum Command {
     Read(Box<dyn FnOnce(&Connection) + Send>),
     /// Joins the next group commit.
     Write(Box<dyn WriteJob>),
+    /// The database's size figures (`_status`), answered from what the actor already knows
+    /// where it can.
+    Stats(oneshot::Sender<Result<DocStats, DocError>>),
     /// Finish what is queued before this message, checkpoint, close.
     Close,
 }
@@ -47,6 +50,15 @@ pub(crate) trait WriteJob: Send {
     fn take_announcements(&mut self) -> Vec<Announcement> {
         Vec::new()
     }
+}
+
+/// A document's size figures as its actor sees them.
+#[derive(Clone, Copy, Debug)]
+pub struct DocStats {
+    pub page_count: i64,
+    pub page_size: i64,
+    /// Size of the `-wal` file (0 if there is none).
+    pub wal_bytes: u64,
 }
 
 /// State the actor shares with its handles without a round trip.
@@ -126,6 +138,28 @@ pub(crate) async fn spawn(
     Ok((DocHandle::new(tx, events, shared, metrics), created))
 }
 
+/// Waits for the next message. Under load the next request is usually a few microseconds
+/// away, so the actor first yields its core a few times (letting the runtime threads that will
+/// send it run) before it parks: parking and being woken again costs a futex round trip on
+/// both sides.
+fn next_command(rx: &mut mpsc::Receiver<Command>) -> Option<Command> {
+    let spin_until = std::time::Instant::now() + SPIN_BEFORE_PARK;
+    loop {
+        match rx.try_recv() {
+            Ok(cmd) => return Some(cmd),
+            Err(mpsc::error::TryRecvError::Disconnected) => return None,
+            Err(mpsc::error::TryRecvError::Empty) => {}
+        }
+        if std::time::Instant::now() >= spin_until {
+            return rx.blocking_recv();
+        }
+        std::thread::yield_now();
+    }
+}
+
+/// How long an idle actor keeps looking for work before it parks.
+const SPIN_BEFORE_PARK: std::time::Duration = std::time::Duration::from_micros(50);
+
 /// Runs the exit callback even if the thread unwinds.
 struct OnExit(Option<Box<dyn FnOnce() + Send>>);
 
@@ -148,6 +182,12 @@ struct Actor {
     metrics: Arc<Metrics>,
     /// Tables the update hook saw since it was last drained.
     hook_tables: Arc<Mutex<BTreeSet<String>>>,
+    /// `PRAGMA page_count`, valid until the next read or write runs (a PRAGMA statement is
+    /// re-prepared every time it runs, so repeated `_status` calls reuse the last answer).
+    page_count: Option<i64>,
+    page_size: Option<i64>,
+    /// The open `-wal` file, asked with `fstat` instead of a path lookup per `_status`.
+    wal_file: Option<std::fs::File>,
 }
 
 impl Actor {
@@ -198,6 +238,9 @@ impl Actor {
             shared,
             metrics,
             hook_tables,
+            page_count: None,
+            page_size: None,
+            wal_file: None,
         })
     }
 
@@ -206,7 +249,7 @@ impl Actor {
         loop {
             let cmd = match pending.take() {
                 Some(cmd) => cmd,
-                None => match rx.blocking_recv() {
+                None => match next_command(&mut rx) {
                     Some(cmd) => {
                         self.metrics.mailbox_depth.dec();
                         cmd
@@ -216,6 +259,9 @@ impl Actor {
             };
             match cmd {
                 Command::Read(f) => self.read(f),
+                Command::Stats(reply) => {
+                    let _ = reply.send(self.stats());
+                }
                 Command::Write(job) => {
                     let mut batch = vec![job];
                     while batch.len() < self.config.max_batch {
@@ -241,6 +287,9 @@ impl Actor {
                         self.metrics.mailbox_depth.dec();
                         match cmd {
                             Command::Read(f) => self.read(f),
+                            Command::Stats(reply) => {
+                                let _ = reply.send(self.stats());
+                            }
                             Command::Write(job) => self.commit_batch(vec![job]),
                             Command::Close => {}
                         }
@@ -252,10 +301,71 @@ impl Actor {
     }
 
     fn read(&mut self, f: Box<dyn FnOnce(&Connection) + Send>) {
+        // A read closure may run anything (incremental_vacuum, say).
+        self.page_count = None;
         let conn = &self.conn;
         if catch_unwind(AssertUnwindSafe(|| f(conn))).is_err() {
             self.recovered_from_panic();
         }
+    }
+
+    fn stats(&mut self) -> Result<DocStats, DocError> {
+        let page_count = match self.page_count {
+            Some(n) => n,
+            None => {
+                let n = self
+                    .conn
+                    .prepare_cached("PRAGMA page_count")?
+                    .query_row([], |r| r.get(0))?;
+                self.page_count = Some(n);
+                n
+            }
+        };
+        let page_size = match self.page_size {
+            Some(n) => n,
+            None => {
+                let n = self
+                    .conn
+                    .prepare_cached("PRAGMA page_size")?
+                    .query_row([], |r| r.get(0))?;
+                self.page_size = Some(n);
+                n
+            }
+        };
+        Ok(DocStats {
+            page_count,
+            page_size,
+            wal_bytes: self.wal_bytes(),
+        })
+    }
+
+    fn wal_bytes(&mut self) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        if let Some(file) = &self.wal_file
+            && let Ok(meta) = file.metadata()
+            && meta.nlink() > 0
+        {
+            return meta.len();
+        }
+        // No handle yet, or the file was unlinked (the journal mode changed).
+        self.wal_file = None;
+        let Some(path) = self.conn.path().filter(|p| !p.is_empty()) else {
+            return 0;
+        };
+        match std::fs::File::open(format!("{path}-wal")) {
+            Ok(file) => {
+                let len = file.metadata().map_or(0, |m| m.len());
+                self.wal_file = Some(file);
+                len
+            }
+            Err(_) => 0,
+        }
+    }
+
+    /// Runs a transaction-control statement (`BEGIN`, `SAVEPOINT`, …) from the statement cache
+    /// instead of parsing it again for every write.
+    fn control(&self, sql: &str) -> rusqlite::Result<()> {
+        self.conn.prepare_cached(sql)?.execute([]).map(|_| ())
     }
 
     fn recovered_from_panic(&self) {
@@ -273,7 +383,8 @@ impl Actor {
     /// One transaction for every write in `batch`, a savepoint per write.
     fn commit_batch(&mut self, mut batch: Vec<Box<dyn WriteJob>>) {
         self.metrics.group_commit_batch.observe(batch.len() as f64);
-        if let Err(e) = self.conn.execute_batch("BEGIN IMMEDIATE") {
+        self.page_count = None;
+        if let Err(e) = self.control("BEGIN IMMEDIATE") {
             let msg = e.to_string();
             for job in batch {
                 job.finish(Some(&msg));
@@ -285,7 +396,7 @@ impl Actor {
         let mut failed_early: Vec<Box<dyn WriteJob>> = Vec::new();
         let mut kept: Vec<Box<dyn WriteJob>> = Vec::with_capacity(batch.len());
         for mut job in batch.drain(..) {
-            if let Err(e) = self.conn.execute_batch("SAVEPOINT pw_job") {
+            if let Err(e) = self.control("SAVEPOINT pw_job") {
                 job.finish(Some(&e.to_string()));
                 continue;
             }
@@ -306,7 +417,7 @@ impl Actor {
                 self.metrics.failed_writes.inc();
                 failed_early.push(job);
                 self.take_hook_tables();
-                if let Err(e) = self.conn.execute_batch("BEGIN IMMEDIATE") {
+                if let Err(e) = self.control("BEGIN IMMEDIATE") {
                     let msg = e.to_string();
                     for job in kept.into_iter().chain(failed_early) {
                         job.finish(Some(&msg));
@@ -316,14 +427,14 @@ impl Actor {
                 continue;
             }
             if ok {
-                let _ = self.conn.execute_batch("RELEASE pw_job");
+                let _ = self.control("RELEASE pw_job");
                 written.append(&mut self.take_hook_tables());
                 announcements.extend(job.take_announcements());
             } else {
                 self.metrics.failed_writes.inc();
                 let _ = self
-                    .conn
-                    .execute_batch("ROLLBACK TO pw_job; RELEASE pw_job");
+                    .control("ROLLBACK TO pw_job")
+                    .and_then(|()| self.control("RELEASE pw_job"));
                 self.take_hook_tables();
             }
             kept.push(job);
@@ -346,7 +457,7 @@ impl Actor {
             }
             self.take_hook_tables();
         }
-        let commit_error = match self.conn.execute_batch("COMMIT") {
+        let commit_error = match self.control("COMMIT") {
             Ok(()) => None,
             Err(e) => {
                 let _ = self.conn.execute_batch("ROLLBACK");

@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 use rusqlite::Connection;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-use super::actor::{ActorShared, Command, WriteJob};
+use super::actor::{ActorShared, Command, DocStats, WriteJob};
 use super::events::{Announcement, ChangeEvent};
 use crate::error::ApiError;
 use crate::migrations::MigrationError;
@@ -152,6 +152,14 @@ impl DocHandle {
         self.send(Command::Read(Box::new(move |conn| {
             let _ = reply.send(f(conn));
         })))?;
+        rx.await.map_err(|_| DocError::Aborted)?
+    }
+
+    /// The document's page count, page size and WAL size, from its actor (ordered after what
+    /// is already queued).
+    pub async fn stats(&self) -> Result<DocStats, DocError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Stats(reply))?;
         rx.await.map_err(|_| DocError::Aborted)?
     }
 

@@ -24,8 +24,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{OnceCell, watch};
 
-pub use actor::ActorConfig;
 pub(crate) use actor::spawn as spawn_actor;
+pub use actor::{ActorConfig, DocStats};
 pub use db_id::{DbId, InvalidDbId};
 pub use events::{Announcement, ChangeEvent};
 pub use handle::{DocError, DocHandle};

@@ -66,20 +66,10 @@ async fn status(
 ) -> Result<Json<DocStatus>, ApiError> {
     let db_id = auth.db()?;
     let doc = state.registry.get(db_id).await?;
-    let (page_count, size_bytes, wal_bytes) = doc
-        .read(|conn| {
-            let (page_count, page_size): (i64, i64) = conn
-                .prepare_cached("SELECT * FROM pragma_page_count(), pragma_page_size()")?
-                .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))?;
-            let wal = match conn.path() {
-                Some(path) if !path.is_empty() => {
-                    std::fs::metadata(format!("{path}-wal")).map_or(0, |m| m.len())
-                }
-                _ => 0,
-            };
-            Ok((page_count, (page_count * page_size).max(0) as u64, wal))
-        })
-        .await?;
+    let stats = doc.stats().await?;
+    let page_count = stats.page_count;
+    let size_bytes = (stats.page_count * stats.page_size).max(0) as u64;
+    let wal_bytes = stats.wal_bytes;
     Ok(Json(DocStatus {
         db_id: db_id.to_string(),
         open: true,

@@ -124,7 +124,38 @@ async fn open_and_status() {
     }
     assert_eq!(v["db_id"], "notes");
     assert_eq!(v["open"], true);
-    assert!(v["page_count"].as_i64().unwrap() > 0);
+    let pages_before = v["page_count"].as_i64().unwrap();
+    assert!(pages_before > 0);
+
+    // The figures follow writes (the actor only reuses them while nothing else ran).
+    let r = server
+        .admin(Method::POST, "/api/v1/db/notes/query/exec")
+        .json(&serde_json::json!({"sql":
+            "CREATE TABLE big AS WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n \
+             WHERE i < 2000) SELECT i, randomblob(500) AS b FROM n"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "{}", r.text().await.unwrap());
+    let v: Value = server
+        .admin(Method::GET, "/api/v1/db/notes/_status")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let pages_after = v["page_count"].as_i64().unwrap();
+    assert!(
+        pages_after > pages_before + 100,
+        "{pages_before} -> {pages_after}"
+    );
+    assert!(v["wal_bytes"].as_u64().unwrap() > 500 * 1000, "{v}");
+    assert_eq!(
+        v["size_bytes"].as_i64().unwrap(),
+        pages_after * 4096,
+        "size is pages times the page size: {v}"
+    );
 
     let v: Value = server
         .admin(Method::GET, "/api/v1/dbs")
