@@ -7,13 +7,15 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::extract::ws::{Message as Frame, WebSocket, WebSocketUpgrade};
 use axum::response::Response;
+use futures_util::FutureExt as _;
 use serde_json::{Value as Json, json};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::hub::{self, Delivery, Filters, Subscription};
+use super::sql::NewMessage;
 use super::{SubscriberCount, check_filters, parse_message_map, publish_messages, start_position};
-use crate::auth::Authorized;
+use crate::auth::{Action, Authorized};
 use crate::error::ApiError;
 use crate::server::AppState;
 
@@ -74,43 +76,87 @@ fn string_list(v: Option<&Json>) -> Result<Vec<String>, ApiError> {
     }
 }
 
+/// Publish frames already waiting on the socket are committed together, up to this many…
+const MAX_PIPELINED: usize = 256;
+/// …or this many bytes of frames.
+const MAX_PIPELINED_BYTES: usize = 4 * 1024 * 1024;
+
+/// What the socket gave us when we looked for more publish frames without waiting.
+enum Next {
+    /// A frame that is not a text frame (close, ping, binary), handled after the batch.
+    Other(Option<Result<Frame, axum::Error>>),
+    /// Nothing is waiting.
+    Empty,
+}
+
 impl Session {
     async fn run(mut self, mut socket: WebSocket) {
         let (tx, mut rx) = mpsc::channel::<Delivery>(hub::QUEUE);
         let shutdown = self.state.shutdown.clone();
+        let mut carried: Option<Option<Result<Frame, axum::Error>>> = None;
         loop {
-            let reply: Option<String> = tokio::select! {
-                frame = socket.recv() => match frame {
-                    Some(Ok(Frame::Text(text))) => Some(self.handle(text.as_str(), &tx).await),
-                    Some(Ok(Frame::Binary(_))) => Some(error_frame(None, "invalid_frame", "frames must be JSON text")),
-                    Some(Ok(Frame::Ping(_) | Frame::Pong(_))) => None,
-                    Some(Ok(Frame::Close(_))) | Some(Err(_)) | None => break,
-                },
-                delivery = rx.recv() => match delivery {
-                    Some(Delivery::Message(m)) => Some(format!("{{\"type\":\"message\",{}", &m.json()[1..])),
-                    Some(Delivery::Heartbeat) => None,
-                    Some(Delivery::SlowConsumer) => {
-                        let _ = socket.send(Frame::Text(error_frame(None, "slow_consumer", "the subscriber fell too far behind; resubscribe with since_id").into())).await;
-                        break;
+            let frame = match carried.take() {
+                Some(frame) => Some(frame),
+                None => tokio::select! {
+                    frame = socket.recv() => Some(frame),
+                    delivery = rx.recv() => {
+                        let reply = match delivery {
+                            Some(Delivery::Message(m)) => format!("{{\"type\":\"message\",{}", &m.json()[1..]),
+                            Some(Delivery::Heartbeat) => continue,
+                            Some(Delivery::SlowConsumer) => {
+                                let _ = socket.send(Frame::Text(error_frame(None, "slow_consumer", "the subscriber fell too far behind; resubscribe with since_id").into())).await;
+                                break;
+                            }
+                            Some(Delivery::Closed) | None => {
+                                let _ = socket.send(Frame::Text(error_frame(None, "shutting_down", "the server is shutting down").into())).await;
+                                break;
+                            }
+                        };
+                        if !send_all(&mut socket, vec![reply]).await {
+                            break;
+                        }
+                        None
                     }
-                    Some(Delivery::Closed) | None => {
+                    () = shutdown.cancelled() => {
                         let _ = socket.send(Frame::Text(error_frame(None, "shutting_down", "the server is shutting down").into())).await;
                         break;
                     }
                 },
-                () = shutdown.cancelled() => {
-                    let _ = socket.send(Frame::Text(error_frame(None, "shutting_down", "the server is shutting down").into())).await;
-                    break;
-                }
             };
-            if let Some(reply) = reply {
-                let send = tokio::time::timeout(
-                    Duration::from_secs(10),
-                    socket.send(Frame::Text(reply.into())),
-                );
-                if !matches!(send.await, Ok(Ok(()))) {
-                    break;
+            let Some(frame) = frame else { continue };
+            let replies = match frame {
+                Some(Ok(Frame::Text(text))) => {
+                    // Frames the client already sent behind this one are taken now, so a
+                    // pipelining publisher's messages share one savepoint and one commit.
+                    let mut texts = vec![text];
+                    let mut bytes = texts[0].len();
+                    while texts.len() < MAX_PIPELINED && bytes < MAX_PIPELINED_BYTES {
+                        match next_ready(&mut socket) {
+                            Ok(text) => {
+                                bytes += text.len();
+                                texts.push(text);
+                            }
+                            Err(Next::Empty) => break,
+                            Err(Next::Other(frame)) => {
+                                carried = Some(frame);
+                                break;
+                            }
+                        }
+                    }
+                    self.handle_all(&texts, &tx).await
                 }
+                Some(Ok(Frame::Binary(_))) => {
+                    vec![error_frame(
+                        None,
+                        "invalid_frame",
+                        "frames must be JSON text",
+                    )]
+                }
+                Some(Ok(Frame::Ping(_) | Frame::Pong(_))) => continue,
+                Some(Ok(Frame::Close(_)) | Err(_)) | None => break,
+            };
+            if !send_all(&mut socket, replies).await {
+                break;
             }
         }
         for (_, task) in self.subs {
@@ -119,23 +165,85 @@ impl Session {
         let _ = socket.send(Frame::Close(None)).await;
     }
 
-    async fn handle(&mut self, text: &str, tx: &mpsc::Sender<Delivery>) -> String {
-        let frame: Json = match serde_json::from_str(text) {
-            Ok(Json::Object(map)) => Json::Object(map),
-            _ => return error_frame(None, "invalid_frame", "each frame must be a JSON object"),
-        };
-        let reference = frame.get("ref").cloned();
-        let result = match frame.get("type").and_then(Json::as_str) {
-            Some("ping") => Ok(json!({"type": "pong"}).to_string()),
-            Some("subscribe") => self.subscribe(&frame, tx).await,
-            Some("unsubscribe") => self.unsubscribe(&frame),
-            Some("publish") => self.publish(&frame).await,
-            _ => Err(ApiError::bad_request(
-                "invalid_frame",
-                "type must be subscribe, unsubscribe, publish or ping",
-            )),
-        };
-        result.unwrap_or_else(|e| error_frame(reference.as_ref(), e.code, &e.message))
+    /// Answers `texts` in order. Consecutive publish frames are stored with one write.
+    async fn handle_all(
+        &mut self,
+        texts: &[axum::extract::ws::Utf8Bytes],
+        tx: &mpsc::Sender<Delivery>,
+    ) -> Vec<String> {
+        let mut replies = Vec::with_capacity(texts.len());
+        let mut batch: Vec<(Option<Json>, NewMessage)> = Vec::new();
+        for text in texts {
+            let frame = match serde_json::from_str(text.as_str()) {
+                Ok(Json::Object(map)) => map,
+                _ => {
+                    self.flush(&mut batch, &mut replies).await;
+                    replies.push(error_frame(
+                        None,
+                        "invalid_frame",
+                        "each frame must be a JSON object",
+                    ));
+                    continue;
+                }
+            };
+            let reference = frame.get("ref").cloned();
+            if frame.get("type").and_then(Json::as_str) == Some("publish") {
+                let checked = parse_message_map(&frame, &["type", "ref"]).and_then(|m| {
+                    self.auth.resource(Action::PubPublish, &m.topic)?;
+                    Ok(m)
+                });
+                match checked {
+                    Ok(message) => batch.push((reference, message)),
+                    Err(e) => {
+                        // Answers stay in frame order.
+                        self.flush(&mut batch, &mut replies).await;
+                        replies.push(error_frame(reference.as_ref(), e.code, &e.message));
+                    }
+                }
+                continue;
+            }
+            self.flush(&mut batch, &mut replies).await;
+            let frame = Json::Object(frame);
+            let result = match frame.get("type").and_then(Json::as_str) {
+                Some("ping") => Ok(json!({"type": "pong"}).to_string()),
+                Some("subscribe") => self.subscribe(&frame, tx).await,
+                Some("unsubscribe") => self.unsubscribe(&frame),
+                _ => Err(ApiError::bad_request(
+                    "invalid_frame",
+                    "type must be subscribe, unsubscribe, publish or ping",
+                )),
+            };
+            replies.push(
+                result.unwrap_or_else(|e| error_frame(reference.as_ref(), e.code, &e.message)),
+            );
+        }
+        self.flush(&mut batch, &mut replies).await;
+        replies
+    }
+
+    /// Stores the pending publishes in one write and appends their acks (or, if the write
+    /// failed, an error for each).
+    async fn flush(&self, batch: &mut Vec<(Option<Json>, NewMessage)>, replies: &mut Vec<String>) {
+        if batch.is_empty() {
+            return;
+        }
+        let (refs, messages): (Vec<Option<Json>>, Vec<NewMessage>) =
+            std::mem::take(batch).into_iter().unzip();
+        match publish_messages(&self.state, &self.auth, messages, Vec::new()).await {
+            Ok(published) => {
+                for (reference, one) in refs.iter().zip(published) {
+                    replies.push(
+                        json!({"type": "ack", "ref": reference, "id": one.id, "duplicate": one.duplicate})
+                            .to_string(),
+                    );
+                }
+            }
+            Err(e) => {
+                for reference in &refs {
+                    replies.push(error_frame(reference.as_ref(), e.code, &e.message));
+                }
+            }
+        }
     }
 
     async fn subscribe(
@@ -198,17 +306,29 @@ impl Session {
         });
         Ok(json!({"type": "unsubscribed", "topics": topics}).to_string())
     }
+}
 
-    async fn publish(&mut self, frame: &Json) -> Result<String, ApiError> {
-        let Json::Object(map) = frame else {
-            return Err(ApiError::bad_request("invalid_frame", "expected an object"));
-        };
-        let message = parse_message_map(map, &["type", "ref"])?;
-        let mut published =
-            publish_messages(&self.state, &self.auth, vec![message], Vec::new()).await?;
-        let one = published
-            .pop()
-            .ok_or_else(|| ApiError::internal("publish returned nothing"))?;
-        Ok(json!({"type": "ack", "ref": frame.get("ref"), "id": one.id, "duplicate": one.duplicate}).to_string())
+/// A text frame the socket already holds, without waiting.
+fn next_ready(socket: &mut WebSocket) -> Result<axum::extract::ws::Utf8Bytes, Next> {
+    match socket.recv().now_or_never() {
+        None => Err(Next::Empty),
+        Some(Some(Ok(Frame::Text(text)))) => Ok(text),
+        Some(other) => Err(Next::Other(other)),
     }
+}
+
+/// Sends `replies` in order with one flush, bounded in time; `false` if the client is gone or
+/// stuck.
+async fn send_all(socket: &mut WebSocket, replies: Vec<String>) -> bool {
+    use futures_util::SinkExt as _;
+    let send = async {
+        for reply in replies {
+            socket.feed(Frame::Text(reply.into())).await?;
+        }
+        socket.flush().await
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(10), send).await,
+        Ok(Ok(()))
+    )
 }

@@ -2,8 +2,9 @@
 //! serves its mailbox in order. SQLite never runs on the async runtime.
 //!
 //! Reads run one at a time, outside transactions. Writes that are waiting in the mailbox
-//! together are **group-committed**: one `BEGIN IMMEDIATE … COMMIT` with a savepoint per request,
-//! so a failing (or panicking) request rolls back only itself, and every caller is answered after
+//! together are **group-committed**: one `BEGIN IMMEDIATE … COMMIT` with a savepoint per request
+//! (the first needs none: it fails by rolling back the still-empty transaction), so a failing (or
+//! panicking) request rolls back only itself, and every caller is answered after
 //! the commit. After a commit that changed a user table the actor bumps the persisted
 //! `commit_seq` and publishes a [`ChangeEvent`] with the tables SQLite's update hook saw.
 //!
@@ -380,7 +381,7 @@ impl Actor {
         std::mem::take(&mut *self.hook_tables.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
-    /// One transaction for every write in `batch`, a savepoint per write.
+    /// One transaction for every write in `batch`, a savepoint per write after the first.
     fn commit_batch(&mut self, mut batch: Vec<Box<dyn WriteJob>>) {
         self.metrics.group_commit_batch.observe(batch.len() as f64);
         self.page_count = None;
@@ -395,8 +396,11 @@ impl Actor {
         let mut announcements: Vec<Announcement> = Vec::new();
         let mut failed_early: Vec<Box<dyn WriteJob>> = Vec::new();
         let mut kept: Vec<Box<dyn WriteJob>> = Vec::with_capacity(batch.len());
-        for mut job in batch.drain(..) {
-            if let Err(e) = self.control("SAVEPOINT pw_job") {
+        for (i, mut job) in batch.drain(..).enumerate() {
+            // The first write needs no savepoint: if it fails, the transaction holds nothing
+            // else yet, so it is rolled back and begun again.
+            let first = i == 0;
+            if !first && let Err(e) = self.control("SAVEPOINT pw_job") {
                 job.finish(Some(&e.to_string()));
                 continue;
             }
@@ -427,9 +431,23 @@ impl Actor {
                 continue;
             }
             if ok {
-                let _ = self.control("RELEASE pw_job");
+                if !first {
+                    let _ = self.control("RELEASE pw_job");
+                }
                 written.append(&mut self.take_hook_tables());
                 announcements.extend(job.take_announcements());
+            } else if first {
+                self.metrics.failed_writes.inc();
+                let restarted = self
+                    .control("ROLLBACK")
+                    .and_then(|()| self.control("BEGIN IMMEDIATE"));
+                self.take_hook_tables();
+                if let Err(e) = restarted {
+                    // `job` answers with its own error; the rest of the batch is dropped
+                    // unanswered, which its callers see as an aborted request.
+                    job.finish(Some(&e.to_string()));
+                    return;
+                }
             } else {
                 self.metrics.failed_writes.inc();
                 let _ = self

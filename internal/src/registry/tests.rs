@@ -119,6 +119,68 @@ async fn group_commit_batches_waiting_writes_and_isolates_failures() {
     );
 }
 
+/// The first write of a batch runs without a savepoint; when it fails, the transaction is
+/// begun again and the writes behind it still commit together.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_first_write_of_a_batch_fails_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = Metrics::new();
+    let registry = Registry::new(
+        config(dir.path(), 1024, Duration::from_secs(60), 16),
+        metrics.clone(),
+    );
+    let doc = registry.get(&id("first")).await.unwrap();
+    doc.write(|c| Ok(c.execute_batch("CREATE TABLE t (v INTEGER PRIMARY KEY)")?))
+        .await
+        .unwrap();
+    let commits_before = metrics.commits.get();
+    let release = block_actor(&doc).await;
+    let first = {
+        let doc = doc.clone();
+        tokio::spawn(async move {
+            doc.write(|c| {
+                c.execute("INSERT INTO t VALUES (1000)", [])?;
+                Ok(c.execute("INSERT INTO no_such_table VALUES (1)", [])?)
+            })
+            .await
+        })
+    };
+    // Queued strictly after the failing one.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut rest = Vec::new();
+    for v in 0..5i64 {
+        let doc = doc.clone();
+        rest.push(tokio::spawn(async move {
+            doc.write(move |c| Ok(c.execute("INSERT INTO t VALUES (?1)", [v])?))
+                .await
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    release.send(()).unwrap();
+    assert!(matches!(first.await.unwrap(), Err(DocError::Sqlite(_))));
+    for task in rest {
+        assert_eq!(task.await.unwrap().unwrap(), 1);
+    }
+    let values: Vec<i64> = doc
+        .read(|c| {
+            let mut stmt = c.prepare("SELECT v FROM t ORDER BY v")?;
+            let rows = stmt.query_map([], |r| r.get(0))?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        values,
+        vec![0, 1, 2, 3, 4],
+        "the failed first write left nothing behind"
+    );
+    assert_eq!(
+        metrics.commits.get() - commits_before,
+        1,
+        "one group commit"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn change_events_name_tables_and_commit_seq_survives_restart() {
     let dir = tempfile::tempdir().unwrap();

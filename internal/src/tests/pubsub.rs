@@ -448,6 +448,67 @@ async fn websocket_round_trip() {
 }
 
 #[tokio::test]
+async fn pipelined_websocket_publishes_are_answered_in_order_and_stored() {
+    let server = TestServer::start().await;
+    let url = format!(
+        "ws://{}/api/v1/db/wspipe/events/ws?access_token={}",
+        server.addr, server.admin_token
+    );
+    let (mut socket, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    // 200 frames written back to back without waiting for answers; a bad one and a ping in
+    // the middle must not disturb the order of the answers.
+    let mut frames = Vec::new();
+    for i in 0..200 {
+        let frame = match i {
+            50 => json!({"type": "publish", "ref": i, "topic": "p/+", "payload": i}),
+            120 => json!({"type": "ping"}),
+            _ => {
+                json!({"type": "publish", "ref": i, "topic": format!("p/{}", i % 3), "payload": i})
+            }
+        };
+        frames.push(WsMessage::Text(frame.to_string().into()));
+    }
+    let mut all = futures_util::stream::iter(frames.into_iter().map(Ok));
+    socket.send_all(&mut all).await.unwrap();
+    let mut last_id = 0;
+    for i in 0..200 {
+        let frame = tokio::time::timeout(WAIT, socket.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        let WsMessage::Text(t) = frame else {
+            panic!("unexpected frame {frame:?}")
+        };
+        let v: Value = serde_json::from_str(t.as_str()).unwrap();
+        match i {
+            50 => {
+                assert_eq!(v["type"], "error", "{v}");
+                assert_eq!(v["ref"], 50);
+            }
+            120 => assert_eq!(v["type"], "pong", "{v}"),
+            _ => {
+                assert_eq!(v["type"], "ack", "{v}");
+                assert_eq!(v["ref"], i, "{v}");
+                let id = v["id"].as_i64().unwrap();
+                assert!(id > last_id, "ids grow in frame order: {last_id} then {id}");
+                last_id = id;
+            }
+        }
+    }
+    // Every acknowledged message is stored, in order, with its payload.
+    let r = server
+        .admin(Method::POST, "/api/v1/db/wspipe/query/exec")
+        .json(&json!({"sql": "SELECT count(*), min(id), max(id) FROM _patchwork_messages"}))
+        .send()
+        .await
+        .unwrap();
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["rows"][0][0], 198, "{v}");
+    assert_eq!(v["rows"][0][2], last_id, "{v}");
+}
+
+#[tokio::test]
 async fn a_slow_consumer_is_cut_off_while_a_fast_one_keeps_receiving() {
     let server = TestServer::start().await;
     // The slow subscriber never reads its response body.
