@@ -6,6 +6,8 @@
 //! loadtests watch-fanout --url URL --token T [--watches N] [--writes W] [common flags]
 //! loadtests sse-fanout --url URL --token T [--subscribers N] [--rate R] [--server-pid PID]
 //!           [--duration S] [--concurrency P] [--db DB_ID] [--timeout-ms MS]
+//! loadtests publish-ws --url URL --token T [--concurrency C] [--window W] [--payload-bytes N]
+//!           [--duration S] [--warmup S] [--db DB_ID] [--timeout-ms MS]
 //! ```
 //!
 //! Prints a human table, then the same numbers as one JSON object on the last
@@ -20,6 +22,7 @@ mod pubsub;
 mod scenarios;
 mod sse;
 mod watch;
+mod wspub;
 
 use std::net::IpAddr;
 use std::process::ExitCode;
@@ -34,6 +37,7 @@ use crate::driver::{Ctx, RunConfig, RunResult};
 use crate::pubsub::FanoutConfig;
 use crate::scenarios::Scenario;
 use crate::watch::WatchConfig;
+use crate::wspub::WsPubConfig;
 
 const MAX_DURATION_S: f64 = 600.0;
 const MAX_CONCURRENCY: usize = 4096;
@@ -48,7 +52,7 @@ const MAX_TIMEOUT_MS: u64 = 600_000;
     after_help = scenarios_help()
 )]
 struct Args {
-    /// Scenario to run, or `watch-fanout` / `sse-fanout` (see below).
+    /// Scenario to run, or `watch-fanout` / `sse-fanout` / `publish-ws` (see below).
     scenario: String,
 
     /// Base URL of the server; must be loopback (127.0.0.0/8, localhost, [::1]).
@@ -65,7 +69,8 @@ struct Args {
     token: String,
 
     /// Number of concurrent workers (each keeps one keep-alive connection busy) [default: 16;
-    /// sse-fanout: publishes in flight at most, default 32].
+    /// sse-fanout: publishes in flight at most, default 32; publish-ws: WebSocket
+    /// connections, default 16].
     #[arg(long)]
     concurrency: Option<usize>,
 
@@ -108,6 +113,14 @@ struct Args {
     /// sse-fanout only: the server's process id, to report its RSS from /proc.
     #[arg(long)]
     server_pid: Option<u32>,
+
+    /// publish-ws only: publishes in flight per connection (default 64).
+    #[arg(long)]
+    window: Option<usize>,
+
+    /// publish-ws only: payload size in bytes, before base64 (default 1024).
+    #[arg(long)]
+    payload_bytes: Option<usize>,
 }
 
 /// The scenario list shown after `--help`.
@@ -127,18 +140,25 @@ fn scenarios_help() -> String {
         pubsub::NAME,
         pubsub::ABOUT
     ));
+    out.push_str(&format!(
+        "\n  {}   {}\n               (--concurrency = connections, --window W, --payload-bytes N)",
+        wspub::NAME,
+        wspub::ABOUT
+    ));
     out
 }
 
 /// Validated settings.
 struct Config {
-    /// For `watch-fanout`, the `insert` scenario it loads the server with; for `sse-fanout`,
-    /// `publish`.
+    /// For `watch-fanout`, the `insert` scenario it loads the server with; for `sse-fanout` and
+    /// `publish-ws`, `publish`.
     scenario: Scenario,
     /// Set for `watch-fanout`.
     watch: Option<WatchConfig>,
     /// Set for `sse-fanout`.
     fanout: Option<FanoutConfig>,
+    /// Set for `publish-ws`.
+    wspub: Option<WsPubConfig>,
     target: Target,
     token: String,
     db: String,
@@ -242,6 +262,7 @@ fn check_seconds(name: &str, v: f64, allow_zero: bool) -> anyhow::Result<Duratio
 fn validate(args: Args) -> anyhow::Result<Config> {
     let is_watch = args.scenario == watch::NAME;
     let is_fanout = args.scenario == pubsub::NAME;
+    let is_wspub = args.scenario == wspub::NAME;
     ensure!(
         is_watch || (args.watches.is_none() && args.writes.is_none()),
         "--watches and --writes only apply to {}",
@@ -253,6 +274,12 @@ fn validate(args: Args) -> anyhow::Result<Config> {
         "--subscribers, --rate and --server-pid only apply to {}",
         pubsub::NAME
     );
+    ensure!(
+        is_wspub || (args.window.is_none() && args.payload_bytes.is_none()),
+        "--window and --payload-bytes only apply to {}",
+        wspub::NAME
+    );
+    let mut wspub = None;
     let (scenario, watch, fanout) = if is_watch {
         let watches = args.watches.unwrap_or(watch::DEFAULT_WATCHES);
         let writes = args.writes.unwrap_or(watch::DEFAULT_WRITES);
@@ -293,14 +320,34 @@ fn validate(args: Args) -> anyhow::Result<Config> {
             server_pid: args.server_pid,
         };
         (publish, None, Some(fc))
+    } else if is_wspub {
+        let window = args.window.unwrap_or(wspub::DEFAULT_WINDOW);
+        let payload_bytes = args.payload_bytes.unwrap_or(wspub::DEFAULT_PAYLOAD_BYTES);
+        ensure!(
+            (1..=wspub::MAX_WINDOW).contains(&window),
+            "--window must be between 1 and {}",
+            wspub::MAX_WINDOW
+        );
+        ensure!(
+            payload_bytes <= wspub::MAX_PAYLOAD_BYTES,
+            "--payload-bytes must be at most {}",
+            wspub::MAX_PAYLOAD_BYTES
+        );
+        wspub = Some(WsPubConfig {
+            window,
+            payload_bytes,
+        });
+        let publish = scenarios::find("publish").context("the publish scenario is missing")?;
+        (publish, None, None)
     } else {
         let scenario = scenarios::find(&args.scenario).ok_or_else(|| {
             anyhow::anyhow!(
-                "unknown scenario {:?}; known: {}, {}, {}",
+                "unknown scenario {:?}; known: {}, {}, {}, {}",
                 args.scenario,
                 scenarios::names().join(", "),
                 watch::NAME,
-                pubsub::NAME
+                pubsub::NAME,
+                wspub::NAME
             )
         })?;
         (scenario, None, None)
@@ -335,7 +382,7 @@ fn validate(args: Args) -> anyhow::Result<Config> {
         ensure!(
             !args.token.is_empty(),
             "scenario {} needs --token (or PATCHWORK_TOKEN)",
-            if is_watch || is_fanout {
+            if is_watch || is_fanout || is_wspub {
                 args.scenario.as_str()
             } else {
                 scenario.name
@@ -346,6 +393,7 @@ fn validate(args: Args) -> anyhow::Result<Config> {
         scenario,
         watch,
         fanout,
+        wspub,
         target,
         token: args.token,
         db: args.db,
@@ -438,6 +486,9 @@ async fn run(cfg: Config) -> anyhow::Result<ExitCode> {
     }
     if let Some(fc) = cfg.fanout {
         return pubsub::run(cfg, fc).await;
+    }
+    if let Some(wc) = cfg.wspub {
+        return wspub::run(cfg, wc).await;
     }
     let ctx = Arc::new(Ctx::new(
         cfg.target.base.clone(),
@@ -801,6 +852,92 @@ mod tests {
             ),
             (
                 vec!["status", "--url", url, "--token", "t", "--server-pid", "1"],
+                "only apply",
+            ),
+        ] {
+            let err = match args(&bad) {
+                Ok(_) => panic!("{bad:?} was accepted"),
+                Err(e) => e.to_string(),
+            };
+            assert!(err.contains(needle), "{bad:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn publish_ws_parses() {
+        let url = "http://127.0.0.1:1";
+        let c = args(&["publish-ws", "--url", url, "--token", "t"]).unwrap();
+        assert_eq!(c.scenario.name, "publish");
+        assert!(c.watch.is_none() && c.fanout.is_none());
+        assert_eq!(
+            c.wspub,
+            Some(WsPubConfig {
+                window: 64,
+                payload_bytes: 1024
+            })
+        );
+        assert_eq!(c.run.concurrency, 16);
+        let c = args(&[
+            "publish-ws",
+            "--url",
+            url,
+            "--token",
+            "t",
+            "--concurrency",
+            "4",
+            "--window",
+            "8",
+            "--payload-bytes",
+            "0",
+            "--warmup",
+            "1",
+            "--duration",
+            "2",
+        ])
+        .unwrap();
+        assert_eq!(
+            c.wspub,
+            Some(WsPubConfig {
+                window: 8,
+                payload_bytes: 0
+            })
+        );
+        assert_eq!(c.run.concurrency, 4);
+        assert_eq!(c.run.warmup, Duration::from_secs(1));
+        assert_eq!(c.run.duration, Duration::from_secs(2));
+        assert!(args(&["healthz", "--url", url]).unwrap().wspub.is_none());
+        let ws = |extra: &[&'static str]| {
+            let mut v = vec!["publish-ws", "--url", url, "--token", "t"];
+            v.extend_from_slice(extra);
+            v
+        };
+        for (bad, needle) in [
+            (
+                vec!["publish-ws", "--url", url, "--token="],
+                "needs --token",
+            ),
+            (
+                vec!["publish-ws", "--url", "http://10.0.0.1", "--token", "t"],
+                "refusing",
+            ),
+            (ws(&["--window", "0"]), "--window"),
+            (ws(&["--window", "65537"]), "--window"),
+            (ws(&["--payload-bytes", "1048577"]), "--payload-bytes"),
+            (ws(&["--rate", "5"]), "only apply"),
+            (
+                vec!["publish", "--url", url, "--token", "t", "--window", "5"],
+                "only apply",
+            ),
+            (
+                vec![
+                    "sse-fanout",
+                    "--url",
+                    url,
+                    "--token",
+                    "t",
+                    "--payload-bytes",
+                    "5",
+                ],
                 "only apply",
             ),
         ] {

@@ -10,6 +10,9 @@
 //! 5. Fan-out: `--writes` single-row inserts into `a`, one at a time (~50 ms apart); for each,
 //!    the time from just before sending it until *every* watcher has received an `update`
 //!    showing at least the new count (10 s limit per write, an error after that).
+//! 6. Closes the watches and runs the baseline again. The ratio compares the loaded run with
+//!    the mean of both baselines (before and after), so a machine that speeds up or slows
+//!    down during the run (CPU steal on shared hosts) does not masquerade as watch overhead.
 //!
 //! Every phase has its own time limit and the whole run an overall deadline.
 
@@ -261,6 +264,8 @@ async fn watch_stream(
 /// Numbers of one run, for the table and the JSON line.
 struct Outcome {
     without: Option<RunResult>,
+    /// The baseline again, after the watches were closed.
+    without_after: Option<RunResult>,
     with: Option<RunResult>,
     updates_during_unrelated: u64,
     open_s: f64,
@@ -334,7 +339,7 @@ fn overall_deadline(cfg: &Config, wc: WatchConfig) -> Duration {
     let run = cfg.run.warmup + cfg.run.duration + cfg.timeout + Duration::from_secs(5);
     let per_write = FANOUT_TIMEOUT + WRITE_SPACING + cfg.timeout * 2;
     cfg.timeout * 8
-        + run * 2
+        + run * 3
         + open_timeout(wc.watches)
         + SETTLE
         + per_write * wc.writes
@@ -415,7 +420,7 @@ async fn phases(cfg: &Config, wc: WatchConfig) -> anyhow::Result<Outcome> {
     });
 
     // 2. Baseline.
-    eprintln!("loadtests: phase 1/3: insert with no watches");
+    eprintln!("loadtests: phase 1/4: insert with no watches");
     let without = driver::run(Arc::clone(&ctx), Arc::clone(&insert), &cfg.run).await?;
     merge_run_errors(&mut errors, "baseline", &without);
     eprintln!("loadtests:   {:.1} req/s", rps(&without));
@@ -495,7 +500,7 @@ async fn phases(cfg: &Config, wc: WatchConfig) -> anyhow::Result<Outcome> {
     let mut updates_during_unrelated = 0;
     if opened > 0 {
         tokio::time::sleep(SETTLE).await;
-        eprintln!("loadtests: phase 2/3: insert with {opened} watches open");
+        eprintln!("loadtests: phase 2/4: insert with {opened} watches open");
         let u0 = shared.updates.load(Ordering::SeqCst);
         let r = driver::run(Arc::clone(&ctx), Arc::clone(&insert), &cfg.run).await?;
         // Updates caused by the load arrive within moments of its last commit.
@@ -515,7 +520,7 @@ async fn phases(cfg: &Config, wc: WatchConfig) -> anyhow::Result<Outcome> {
     let mut writes_sent = 0;
     if opened > 0 && wc.writes > 0 {
         eprintln!(
-            "loadtests: phase 3/3: {} writes to a, each awaited by all {opened} watchers",
+            "loadtests: phase 3/4: {} writes to a, each awaited by all {opened} watchers",
             wc.writes
         );
         let mut count = count_a(&ctx).await?;
@@ -615,6 +620,13 @@ async fn phases(cfg: &Config, wc: WatchConfig) -> anyhow::Result<Outcome> {
         tasks.abort_all();
     }
     errors.merge(std::mem::take(&mut *lock(&shared.errors)));
+
+    // 6. Baseline again, every watch closed.
+    eprintln!("loadtests: phase 4/4: insert with the watches closed again");
+    let without_after = driver::run(Arc::clone(&ctx), Arc::clone(&insert), &cfg.run).await?;
+    merge_run_errors(&mut errors, "baseline_after", &without_after);
+    eprintln!("loadtests:   {:.1} req/s", rps(&without_after));
+
     let closed = shared.closed.load(Ordering::SeqCst);
     if closed > 0 {
         eprintln!("loadtests: {closed} watch streams ended early");
@@ -629,6 +641,7 @@ async fn phases(cfg: &Config, wc: WatchConfig) -> anyhow::Result<Outcome> {
     }
     Ok(Outcome {
         without: Some(without),
+        without_after: Some(without_after),
         with,
         updates_during_unrelated,
         open_s,
@@ -648,7 +661,13 @@ fn merge_run_errors(errors: &mut ErrorLog, phase: &str, r: &RunResult) {
 }
 
 fn report(cfg: &Config, wc: WatchConfig, o: &Outcome) -> serde_json::Value {
-    let without = o.without.as_ref().map_or(0.0, rps);
+    let before = o.without.as_ref().map_or(0.0, rps);
+    let after = o.without_after.as_ref().map_or(0.0, rps);
+    let without = if after > 0.0 {
+        (before + after) / 2.0
+    } else {
+        before
+    };
     let with = o.with.as_ref().map_or(0.0, rps);
     let ratio = if without > 0.0 { with / without } else { 0.0 };
     let mut all = o.fanout_all_ms.clone();
@@ -660,6 +679,8 @@ fn report(cfg: &Config, wc: WatchConfig, o: &Outcome) -> serde_json::Value {
         "scenario": NAME,
         "watches": wc.watches,
         "insert_rps_without": round(without, 1),
+        "insert_rps_without_before": round(before, 1),
+        "insert_rps_without_after": round(after, 1),
         "insert_rps_with": round(with, 1),
         "ratio": round(ratio, 4),
         "updates_during_unrelated_writes": o.updates_during_unrelated,
@@ -705,11 +726,16 @@ fn print_table(j: &serde_json::Value, o: &Outcome) {
         "{:<28}  {:>10}  {:>7}  {:>7}  {:>7}",
         "insert phase", "req/s", "p50_ms", "p99_ms", "errors"
     );
-    println!("{:<28}  {}", "no watches", latency(&o.without));
+    println!("{:<28}  {}", "no watches (before)", latency(&o.without));
     println!(
         "{:<28}  {}",
         format!("{} watches open", o.opened),
         latency(&o.with)
+    );
+    println!(
+        "{:<28}  {}",
+        "no watches (after)",
+        latency(&o.without_after)
     );
     println!(
         "ratio with/without: {:.1}% (target >= 90%)",

@@ -88,15 +88,14 @@ pub fn insert(
         }
     }
     let created_ms = crate::time_fmt::now_ms();
-    let id: i64 = conn
-        .prepare_cached(
-            "INSERT INTO _patchwork_messages (topic, content_type, payload, created_ms, producer, dedupe_key)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6) RETURNING id",
-        )?
-        .query_row(
-            params![m.topic, m.content_type, m.payload, created_ms, producer, m.dedupe_key],
-            |r| r.get(0),
-        )?;
+    // `last_insert_rowid()` rather than `RETURNING`, which builds an ephemeral table per
+    // statement (a third of the insert's cost).
+    conn.prepare_cached(
+        "INSERT INTO _patchwork_messages (topic, content_type, payload, created_ms, producer, dedupe_key)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![m.topic, m.content_type, m.payload, created_ms, producer, m.dedupe_key])?;
+    let id = conn.last_insert_rowid();
     let message = Arc::new(Message {
         id,
         topic: m.topic.clone(),

@@ -259,17 +259,16 @@ async fn ingest(
                     "webhook refused: signature invalid or missing");
                 return Err(ApiError::unauthorized("the webhook signature is missing or invalid").into());
             }
-            let id: i64 = c
-                .prepare_cached(
-                    "INSERT INTO webhook_inbox (endpoint, received_at, method, query_string, headers_json,
-                         content_type, payload, signature_valid, delivery_id)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) RETURNING id",
-                )?
-                .query_row(
-                    params![endpoint, received_at, method, query, headers, content_type, body.as_ref(),
-                        signature_valid, delivery],
-                    |r| r.get(0),
-                )?;
+            // `last_insert_rowid()` rather than `RETURNING`, which builds an ephemeral table
+            // per statement.
+            c.prepare_cached(
+                "INSERT INTO webhook_inbox (endpoint, received_at, method, query_string, headers_json,
+                     content_type, payload, signature_valid, delivery_id)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )?
+            .execute(params![endpoint, received_at, method, query, headers, content_type,
+                body.as_ref(), signature_valid, delivery])?;
+            let id = c.last_insert_rowid();
             if let Some(topic) = config.and_then(|c| c.publish_topic) {
                 let note = crate::pubsub::sql::NewMessage {
                     topic,
