@@ -175,7 +175,20 @@ where
 
 impl<T: Serialize> IntoResponse for Json<T> {
     fn into_response(self) -> Response {
-        axum::Json(self.0).into_response()
+        // Into a plain `Vec` sized for a typical answer: `axum::Json` writes through a
+        // `BytesMut` writer that starts at 128 bytes and grows on most answers.
+        let mut body = Vec::with_capacity(512);
+        match serde_json::to_writer(&mut body, &self.0) {
+            Ok(()) => (
+                [(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                )],
+                body,
+            )
+                .into_response(),
+            Err(e) => ApiError::internal(e).into_response(),
+        }
     }
 }
 

@@ -189,6 +189,9 @@ struct Actor {
     page_size: Option<i64>,
     /// The open `-wal` file, asked with `fstat` instead of a path lookup per `_status`.
     wal_file: Option<std::fs::File>,
+    /// Its size, valid (like `page_count`) until the next read or write runs: only those grow
+    /// or checkpoint the WAL.
+    wal_bytes: Option<u64>,
 }
 
 impl Actor {
@@ -242,6 +245,7 @@ impl Actor {
             page_count: None,
             page_size: None,
             wal_file: None,
+            wal_bytes: None,
         })
     }
 
@@ -303,7 +307,7 @@ impl Actor {
 
     fn read(&mut self, f: Box<dyn FnOnce(&Connection) + Send>) {
         // A read closure may run anything (incremental_vacuum, say).
-        self.page_count = None;
+        self.forget_stats();
         let conn = &self.conn;
         if catch_unwind(AssertUnwindSafe(|| f(conn))).is_err() {
             self.recovered_from_panic();
@@ -340,7 +344,22 @@ impl Actor {
         })
     }
 
+    /// Drops the remembered size figures; called before anything that may change them runs.
+    fn forget_stats(&mut self) {
+        self.page_count = None;
+        self.wal_bytes = None;
+    }
+
     fn wal_bytes(&mut self) -> u64 {
+        if let Some(n) = self.wal_bytes {
+            return n;
+        }
+        let n = self.stat_wal();
+        self.wal_bytes = Some(n);
+        n
+    }
+
+    fn stat_wal(&mut self) -> u64 {
         use std::os::unix::fs::MetadataExt;
         if let Some(file) = &self.wal_file
             && let Ok(meta) = file.metadata()
@@ -384,7 +403,7 @@ impl Actor {
     /// One transaction for every write in `batch`, a savepoint per write after the first.
     fn commit_batch(&mut self, mut batch: Vec<Box<dyn WriteJob>>) {
         self.metrics.group_commit_batch.observe(batch.len() as f64);
-        self.page_count = None;
+        self.forget_stats();
         if let Err(e) = self.control("BEGIN IMMEDIATE") {
             let msg = e.to_string();
             for job in batch {
