@@ -63,29 +63,31 @@ pub fn build(state: AppState) -> Router {
         app: state.clone(),
         table: Arc::new(table),
     };
-    router
+    let routes = router
         .route_layer(middleware::from_fn_with_state(auth, authorize))
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
+        .with_state(state.clone());
+    // The layers every request passes wrap the routed service once. (`Router::layer` would wrap
+    // each route's boxed service again, and every request clones the whole nest of boxes.)
+    let layered = ServiceBuilder::new()
+        .layer(CatchPanicLayer::custom(error::panic_response))
+        .layer(SetRequestIdLayer::x_request_id(RequestIds::default()))
+        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
+            let id = req
+                .extensions()
+                .get::<RequestId>()
+                .and_then(|id| id.header_value().to_str().ok())
+                .unwrap_or("-");
+            // The path only: query strings may carry `access_token`.
+            tracing::info_span!("request", request_id = %id,
+                method = %req.method(), path = %req.uri().path())
+        }))
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(middleware::from_fn_with_state(state, track_metrics))
         .layer(DefaultBodyLimit::max(max_body))
-        .layer(
-            ServiceBuilder::new()
-                .layer(CatchPanicLayer::custom(error::panic_response))
-                .layer(SetRequestIdLayer::x_request_id(RequestIds::default()))
-                .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
-                    let id = req
-                        .extensions()
-                        .get::<RequestId>()
-                        .and_then(|id| id.header_value().to_str().ok())
-                        .unwrap_or("-");
-                    // The path only: query strings may carry `access_token`.
-                    tracing::info_span!("request", request_id = %id,
-                        method = %req.method(), path = %req.uri().path())
-                }))
-                .layer(PropagateRequestIdLayer::x_request_id())
-                .layer(middleware::from_fn_with_state(state.clone(), track_metrics)),
-        )
-        .with_state(state)
+        .service(routes);
+    Router::new().fallback_service(layered)
 }
 
 /// The declared route template, set by the authorization layer on the response so the metrics
