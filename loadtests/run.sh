@@ -6,6 +6,10 @@
 #
 # Environment overrides (all optional):
 #   CONCURRENCY (64), DURATION (10), ADDR (127.0.0.1:18080)
+#   ROUNDS (1)     healthz and status alternate this many times; with more than one round
+#                  the last line is a summary with the median of the per-round status/healthz
+#                  ratios (shared machines drift by +-15% between runs, so one pair decides
+#                  little)
 #   PATCHWORK_BIN  use this server binary instead of building patchwork-cli
 set -euo pipefail
 
@@ -17,6 +21,7 @@ URL="http://${ADDR}"
 TOKEN="bench-admin-token"
 CONCURRENCY="${CONCURRENCY:-64}"
 DURATION="${DURATION:-10}"
+ROUNDS="${ROUNDS:-1}"
 
 echo "run.sh: building release binaries" >&2
 if [[ -z "${PATCHWORK_BIN:-}" ]]; then
@@ -76,18 +81,34 @@ fi
 
 status=0
 results=()
-for scenario in healthz status; do
-    echo "run.sh: scenario $scenario" >&2
-    out="$WORK/$scenario.out"
-    if ! "$LOADTESTS" "$scenario" --url "$URL" --token "$TOKEN" \
-        --concurrency "$CONCURRENCY" --duration "$DURATION" | tee "$out"; then
-        echo "run.sh: scenario $scenario failed (every request errored)" >&2
-        status=1
+ratios=()
+rps_of() { sed -n 's/.*"rps":\([0-9.]*\).*/\1/p' <<<"$1"; }
+for round in $(seq "$ROUNDS"); do
+    pair=()
+    for scenario in healthz status; do
+        echo "run.sh: round $round/$ROUNDS, scenario $scenario" >&2
+        out="$WORK/$scenario.out"
+        if ! "$LOADTESTS" "$scenario" --url "$URL" --token "$TOKEN" \
+            --concurrency "$CONCURRENCY" --duration "$DURATION" | tee "$out"; then
+            echo "run.sh: scenario $scenario failed (every request errored)" >&2
+            status=1
+        fi
+        line="$(tail -n 1 "$out")"
+        results+=("$line")
+        pair+=("$(rps_of "$line")")
+    done
+    if [[ -n "${pair[0]}" && -n "${pair[1]}" ]]; then
+        ratios+=("$(awk -v h="${pair[0]}" -v s="${pair[1]}" 'BEGIN { if (h > 0) printf "%.4f", s / h; else print 0 }')")
     fi
-    results+=("$(tail -n 1 "$out")")
 done
 
 echo
 echo "JSON results:"
 printf '%s\n' "${results[@]}"
+if [[ "$ROUNDS" -gt 1 && "${#ratios[@]}" -gt 0 ]]; then
+    median="$(printf '%s\n' "${ratios[@]}" | sort -g | awk '{ v[NR] = $1 } END {
+        if (NR % 2) print v[(NR + 1) / 2]; else printf "%.4f", (v[NR / 2] + v[NR / 2 + 1]) / 2 }')"
+    printf '{"scenario":"status_vs_healthz","rounds":%s,"ratios":[%s],"ratio_median":%s}\n' \
+        "${#ratios[@]}" "$(IFS=,; echo "${ratios[*]}")" "$median"
+fi
 exit "$status"

@@ -187,10 +187,9 @@ struct Actor {
     /// re-prepared every time it runs, so repeated `_status` calls reuse the last answer).
     page_count: Option<i64>,
     page_size: Option<i64>,
-    /// The open `-wal` file, asked with `fstat` instead of a path lookup per `_status`.
-    wal_file: Option<std::fs::File>,
-    /// Its size, valid (like `page_count`) until the next read or write runs: only those grow
-    /// or checkpoint the WAL.
+    /// The `-wal` file's size, valid (like `page_count`) until the next read or write runs:
+    /// only those grow or checkpoint the WAL. (Not kept as an open file: the open-document cap
+    /// counts on three descriptors per document.)
     wal_bytes: Option<u64>,
 }
 
@@ -244,7 +243,6 @@ impl Actor {
             hook_tables,
             page_count: None,
             page_size: None,
-            wal_file: None,
             wal_bytes: None,
         })
     }
@@ -359,26 +357,10 @@ impl Actor {
         n
     }
 
-    fn stat_wal(&mut self) -> u64 {
-        use std::os::unix::fs::MetadataExt;
-        if let Some(file) = &self.wal_file
-            && let Ok(meta) = file.metadata()
-            && meta.nlink() > 0
-        {
-            return meta.len();
-        }
-        // No handle yet, or the file was unlinked (the journal mode changed).
-        self.wal_file = None;
-        let Some(path) = self.conn.path().filter(|p| !p.is_empty()) else {
-            return 0;
-        };
-        match std::fs::File::open(format!("{path}-wal")) {
-            Ok(file) => {
-                let len = file.metadata().map_or(0, |m| m.len());
-                self.wal_file = Some(file);
-                len
-            }
-            Err(_) => 0,
+    fn stat_wal(&self) -> u64 {
+        match self.conn.path().filter(|p| !p.is_empty()) {
+            Some(path) => std::fs::metadata(format!("{path}-wal")).map_or(0, |m| m.len()),
+            None => 0,
         }
     }
 
