@@ -6,8 +6,9 @@
 #
 # Environment overrides (all optional):
 #   CONCURRENCY (64), DURATION (10), ADDR (127.0.0.1:18080)
-#   ROUNDS (1)     healthz and status alternate this many times; with more than one round
-#                  the last line is a summary with the median of the per-round status/healthz
+#   SCENARIO (status)  the scenario compared with healthz (e.g. select)
+#   ROUNDS (1)     healthz and SCENARIO alternate this many times; with more than one round
+#                  the last line is a summary with the median of the per-round SCENARIO/healthz
 #                  ratios (shared machines drift by +-15% between runs, so one pair decides
 #                  little)
 #   PATCHWORK_BIN  use this server binary instead of building patchwork-cli
@@ -22,6 +23,7 @@ TOKEN="bench-admin-token"
 CONCURRENCY="${CONCURRENCY:-64}"
 DURATION="${DURATION:-10}"
 ROUNDS="${ROUNDS:-1}"
+SCENARIO="${SCENARIO:-status}"
 
 echo "run.sh: building release binaries" >&2
 if [[ -z "${PATCHWORK_BIN:-}" ]]; then
@@ -85,7 +87,7 @@ ratios=()
 rps_of() { sed -n 's/.*"rps":\([0-9.]*\).*/\1/p' <<<"$1"; }
 for round in $(seq "$ROUNDS"); do
     pair=()
-    for scenario in healthz status; do
+    for scenario in healthz "$SCENARIO"; do
         echo "run.sh: round $round/$ROUNDS, scenario $scenario" >&2
         out="$WORK/$scenario.out"
         if ! "$LOADTESTS" "$scenario" --url "$URL" --token "$TOKEN" \
@@ -108,7 +110,7 @@ printf '%s\n' "${results[@]}"
 if [[ "$ROUNDS" -gt 1 && "${#ratios[@]}" -gt 0 ]]; then
     median="$(printf '%s\n' "${ratios[@]}" | sort -g | awk '{ v[NR] = $1 } END {
         if (NR % 2) print v[(NR + 1) / 2]; else printf "%.4f", (v[NR / 2] + v[NR / 2 + 1]) / 2 }')"
-    printf '{"scenario":"status_vs_healthz","rounds":%s,"ratios":[%s],"ratio_median":%s}\n' \
-        "${#ratios[@]}" "$(IFS=,; echo "${ratios[*]}")" "$median"
+    printf '{"scenario":"%s_vs_healthz","rounds":%s,"ratios":[%s],"ratio_median":%s}\n' \
+        "$SCENARIO" "${#ratios[@]}" "$(IFS=,; echo "${ratios[*]}")" "$median"
 fi
 exit "$status"
