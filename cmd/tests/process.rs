@@ -211,8 +211,14 @@ async fn offline_token_cli_create_list_revoke() {
     let token = stdout.lines().last().unwrap().to_owned();
     assert!(token.starts_with("pw_"), "{stdout}");
 
-    // A running server accepts it, and sees a CLI revocation within about a second.
+    // A running server accepts it, and sees a CLI revocation within about a second. The data
+    // dir already has an admin, so the first `serve` mints no bootstrap token.
     let server = start(dir.path(), &[]);
+    assert!(
+        token_lines(&server.stdout).is_empty(),
+        "a bootstrap token was minted beside an existing admin: {:?}",
+        server.stdout
+    );
     let ok = client()
         .get(format!("{}/api/v1/dbs", server.base))
         .bearer_auth(&token)

@@ -185,8 +185,10 @@ pub fn touch_last_used(
 }
 
 /// First-start bootstrap. On the very first start (no `bootstrapped` marker) creates an admin
-/// token and returns its plaintext to print once. If `env_token` is given it is used instead (and
-/// is (re)registered on every start if missing), and nothing is returned for printing.
+/// token and returns its plaintext to print once — unless a live admin token already exists
+/// (created offline with `patchwork token create --admin` before the first `serve`). If
+/// `env_token` is given it is used instead (and is (re)registered on every start if missing), and
+/// nothing is returned for printing.
 pub fn bootstrap(
     conn: &Connection,
     key: &InstallKey,
@@ -225,8 +227,16 @@ pub fn bootstrap(
             )?;
         }
     } else if done.is_none() {
-        let (_, plaintext) = create(conn, key, &admin("bootstrap-admin"))?;
-        to_print = Some(plaintext);
+        let live_admin: bool = conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM tokens WHERE is_admin = 1 AND revoked_at IS NULL \
+             AND (expires_at IS NULL OR expires_at > ?1))",
+            [rfc3339(OffsetDateTime::now_utc())],
+            |r| r.get(0),
+        )?;
+        if !live_admin {
+            let (_, plaintext) = create(conn, key, &admin("bootstrap-admin"))?;
+            to_print = Some(plaintext);
+        }
     }
     if done.is_none() {
         conn.execute(
