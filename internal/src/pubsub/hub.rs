@@ -45,6 +45,11 @@ pub enum Delivery {
     SlowConsumer,
     /// The document went away (shutdown).
     Closed,
+    /// The subscription stopped on an error (a failed replay read, say); sent once, last.
+    Failed {
+        code: &'static str,
+        message: String,
+    },
 }
 
 /// The filters of one subscription; WebSocket `unsubscribe` edits them while it runs.

@@ -339,6 +339,9 @@ fn delivery_event(d: &Delivery) -> Event {
             json!({"code": "slow_consumer", "message": "the subscriber fell too far behind; reconnect with Last-Event-ID"})
                 .to_string(),
         ),
+        Delivery::Failed { code, message } => Event::default()
+            .event("error")
+            .data(json!({"code": code, "message": message}).to_string()),
         Delivery::Closed => Event::default().event("error").data(
             json!({"code": "shutting_down", "message": "the server is shutting down; reconnect with Last-Event-ID"})
                 .to_string(),
@@ -421,8 +424,9 @@ async fn stream(
         // The guard keeps the document open for the subscription's lifetime.
         let _doc = doc;
         let _count = count;
+        let failed = tx.clone();
         if let Err(e) = subscription.run(tx).await {
-            log_subscription_error(&e);
+            subscription_failed(e, &failed);
         }
     });
     let events = futures_util::stream::poll_fn(move |cx| {
@@ -436,6 +440,13 @@ async fn stream(
     Ok(response)
 }
 
-pub fn log_subscription_error(e: &DocError) {
+/// Logs why a subscription stopped and tells its subscriber (an `error` event or frame), if
+/// there is room in its queue.
+pub fn subscription_failed(e: DocError, tx: &mpsc::Sender<Delivery>) {
     tracing::warn!(error = %e, "subscription ended with an error");
+    let api = ApiError::from(e);
+    let _ = tx.try_send(Delivery::Failed {
+        code: api.code,
+        message: api.message,
+    });
 }

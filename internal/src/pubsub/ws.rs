@@ -103,6 +103,8 @@ impl Session {
                         let reply = match delivery {
                             Some(Delivery::Message(m)) => format!("{{\"type\":\"message\",{}", &m.json()[1..]),
                             Some(Delivery::Heartbeat) => continue,
+                            // One subscription stopped; the socket and its others go on.
+                            Some(Delivery::Failed { code, message }) => error_frame(None, code, &message),
                             Some(Delivery::SlowConsumer) => {
                                 let _ = socket.send(Frame::Text(error_frame(None, "slow_consumer", "the subscriber fell too far behind; resubscribe with since_id").into())).await;
                                 break;
@@ -289,8 +291,9 @@ impl Session {
         let tx = tx.clone();
         let task = tokio::spawn(async move {
             let _doc = doc;
+            let failed = tx.clone();
             if let Err(e) = subscription.run(tx).await {
-                super::log_subscription_error(&e);
+                super::subscription_failed(e, &failed);
             }
         });
         self.subs.push((filters, task));

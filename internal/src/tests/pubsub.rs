@@ -509,6 +509,32 @@ async fn pipelined_websocket_publishes_are_answered_in_order_and_stored() {
 }
 
 #[tokio::test]
+async fn a_subscription_that_cannot_read_ends_with_an_error_event() {
+    let server = TestServer::start_with(|c| c.mailbox_capacity = 1).await;
+    let id = crate::registry::DbId::parse("busy").unwrap();
+    let doc = server.state.registry.get(&id).await.unwrap();
+    // Occupy the actor and its one mailbox slot: the replay read is refused as overloaded.
+    let release = crate::testing::block_actor(&doc).await;
+    let filler = doc.clone();
+    let queued = tokio::spawn(async move { filler.read(|_| Ok(())).await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut events = sse(&server, "busy", "topic=t&since_id=0").await;
+    let event = events
+        .next_non_heartbeat(WAIT)
+        .await
+        .expect("an error event");
+    assert_eq!(event.event, "error", "{event:?}");
+    let data: Value = serde_json::from_str(&event.data).unwrap();
+    assert_eq!(data["code"], "overloaded", "{data}");
+    assert!(
+        events.next(Duration::from_secs(2)).await.is_none(),
+        "the stream ends"
+    );
+    release.send(()).unwrap();
+    queued.await.unwrap().unwrap();
+}
+
+#[tokio::test]
 async fn a_slow_consumer_is_cut_off_while_a_fast_one_keeps_receiving() {
     let server = TestServer::start().await;
     // The slow subscriber never reads its response body.
