@@ -40,13 +40,25 @@ pub(crate) enum Command {
     Close,
 }
 
+/// How a write request's transaction ended.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Finish<'a> {
+    /// Committed (a request whose own work failed still answers with its own error).
+    Committed,
+    /// The transaction could not begin or commit.
+    Failed(&'a str),
+    /// Another request of the same group commit rolled the whole transaction back (a statement
+    /// stopped by the time limit, an `ON CONFLICT ROLLBACK`, `RAISE(ROLLBACK)`): nothing of this
+    /// request was kept. Retryable.
+    RolledBack,
+}
+
 /// A write request inside the actor.
 pub(crate) trait WriteJob: Send {
     /// Runs inside the request's savepoint; `false` means roll this request back.
     fn run(&mut self, conn: &Connection) -> bool;
-    /// Called exactly once after the transaction ended; `commit_error` is set if it did not
-    /// commit.
-    fn finish(self: Box<Self>, commit_error: Option<&str>);
+    /// Called exactly once, after the request's fate is known.
+    fn finish(self: Box<Self>, end: Finish<'_>);
     /// What the request asks to announce with the commit (taken after a successful `run`).
     fn take_announcements(&mut self) -> Vec<Announcement> {
         Vec::new()
@@ -383,26 +395,27 @@ impl Actor {
     }
 
     /// One transaction for every write in `batch`, a savepoint per write after the first.
-    fn commit_batch(&mut self, mut batch: Vec<Box<dyn WriteJob>>) {
+    fn commit_batch(&mut self, batch: Vec<Box<dyn WriteJob>>) {
         self.metrics.group_commit_batch.observe(batch.len() as f64);
         self.forget_stats();
         if let Err(e) = self.control("BEGIN IMMEDIATE") {
             let msg = e.to_string();
             for job in batch {
-                job.finish(Some(&msg));
+                job.finish(Finish::Failed(&msg));
             }
             return;
         }
         let mut written = BTreeSet::new();
         let mut announcements: Vec<Announcement> = Vec::new();
-        let mut failed_early: Vec<Box<dyn WriteJob>> = Vec::new();
         let mut kept: Vec<Box<dyn WriteJob>> = Vec::with_capacity(batch.len());
-        for (i, mut job) in batch.drain(..).enumerate() {
-            // The first write needs no savepoint: if it fails, the transaction holds nothing
-            // else yet, so it is rolled back and begun again.
-            let first = i == 0;
-            if !first && let Err(e) = self.control("SAVEPOINT pw_job") {
-                job.finish(Some(&e.to_string()));
+        let mut jobs = batch.into_iter();
+        // Nothing is in the transaction yet: the next write needs no savepoint, because if it
+        // fails the still-empty transaction is rolled back and begun again.
+        let mut empty = true;
+        while let Some(mut job) = jobs.next() {
+            let savepoint = !empty;
+            if savepoint && let Err(e) = self.control("SAVEPOINT pw_job") {
+                job.finish(Finish::Failed(&e.to_string()));
                 continue;
             }
             self.take_hook_tables();
@@ -416,47 +429,54 @@ impl Actor {
                 }
             };
             if self.conn.is_autocommit() {
-                // The request ended the transaction itself (COMMIT/ROLLBACK inside its work).
-                // Its effects can no longer be isolated; fail it and start a new transaction.
-                tracing::warn!("a write request ended the group-commit transaction");
+                // The whole transaction is gone (a statement stopped by the time limit, an
+                // `ON CONFLICT ROLLBACK`, `RAISE(ROLLBACK)`), and with it what the earlier
+                // requests of this batch wrote: none of them may be acknowledged.
+                tracing::warn!("a write request rolled back the group-commit transaction");
                 self.metrics.failed_writes.inc();
-                failed_early.push(job);
+                job.finish(Finish::Failed("the request ended the transaction itself"));
+                for earlier in kept.drain(..) {
+                    earlier.finish(Finish::RolledBack);
+                }
+                written.clear();
+                announcements.clear();
                 self.take_hook_tables();
                 if let Err(e) = self.control("BEGIN IMMEDIATE") {
-                    let msg = e.to_string();
-                    for job in kept.into_iter().chain(failed_early) {
-                        job.finish(Some(&msg));
-                    }
+                    self.fail_rest(jobs, &e.to_string());
                     return;
                 }
+                empty = true;
                 continue;
             }
             if ok {
-                if !first {
+                if savepoint {
                     let _ = self.control("RELEASE pw_job");
                 }
                 written.append(&mut self.take_hook_tables());
                 announcements.extend(job.take_announcements());
-            } else if first {
-                self.metrics.failed_writes.inc();
-                let restarted = self
-                    .control("ROLLBACK")
-                    .and_then(|()| self.control("BEGIN IMMEDIATE"));
-                self.take_hook_tables();
-                if let Err(e) = restarted {
-                    // `job` answers with its own error; the rest of the batch is dropped
-                    // unanswered, which its callers see as an aborted request.
-                    job.finish(Some(&e.to_string()));
-                    return;
-                }
-            } else {
+                kept.push(job);
+                empty = false;
+            } else if savepoint {
                 self.metrics.failed_writes.inc();
                 let _ = self
                     .control("ROLLBACK TO pw_job")
                     .and_then(|()| self.control("RELEASE pw_job"));
                 self.take_hook_tables();
+                // Answers with its own error once the others committed.
+                kept.push(job);
+            } else {
+                self.metrics.failed_writes.inc();
+                let restarted = self
+                    .control("ROLLBACK")
+                    .and_then(|()| self.control("BEGIN IMMEDIATE"));
+                self.take_hook_tables();
+                // Its own error is its answer, whatever happens to the others.
+                job.finish(Finish::Committed);
+                if let Err(e) = restarted {
+                    self.fail_rest(jobs, &e.to_string());
+                    return;
+                }
             }
-            kept.push(job);
         }
         let mut new_seq = None;
         if self.track_commits && (!written.is_empty() || !announcements.is_empty()) {
@@ -485,9 +505,6 @@ impl Actor {
             }
         };
         self.metrics.commits.inc();
-        for job in failed_early {
-            job.finish(Some("the request ended the transaction itself"));
-        }
         if commit_error.is_none()
             && let Some((seq, now_ms)) = new_seq
         {
@@ -502,8 +519,23 @@ impl Actor {
                 announcements: announcements.into(),
             });
         }
+        let end = match &commit_error {
+            None => Finish::Committed,
+            Some(e) => Finish::Failed(e),
+        };
         for job in kept {
-            job.finish(commit_error.as_deref());
+            job.finish(end);
+        }
+    }
+
+    /// Answers the rest of a batch that cannot run, and leaves no transaction open.
+    fn fail_rest(&self, jobs: impl Iterator<Item = Box<dyn WriteJob>>, msg: &str) {
+        tracing::error!(error = msg, "could not begin a group-commit transaction");
+        for job in jobs {
+            job.finish(Finish::Failed(msg));
+        }
+        if !self.conn.is_autocommit() {
+            let _ = self.conn.execute_batch("ROLLBACK");
         }
     }
 }

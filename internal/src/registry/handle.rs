@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 use rusqlite::Connection;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-use super::actor::{ActorShared, Command, DocStats, WriteJob};
+use super::actor::{ActorShared, Command, DocStats, Finish, WriteJob};
 use super::events::{Announcement, ChangeEvent};
 use crate::error::ApiError;
 use crate::migrations::MigrationError;
@@ -29,6 +29,8 @@ pub enum DocError {
     TooManyOpen,
     #[error("the request failed inside the document actor")]
     Aborted,
+    #[error("rolled back together with another write of the same group commit")]
+    RolledBack,
     #[error("commit failed: {0}")]
     Commit(String),
     #[error("opening the document failed: {0}")]
@@ -53,6 +55,9 @@ impl From<DocError> for ApiError {
                 ApiError::overloaded("the document is overloaded; retry shortly")
             }
             DocError::Closed => ApiError::overloaded("the document was closing; retry"),
+            DocError::RolledBack => ApiError::overloaded(
+                "another write committed with this one rolled the transaction back; retry",
+            ),
             DocError::ShuttingDown => ApiError::shutting_down(),
             DocError::TooManyOpen => {
                 ApiError::overloaded("too many documents are open and busy; retry shortly")
@@ -273,10 +278,11 @@ where
         std::mem::take(&mut self.announcements)
     }
 
-    fn finish(self: Box<Self>, commit_error: Option<&str>) {
-        let result = match (self.out, commit_error) {
+    fn finish(self: Box<Self>, end: Finish<'_>) {
+        let result = match (self.out, end) {
             (None, _) => Err(DocError::Aborted),
-            (Some(Ok(_)), Some(e)) => Err(DocError::Commit(e.to_owned())),
+            (Some(Ok(_)), Finish::Failed(e)) => Err(DocError::Commit(e.to_owned())),
+            (Some(Ok(_)), Finish::RolledBack) => Err(DocError::RolledBack),
             (Some(out), _) => out,
         };
         let _ = self.reply.send(result);

@@ -181,6 +181,83 @@ async fn a_failing_first_write_of_a_batch_fails_alone() {
     );
 }
 
+/// A write that rolls back the whole transaction (here an `ON CONFLICT ROLLBACK` clause) takes
+/// the earlier writes of its batch with it: they must not be acknowledged, and the writes after
+/// it still commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_that_rolls_back_the_transaction_acknowledges_none_of_its_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = Metrics::new();
+    let registry = Registry::new(
+        config(dir.path(), 1024, Duration::from_secs(60), 16),
+        metrics.clone(),
+    );
+    let doc = registry.get(&id("rb")).await.unwrap();
+    doc.write(|c| {
+        Ok(c.execute_batch(
+            "CREATE TABLE t (v INTEGER PRIMARY KEY ON CONFLICT ROLLBACK); INSERT INTO t VALUES (1)",
+        )?)
+    })
+    .await
+    .unwrap();
+    let mut events = doc.subscribe();
+    let release = block_actor(&doc).await;
+    let mut tasks = Vec::new();
+    for (i, sql) in [
+        "INSERT INTO t VALUES (10)", // before the rollback: must not be acknowledged
+        "INSERT INTO t VALUES (11)",
+        "INSERT INTO t VALUES (1)", // conflict: ROLLBACK of the whole transaction
+        "INSERT INTO t VALUES (12)", // after it: commits
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let doc = doc.clone();
+        tasks.push(tokio::spawn(async move {
+            doc.write(move |c| Ok(c.execute(sql, [])?)).await
+        }));
+        // Queued in this order.
+        tokio::time::sleep(Duration::from_millis(30 + i as u64)).await;
+    }
+    release.send(()).unwrap();
+    let mut results = Vec::new();
+    for task in tasks {
+        results.push(task.await.unwrap());
+    }
+    assert!(
+        matches!(results[0], Err(DocError::RolledBack)),
+        "{:?}",
+        results[0]
+    );
+    assert!(
+        matches!(results[1], Err(DocError::RolledBack)),
+        "{:?}",
+        results[1]
+    );
+    assert!(
+        matches!(results[2], Err(DocError::Sqlite(_))),
+        "{:?}",
+        results[2]
+    );
+    assert_eq!(results[3].as_ref().unwrap(), &1);
+    let values: Vec<i64> = doc
+        .read(|c| {
+            let mut stmt = c.prepare("SELECT v FROM t ORDER BY v")?;
+            let rows = stmt.query_map([], |r| r.get(0))?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .await
+        .unwrap();
+    assert_eq!(values, vec![1, 12]);
+    // One change event, for the write that really committed.
+    let event = events.recv().await.unwrap();
+    assert_eq!(&*event.tables_written, &["t".to_owned()]);
+    assert!(
+        events.try_recv().is_err(),
+        "no event for the rolled-back writes"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn change_events_name_tables_and_commit_seq_survives_restart() {
     let dir = tempfile::tempdir().unwrap();
