@@ -230,7 +230,10 @@ fn init_tracing(format: LogFormat) {
         .with_writer(std::io::stderr)
         // Colour codes only for a terminal: formatting them is a measurable part of every
         // request span, and they are noise in files and journald.
-        .with_ansi(std::io::stderr().is_terminal());
+        .with_ansi(
+            std::io::stderr().is_terminal()
+                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+        );
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),

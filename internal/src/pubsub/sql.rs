@@ -90,11 +90,17 @@ pub fn insert(
     let created_ms = crate::time_fmt::now_ms();
     // `last_insert_rowid()` rather than `RETURNING`, which builds an ephemeral table per
     // statement (a third of the insert's cost).
-    conn.prepare_cached(
-        "INSERT INTO _patchwork_messages (topic, content_type, payload, created_ms, producer, dedupe_key)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-    )?
-    .execute(params![m.topic, m.content_type, m.payload, created_ms, producer, m.dedupe_key])?;
+    let inserted = conn
+        .prepare_cached(
+            "INSERT INTO _patchwork_messages (topic, content_type, payload, created_ms, producer, dedupe_key)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )?
+        .execute(params![m.topic, m.content_type, m.payload, created_ms, producer, m.dedupe_key])?;
+    if inserted != 1 {
+        // Only a trigger (`RAISE(IGNORE)`) can swallow the row; `last_insert_rowid()` would
+        // then name another message.
+        return Err(rusqlite::Error::StatementChangedRows(inserted));
+    }
     let id = conn.last_insert_rowid();
     let message = Arc::new(Message {
         id,

@@ -106,11 +106,11 @@ impl Session {
                             // One subscription stopped; the socket and its others go on.
                             Some(Delivery::Failed { code, message }) => error_frame(None, code, &message),
                             Some(Delivery::SlowConsumer) => {
-                                let _ = socket.send(Frame::Text(error_frame(None, "slow_consumer", "the subscriber fell too far behind; resubscribe with since_id").into())).await;
+                                send_all(&mut socket, vec![error_frame(None, "slow_consumer", "the subscriber fell too far behind; resubscribe with since_id")]).await;
                                 break;
                             }
                             Some(Delivery::Closed) | None => {
-                                let _ = socket.send(Frame::Text(error_frame(None, "shutting_down", "the server is shutting down").into())).await;
+                                send_all(&mut socket, vec![error_frame(None, "shutting_down", "the server is shutting down")]).await;
                                 break;
                             }
                         };
@@ -120,7 +120,7 @@ impl Session {
                         None
                     }
                     () = shutdown.cancelled() => {
-                        let _ = socket.send(Frame::Text(error_frame(None, "shutting_down", "the server is shutting down").into())).await;
+                        send_all(&mut socket, vec![error_frame(None, "shutting_down", "the server is shutting down")]).await;
                         break;
                     }
                 },
@@ -164,7 +164,14 @@ impl Session {
         for (_, task) in self.subs {
             task.abort();
         }
-        let _ = socket.send(Frame::Close(None)).await;
+        // If the client's Close was read ahead of a burst's answers, those answers could not be
+        // sent; this completes the close handshake that was queued when it was read.
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            use futures_util::SinkExt as _;
+            let _ = socket.flush().await;
+            let _ = socket.send(Frame::Close(None)).await;
+        })
+        .await;
     }
 
     /// Answers `texts` in order. Consecutive publish frames are stored with one write.

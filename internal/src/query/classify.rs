@@ -87,6 +87,14 @@ fn observe(seen: &mut Seen, ctx: &AuthContext<'_>) -> Authorization {
             }
             seen.data_write = true;
         }
+        // Patchwork inserts deliveries into `webhook_inbox` itself (without this authorizer),
+        // so a trigger there could write what the caller may not.
+        AuthAction::CreateTrigger {
+            table_name: "webhook_inbox",
+            ..
+        } => {
+            return refuse("triggers on webhook_inbox are not allowed".into());
+        }
         AuthAction::DropTable { table_name }
         | AuthAction::AlterTable { table_name, .. }
         | AuthAction::CreateTable { table_name }
@@ -96,6 +104,25 @@ fn observe(seen: &mut Seen, ctx: &AuthContext<'_>) -> Authorization {
         | AuthAction::DropTrigger { table_name, .. } => {
             if internal(table_name) {
                 return refuse(format!("{table_name} is maintained by Patchwork"));
+            }
+            seen.schema = true;
+        }
+        // Temporary triggers live on the document's connection and fire for Patchwork's own
+        // statements too, which run without this authorizer.
+        AuthAction::CreateTempTrigger { .. } => {
+            return refuse("temporary triggers are not allowed".into());
+        }
+        // A temporary object named like Patchwork's tables would shadow them.
+        AuthAction::CreateTempTable { table_name }
+        | AuthAction::CreateTempIndex { table_name, .. } => {
+            if internal(table_name) {
+                return refuse(format!("{table_name} is maintained by Patchwork"));
+            }
+            seen.schema = true;
+        }
+        AuthAction::CreateTempView { view_name } | AuthAction::CreateView { view_name } => {
+            if internal(view_name) {
+                return refuse(format!("the name {view_name} is reserved for Patchwork"));
             }
             seen.schema = true;
         }
@@ -240,6 +267,40 @@ mod tests {
             ("SELECT '; DROP TABLE t'", Ok(Class::Read)),
             ("DELETE FROM _patchwork_meta", Err("read-only")),
             ("SELECT * FROM _patchwork_meta", Ok(Class::Read)),
+            // Triggers that Patchwork's own statements would fire, and names that would shadow
+            // Patchwork's tables.
+            (
+                "CREATE TEMP TRIGGER x BEFORE INSERT ON main._patchwork_messages \
+                 BEGIN SELECT RAISE(IGNORE); END",
+                Err("temporary triggers"),
+            ),
+            (
+                "CREATE TEMP TRIGGER x AFTER INSERT ON t BEGIN SELECT 1; END",
+                Err("temporary triggers"),
+            ),
+            (
+                "CREATE TRIGGER x AFTER INSERT ON webhook_inbox \
+                 BEGIN DELETE FROM _patchwork_leases; END",
+                Err("webhook_inbox"),
+            ),
+            (
+                "CREATE TRIGGER x AFTER INSERT ON _patchwork_messages BEGIN SELECT 1; END",
+                Err("maintained by Patchwork"),
+            ),
+            (
+                "CREATE TRIGGER x AFTER INSERT ON t BEGIN UPDATE t SET v = 'x'; END",
+                Ok(Class::Admin),
+            ),
+            (
+                "CREATE TEMP VIEW _patchwork_meta AS SELECT 1",
+                Err("reserved"),
+            ),
+            ("CREATE VIEW _patchwork_x AS SELECT 1", Err("reserved")),
+            (
+                "CREATE TEMP TABLE _patchwork_leases (x)",
+                Err("maintained by Patchwork"),
+            ),
+            ("CREATE TEMP VIEW v AS SELECT * FROM t", Ok(Class::Admin)),
             ("SELEC 1", Err("syntax")),
             ("  -- nothing here", Err("empty")),
         ];

@@ -261,13 +261,22 @@ async fn ingest(
             }
             // `last_insert_rowid()` rather than `RETURNING`, which builds an ephemeral table
             // per statement.
-            c.prepare_cached(
+            let inserted = c.prepare_cached(
                 "INSERT INTO webhook_inbox (endpoint, received_at, method, query_string, headers_json,
                      content_type, payload, signature_valid, delivery_id)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             )?
             .execute(params![endpoint, received_at, method, query, headers, content_type,
                 body.as_ref(), signature_valid, delivery])?;
+            if inserted != 1 {
+                // Only a user trigger (`RAISE(IGNORE)`) can swallow the row; the id would then
+                // name another delivery.
+                return Err(ApiError::conflict(
+                    "not_stored",
+                    "a trigger on webhook_inbox refused the delivery",
+                )
+                .into());
+            }
             let id = c.last_insert_rowid();
             if let Some(topic) = config.and_then(|c| c.publish_topic) {
                 let note = crate::pubsub::sql::NewMessage {
