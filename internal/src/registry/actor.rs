@@ -152,22 +152,32 @@ pub(crate) async fn spawn(
 }
 
 /// Waits for the next message. Under load the next request is usually a few microseconds
-/// away, so the actor first yields its core a few times (letting the runtime threads that will
+/// away, so the actor first yields its core for a moment (letting the runtime threads that will
 /// send it run) before it parks: parking and being woken again costs a futex round trip on
-/// both sides.
-fn next_command(rx: &mut mpsc::Receiver<Command>) -> Option<Command> {
-    let spin_until = std::time::Instant::now() + SPIN_BEFORE_PARK;
-    loop {
-        match rx.try_recv() {
-            Ok(cmd) => return Some(cmd),
-            Err(mpsc::error::TryRecvError::Disconnected) => return None,
-            Err(mpsc::error::TryRecvError::Empty) => {}
+/// both sides. It only does so while it is busy (`busy`: the mailbox held work when it last
+/// looked), so a lightly used document parks at once instead of burning CPU.
+fn next_command(rx: &mut mpsc::Receiver<Command>, busy: &mut bool) -> Option<Command> {
+    match rx.try_recv() {
+        Ok(cmd) => {
+            *busy = true;
+            return Some(cmd);
         }
-        if std::time::Instant::now() >= spin_until {
-            return rx.blocking_recv();
-        }
-        std::thread::yield_now();
+        Err(mpsc::error::TryRecvError::Disconnected) => return None,
+        Err(mpsc::error::TryRecvError::Empty) => {}
     }
+    if *busy {
+        let spin_until = std::time::Instant::now() + SPIN_BEFORE_PARK;
+        while std::time::Instant::now() < spin_until {
+            std::thread::yield_now();
+            match rx.try_recv() {
+                Ok(cmd) => return Some(cmd),
+                Err(mpsc::error::TryRecvError::Disconnected) => return None,
+                Err(mpsc::error::TryRecvError::Empty) => {}
+            }
+        }
+    }
+    *busy = false;
+    rx.blocking_recv()
 }
 
 /// How long an idle actor keeps looking for work before it parks.
@@ -261,10 +271,11 @@ impl Actor {
 
     fn run(&mut self, mut rx: mpsc::Receiver<Command>) {
         let mut pending: Option<Command> = None;
+        let mut busy = false;
         loop {
             let cmd = match pending.take() {
                 Some(cmd) => cmd,
-                None => match next_command(&mut rx) {
+                None => match next_command(&mut rx, &mut busy) {
                     Some(cmd) => {
                         self.metrics.mailbox_depth.dec();
                         cmd
