@@ -446,6 +446,21 @@ fn report(name: &str, concurrency: usize, result: &RunResult) -> serde_json::Val
     })
 }
 
+/// Prints `cols` as a two-line table: headers, then values, each column right-aligned.
+fn print_columns(cols: &[(&str, String)]) {
+    let widths: Vec<usize> = cols.iter().map(|(h, v)| h.len().max(v.len())).collect();
+    let line = |cells: Vec<&str>| {
+        cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:>w$}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+    };
+    println!("{}", line(cols.iter().map(|(h, _)| *h).collect()));
+    println!("{}", line(cols.iter().map(|(_, v)| v.as_str()).collect()));
+}
+
 fn print_table(j: &serde_json::Value, result: &RunResult) {
     let num = |key: &str, decimals: usize| format!("{:.decimals$}", j[key].as_f64().unwrap_or(0.0));
     let cols = [
@@ -460,17 +475,7 @@ fn print_table(j: &serde_json::Value, result: &RunResult) {
         ("max_ms", num("max_ms", 3)),
         ("errors", j["errors"].to_string()),
     ];
-    let widths: Vec<usize> = cols.iter().map(|(h, v)| h.len().max(v.len())).collect();
-    let line = |cells: Vec<&str>| {
-        cells
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:>w$}"))
-            .collect::<Vec<_>>()
-            .join("  ")
-    };
-    println!("{}", line(cols.iter().map(|(h, _)| *h).collect()));
-    println!("{}", line(cols.iter().map(|(_, v)| v.as_str()).collect()));
+    print_columns(&cols);
     if !result.stats.error_kinds.is_empty() {
         println!("errors by kind:");
         for (kind, n) in &result.stats.error_kinds {

@@ -763,17 +763,7 @@ fn print_table(j: &serde_json::Value, o: &Outcome) {
         ("max_ms", num("max_ms", 3)),
         ("errors", j["errors"].to_string()),
     ];
-    let widths: Vec<usize> = cols.iter().map(|(h, v)| h.len().max(v.len())).collect();
-    let line = |cells: Vec<&str>| {
-        cells
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:>w$}"))
-            .collect::<Vec<_>>()
-            .join("  ")
-    };
-    println!("{}", line(cols.iter().map(|(h, _)| *h).collect()));
-    println!("{}", line(cols.iter().map(|(_, v)| v.as_str()).collect()));
+    crate::print_columns(&cols);
     println!(
         "{} of {} connections open; {} frames sent, {} acknowledged ({} after the timed phase, \
          drained in {:.2} s)",

@@ -183,6 +183,16 @@ fn next_command(rx: &mut mpsc::Receiver<Command>, busy: &mut bool) -> Option<Com
 /// How long an idle actor keeps looking for work before it parks.
 const SPIN_BEFORE_PARK: std::time::Duration = std::time::Duration::from_micros(50);
 
+/// The value of a one-number PRAGMA, remembered in `slot` until the slot is cleared.
+fn pragma_once(conn: &Connection, slot: &mut Option<i64>, sql: &str) -> rusqlite::Result<i64> {
+    if let Some(n) = *slot {
+        return Ok(n);
+    }
+    let n = conn.prepare_cached(sql)?.query_row([], |r| r.get(0))?;
+    *slot = Some(n);
+    Ok(n)
+}
+
 /// Runs the exit callback even if the thread unwinds.
 struct OnExit(Option<Box<dyn FnOnce() + Send>>);
 
@@ -336,28 +346,8 @@ impl Actor {
     }
 
     fn stats(&mut self) -> Result<DocStats, DocError> {
-        let page_count = match self.page_count {
-            Some(n) => n,
-            None => {
-                let n = self
-                    .conn
-                    .prepare_cached("PRAGMA page_count")?
-                    .query_row([], |r| r.get(0))?;
-                self.page_count = Some(n);
-                n
-            }
-        };
-        let page_size = match self.page_size {
-            Some(n) => n,
-            None => {
-                let n = self
-                    .conn
-                    .prepare_cached("PRAGMA page_size")?
-                    .query_row([], |r| r.get(0))?;
-                self.page_size = Some(n);
-                n
-            }
-        };
+        let page_count = pragma_once(&self.conn, &mut self.page_count, "PRAGMA page_count")?;
+        let page_size = pragma_once(&self.conn, &mut self.page_size, "PRAGMA page_size")?;
         Ok(DocStats {
             page_count,
             page_size,
@@ -368,6 +358,7 @@ impl Actor {
     /// Drops the remembered size figures; called before anything that may change them runs.
     fn forget_stats(&mut self) {
         self.page_count = None;
+        self.page_size = None;
         self.wal_bytes = None;
     }
 

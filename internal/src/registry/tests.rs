@@ -34,18 +34,27 @@ fn id(s: &str) -> DbId {
 
 use crate::testing::block_actor;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn group_commit_batches_waiting_writes_and_isolates_failures() {
+/// A registry in a fresh directory (mailbox 1024, 60 s idle, 16 open) and the document `name`
+/// with `ddl` applied.
+async fn doc_with(
+    name: &str,
+    ddl: &'static str,
+) -> (tempfile::TempDir, Arc<Metrics>, Registry, DocGuard) {
     let dir = tempfile::tempdir().unwrap();
     let metrics = Metrics::new();
     let registry = Registry::new(
         config(dir.path(), 1024, Duration::from_secs(60), 16),
         metrics.clone(),
     );
-    let doc = registry.get(&id("gc")).await.unwrap();
-    doc.write(|c| Ok(c.execute_batch("CREATE TABLE t (v INTEGER PRIMARY KEY)")?))
-        .await
-        .unwrap();
+    let doc = registry.get(&id(name)).await.unwrap();
+    doc.write(move |c| Ok(c.execute_batch(ddl)?)).await.unwrap();
+    (dir, metrics, registry, doc)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_commit_batches_waiting_writes_and_isolates_failures() {
+    let (_dir, metrics, _registry, doc) =
+        doc_with("gc", "CREATE TABLE t (v INTEGER PRIMARY KEY)").await;
     let mut events = doc.subscribe();
     let seq_before = doc.commit_seq();
     let commits_before = metrics.commits.get();
@@ -123,16 +132,8 @@ async fn group_commit_batches_waiting_writes_and_isolates_failures() {
 /// begun again and the writes behind it still commit together.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_first_write_of_a_batch_fails_alone() {
-    let dir = tempfile::tempdir().unwrap();
-    let metrics = Metrics::new();
-    let registry = Registry::new(
-        config(dir.path(), 1024, Duration::from_secs(60), 16),
-        metrics.clone(),
-    );
-    let doc = registry.get(&id("first")).await.unwrap();
-    doc.write(|c| Ok(c.execute_batch("CREATE TABLE t (v INTEGER PRIMARY KEY)")?))
-        .await
-        .unwrap();
+    let (_dir, metrics, _registry, doc) =
+        doc_with("first", "CREATE TABLE t (v INTEGER PRIMARY KEY)").await;
     let commits_before = metrics.commits.get();
     let release = block_actor(&doc).await;
     let first = {
@@ -186,20 +187,11 @@ async fn a_failing_first_write_of_a_batch_fails_alone() {
 /// it still commit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_that_rolls_back_the_transaction_acknowledges_none_of_its_batch() {
-    let dir = tempfile::tempdir().unwrap();
-    let metrics = Metrics::new();
-    let registry = Registry::new(
-        config(dir.path(), 1024, Duration::from_secs(60), 16),
-        metrics.clone(),
-    );
-    let doc = registry.get(&id("rb")).await.unwrap();
-    doc.write(|c| {
-        Ok(c.execute_batch(
-            "CREATE TABLE t (v INTEGER PRIMARY KEY ON CONFLICT ROLLBACK); INSERT INTO t VALUES (1)",
-        )?)
-    })
-    .await
-    .unwrap();
+    let (_dir, _metrics, _registry, doc) = doc_with(
+        "rb",
+        "CREATE TABLE t (v INTEGER PRIMARY KEY ON CONFLICT ROLLBACK); INSERT INTO t VALUES (1)",
+    )
+    .await;
     let mut events = doc.subscribe();
     let release = block_actor(&doc).await;
     let mut tasks = Vec::new();
