@@ -79,7 +79,7 @@ fn string_list(v: Option<&Json>) -> Result<Vec<String>, ApiError> {
 /// Publish frames already waiting on the socket are committed together, up to this many…
 const MAX_PIPELINED: usize = 256;
 /// …or this many bytes of frames.
-const MAX_PIPELINED_BYTES: usize = 4 * 1024 * 1024;
+const MAX_PIPELINED_BYTES: usize = 1024 * 1024;
 
 /// What the socket gave us when we looked for more publish frames without waiting.
 enum Next {
