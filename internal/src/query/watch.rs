@@ -293,14 +293,28 @@ pub(super) async fn watch_route(
         timeout_ms: limits.timeout.as_millis(),
     };
     let hub = state.watch_hubs.get(&db_id, &doc);
-    let existing = hub
-        .groups
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .get(&key)
-        .and_then(Weak::upgrade);
-    let (group, latest) = match existing {
-        Some(group) => {
+    // Look up or register the group under one lock: two first watchers of the same statement
+    // racing here must end in the same group (a group the map forgot is never dispatched to, so
+    // its members would never see an update).
+    let (group, created) = {
+        let mut groups = hub.groups.lock().unwrap_or_else(|p| p.into_inner());
+        match groups.get(&key).and_then(Weak::upgrade) {
+            Some(group) => (group, false),
+            None => {
+                let (latest_tx, _) =
+                    watch::channel::<Latest>(Arc::new(Err((PENDING, String::new()))));
+                let group = Arc::new(Group {
+                    reads: Mutex::new(None),
+                    dirty: Notify::new(),
+                    latest: latest_tx,
+                });
+                groups.insert(key.clone(), Arc::downgrade(&group));
+                (group, true)
+            }
+        }
+    };
+    let (group, latest) = match created {
+        false => {
             // The group may still be computing its first result (another client just created
             // it): wait for it, and answer its failure as this request's failure.
             let mut latest = group.latest.subscribe();
@@ -326,20 +340,10 @@ pub(super) async fn watch_route(
             }
             (group, latest)
         }
-        None => {
+        true => {
             // Evaluate once up front: invalid SQL is refused before the stream starts. The
             // hub is already subscribed, so a commit during this evaluation is not lost
             // (the group is registered first and, with no read set yet, any commit dirties it).
-            let (latest_tx, _) = watch::channel::<Latest>(Arc::new(Err((PENDING, String::new()))));
-            let group = Arc::new(Group {
-                reads: Mutex::new(None),
-                dirty: Notify::new(),
-                latest: latest_tx,
-            });
-            hub.groups
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(key.clone(), Arc::downgrade(&group));
             let first = match evaluate(&doc, sql.clone(), args.clone(), limits).await {
                 Ok(first) => first,
                 Err(e) => {

@@ -344,3 +344,32 @@ async fn identical_watches_share_one_evaluation() {
         "one evaluation for twenty watches"
     );
 }
+
+/// Many first watchers of one statement arriving at once must all land in the same group: a
+/// group registered twice would leave the first one's members without updates for good.
+#[tokio::test]
+async fn concurrent_first_watches_all_receive_updates() {
+    let server = TestServer::start().await;
+    for round in 0..5 {
+        let db = format!("race{round}");
+        exec(&server, &db, "CREATE TABLE a (v)").await;
+        let opens = (0..32).map(|_| async {
+            let mut sse = watch(&server, &db, json!({"sql": "SELECT count(*) FROM a"}), None).await;
+            assert_eq!(
+                sse.next_non_heartbeat(WAIT).await.unwrap().event,
+                "snapshot"
+            );
+            sse
+        });
+        let mut readers = futures_util::future::join_all(opens).await;
+        exec(&server, &db, "INSERT INTO a VALUES (1)").await;
+        for (i, sse) in readers.iter_mut().enumerate() {
+            let up = sse
+                .next_non_heartbeat(WAIT)
+                .await
+                .unwrap_or_else(|| panic!("round {round}: watcher {i} got no update"));
+            assert_eq!(up.event, "update");
+            assert_eq!(up.json()["rows"], json!([[1]]));
+        }
+    }
+}
