@@ -24,15 +24,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, bail, ensure};
 use hdrhistogram::Histogram;
-use http_body_util::BodyExt as _;
 use hyper::{Method, StatusCode};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::{AbortHandle, JoinSet};
 
 use crate::driver::{Body, Ctx, Failure, Reply, RequestSpec};
 use crate::sse::{
-    AbortOnDrop, ErrorLog, OpenStage, OpenStream, SseParser, StreamRequest, lock,
-    nofile_soft_limit, open_stream,
+    AbortOnDrop, ErrorLog, OpenStage, OpenStream, SseParser, StreamKinds, StreamRequest, lock,
+    next_events, nofile_soft_limit, open_stream,
 };
 use crate::{Config, round};
 
@@ -407,22 +406,15 @@ async fn subscribe(
     let mut parser = SseParser::default();
     let mut events = Vec::new();
     let mut last_id = i64::MIN;
+    let kinds = StreamKinds {
+        closed: "sub_closed",
+        body: "sub_body",
+        bad_event: "sub_bad_event",
+    };
     loop {
-        let frame = tokio::select! {
-            f = body.frame() => f,
-            _ = stop.changed() => return Ok(()),
-        };
-        let frame = match frame {
-            None => return Err(("sub_closed", "the server ended the stream".to_owned())),
-            Some(Err(e)) => return Err(("sub_body", e.to_string())),
-            Some(Ok(frame)) => frame,
-        };
-        let Ok(data) = frame.into_data() else {
-            continue;
-        };
-        parser
-            .feed(&data, &mut events)
-            .map_err(|e| ("sub_bad_event", e.to_string()))?;
+        if !next_events(&mut body, &mut stop, &mut parser, &mut events, &kinds).await? {
+            return Ok(());
+        }
         for ev in events.drain(..) {
             match ev.event.as_str() {
                 "message" => {

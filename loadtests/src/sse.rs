@@ -248,6 +248,42 @@ pub enum OpenStage {
     Status,
 }
 
+/// Error kinds a stream reader reports, prefixed per mode (`sub_…`, `watch_…`).
+pub struct StreamKinds {
+    pub closed: &'static str,
+    pub body: &'static str,
+    pub bad_event: &'static str,
+}
+
+/// Reads the next chunk of `body` into `events` (complete events only). `Ok(false)` when `stop`
+/// changed first: the caller should finish.
+pub async fn next_events(
+    body: &mut Incoming,
+    stop: &mut tokio::sync::watch::Receiver<bool>,
+    parser: &mut SseParser,
+    events: &mut Vec<SseEvent>,
+    kinds: &StreamKinds,
+) -> Result<bool, (&'static str, String)> {
+    loop {
+        let frame = tokio::select! {
+            f = body.frame() => f,
+            _ = stop.changed() => return Ok(false),
+        };
+        let frame = match frame {
+            None => return Err((kinds.closed, "the server ended the stream".to_owned())),
+            Some(Err(e)) => return Err((kinds.body, e.to_string())),
+            Some(Ok(frame)) => frame,
+        };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        parser
+            .feed(&data, events)
+            .map_err(|e| (kinds.bad_event, e.to_string()))?;
+        return Ok(true);
+    }
+}
+
 /// Opens the stream on a new HTTP/1 connection and waits for a `200` head. `503` and `429`
 /// answers are retried (counted in `retries`) for as long as the caller lets this run: wrap it
 /// in a timeout or abort the task.

@@ -23,7 +23,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
-use http_body_util::BodyExt as _;
 use hyper::body::Bytes;
 use hyper::{Method, StatusCode};
 use tokio::sync::{Notify, Semaphore, watch};
@@ -32,8 +31,8 @@ use tokio::task::JoinSet;
 use crate::driver::{self, Body, Ctx, RequestSpec, RunResult};
 use crate::scenarios::{self, Scenario};
 use crate::sse::{
-    ErrorLog, OpenStage, OpenStream, SseParser, StreamRequest, lock, nofile_soft_limit,
-    open_stream, quantile,
+    ErrorLog, OpenStage, OpenStream, SseParser, StreamKinds, StreamRequest, lock, next_events,
+    nofile_soft_limit, open_stream, quantile,
 };
 use crate::{Config, round};
 
@@ -214,22 +213,15 @@ async fn watch_stream(
     let mut parser = SseParser::default();
     let mut events = Vec::new();
     let mut credited = 0u64;
+    let kinds = StreamKinds {
+        closed: "watch_closed",
+        body: "watch_body",
+        bad_event: "watch_bad_event",
+    };
     loop {
-        let frame = tokio::select! {
-            f = body.frame() => f,
-            _ = stop.changed() => return Ok(()),
-        };
-        let frame = match frame {
-            None => return Err(("watch_closed", "the server ended the stream".to_owned())),
-            Some(Err(e)) => return Err(("watch_body", e.to_string())),
-            Some(Ok(frame)) => frame,
-        };
-        let Ok(data) = frame.into_data() else {
-            continue;
-        };
-        parser
-            .feed(&data, &mut events)
-            .map_err(|e| ("watch_bad_event", e.to_string()))?;
+        if !next_events(&mut body, &mut stop, &mut parser, &mut events, &kinds).await? {
+            return Ok(());
+        }
         for ev in events.drain(..) {
             match ev.event.as_str() {
                 "snapshot" | "update" => {
