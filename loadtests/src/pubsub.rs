@@ -999,10 +999,7 @@ fn print_table(j: &serde_json::Value, o: &Outcome) {
             n("server_rss_after_close_mib"),
         );
     }
-    println!("errors: {}", o.errors.total);
-    for (kind, n) in &o.errors.kinds {
-        println!("  {kind:<28} {n}");
-    }
+    o.errors.print();
 }
 
 #[cfg(test)]

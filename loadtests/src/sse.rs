@@ -372,6 +372,14 @@ impl ErrorLog {
         self.samples.entry(kind.to_owned()).or_insert_with(sample);
     }
 
+    /// `errors: N`, then one line per kind.
+    pub fn print(&self) {
+        println!("errors: {}", self.total);
+        for (kind, n) in &self.kinds {
+            println!("  {kind:<28} {n}");
+        }
+    }
+
     /// Adds every kind of `other`.
     pub fn merge(&mut self, other: Self) {
         for (kind, n) in other.kinds {

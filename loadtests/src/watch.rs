@@ -747,10 +747,7 @@ fn print_table(j: &serde_json::Value, o: &Outcome) {
         n("fanout_max_ms"),
         n("fanout_first_p50_ms"),
     );
-    println!("errors: {}", o.errors.total);
-    for (kind, n) in &o.errors.kinds {
-        println!("  {kind:<28} {n}");
-    }
+    o.errors.print();
 }
 
 #[cfg(test)]

@@ -81,19 +81,18 @@ const MAX_PIPELINED: usize = 256;
 /// …or this many bytes of frames.
 const MAX_PIPELINED_BYTES: usize = 1024 * 1024;
 
-/// What the socket gave us when we looked for more publish frames without waiting.
-enum Next {
-    /// A frame that is not a text frame (close, ping, binary), handled after the batch.
-    Other(Option<Result<Frame, axum::Error>>),
-    /// Nothing is waiting.
-    Empty,
+/// A socket event: a frame, a read error, or `None` when the client is gone.
+type Received = Option<Result<Frame, axum::Error>>;
+
+fn shutting_down() -> String {
+    error_frame(None, "shutting_down", "the server is shutting down")
 }
 
 impl Session {
     async fn run(mut self, mut socket: WebSocket) {
         let (tx, mut rx) = mpsc::channel::<Delivery>(hub::QUEUE);
         let shutdown = self.state.shutdown.clone();
-        let mut carried: Option<Option<Result<Frame, axum::Error>>> = None;
+        let mut carried: Option<Received> = None;
         loop {
             let frame = match carried.take() {
                 Some(frame) => Some(frame),
@@ -110,7 +109,7 @@ impl Session {
                                 break;
                             }
                             Some(Delivery::Closed) | None => {
-                                send_all(&mut socket, vec![error_frame(None, "shutting_down", "the server is shutting down")]).await;
+                                send_all(&mut socket, vec![shutting_down()]).await;
                                 break;
                             }
                         };
@@ -120,7 +119,7 @@ impl Session {
                         None
                     }
                     () = shutdown.cancelled() => {
-                        send_all(&mut socket, vec![error_frame(None, "shutting_down", "the server is shutting down")]).await;
+                        send_all(&mut socket, vec![shutting_down()]).await;
                         break;
                     }
                 },
@@ -133,14 +132,15 @@ impl Session {
                     let mut texts = vec![text];
                     let mut bytes = texts[0].len();
                     while texts.len() < MAX_PIPELINED && bytes < MAX_PIPELINED_BYTES {
-                        match next_ready(&mut socket) {
-                            Ok(text) => {
+                        match socket.recv().now_or_never() {
+                            None => break, // nothing is waiting
+                            Some(Some(Ok(Frame::Text(text)))) => {
                                 bytes += text.len();
                                 texts.push(text);
                             }
-                            Err(Next::Empty) => break,
-                            Err(Next::Other(frame)) => {
-                                carried = Some(frame);
+                            // Close, ping, binary or an error: handled after this batch.
+                            Some(other) => {
+                                carried = Some(other);
                                 break;
                             }
                         }
@@ -186,7 +186,7 @@ impl Session {
             let frame = match serde_json::from_str(text.as_str()) {
                 Ok(Json::Object(map)) => map,
                 _ => {
-                    self.flush(&mut batch, &mut replies).await;
+                    self.publish_batch(&mut batch, &mut replies).await;
                     replies.push(error_frame(
                         None,
                         "invalid_frame",
@@ -205,13 +205,13 @@ impl Session {
                     Ok(message) => batch.push((reference, message)),
                     Err(e) => {
                         // Answers stay in frame order.
-                        self.flush(&mut batch, &mut replies).await;
+                        self.publish_batch(&mut batch, &mut replies).await;
                         replies.push(error_frame(reference.as_ref(), e.code, &e.message));
                     }
                 }
                 continue;
             }
-            self.flush(&mut batch, &mut replies).await;
+            self.publish_batch(&mut batch, &mut replies).await;
             let frame = Json::Object(frame);
             let result = match frame.get("type").and_then(Json::as_str) {
                 Some("ping") => Ok(json!({"type": "pong"}).to_string()),
@@ -226,13 +226,17 @@ impl Session {
                 result.unwrap_or_else(|e| error_frame(reference.as_ref(), e.code, &e.message)),
             );
         }
-        self.flush(&mut batch, &mut replies).await;
+        self.publish_batch(&mut batch, &mut replies).await;
         replies
     }
 
     /// Stores the pending publishes in one write and appends their acks (or, if the write
     /// failed, an error for each).
-    async fn flush(&self, batch: &mut Vec<(Option<Json>, NewMessage)>, replies: &mut Vec<String>) {
+    async fn publish_batch(
+        &self,
+        batch: &mut Vec<(Option<Json>, NewMessage)>,
+        replies: &mut Vec<String>,
+    ) {
         if batch.is_empty() {
             return;
         }
@@ -320,15 +324,6 @@ impl Session {
             }
         });
         Ok(json!({"type": "unsubscribed", "topics": topics}).to_string())
-    }
-}
-
-/// A text frame the socket already holds, without waiting.
-fn next_ready(socket: &mut WebSocket) -> Result<axum::extract::ws::Utf8Bytes, Next> {
-    match socket.recv().now_or_never() {
-        None => Err(Next::Empty),
-        Some(Some(Ok(Frame::Text(text)))) => Ok(text),
-        Some(other) => Err(Next::Other(other)),
     }
 }
 

@@ -193,6 +193,14 @@ fn pragma_once(conn: &Connection, slot: &mut Option<i64>, sql: &str) -> rusqlite
     Ok(n)
 }
 
+/// Size of the `-wal` file of `conn`'s database (0 if there is none).
+fn wal_size(conn: &Connection) -> u64 {
+    match conn.path().filter(|p| !p.is_empty()) {
+        Some(path) => std::fs::metadata(format!("{path}-wal")).map_or(0, |m| m.len()),
+        None => 0,
+    }
+}
+
 /// Runs the exit callback even if the thread unwinds.
 struct OnExit(Option<Box<dyn FnOnce() + Send>>);
 
@@ -351,7 +359,7 @@ impl Actor {
         Ok(DocStats {
             page_count,
             page_size,
-            wal_bytes: self.wal_bytes(),
+            wal_bytes: *self.wal_bytes.get_or_insert_with(|| wal_size(&self.conn)),
         })
     }
 
@@ -360,22 +368,6 @@ impl Actor {
         self.page_count = None;
         self.page_size = None;
         self.wal_bytes = None;
-    }
-
-    fn wal_bytes(&mut self) -> u64 {
-        if let Some(n) = self.wal_bytes {
-            return n;
-        }
-        let n = self.stat_wal();
-        self.wal_bytes = Some(n);
-        n
-    }
-
-    fn stat_wal(&self) -> u64 {
-        match self.conn.path().filter(|p| !p.is_empty()) {
-            Some(path) => std::fs::metadata(format!("{path}-wal")).map_or(0, |m| m.len()),
-            None => 0,
-        }
     }
 
     /// Runs a transaction-control statement (`BEGIN`, `SAVEPOINT`, …) from the statement cache

@@ -508,6 +508,50 @@ async fn pipelined_websocket_publishes_are_answered_in_order_and_stored() {
     assert_eq!(v["rows"][0][2], last_id, "{v}");
 }
 
+/// A Close sent in the same burst as publishes: the publishes are stored (their acks may not
+/// be sendable on a closing socket, as docs/api.md says) and the socket closes cleanly.
+#[tokio::test]
+async fn a_close_behind_pipelined_publishes_stores_them_and_closes() {
+    let server = TestServer::start().await;
+    let url = format!(
+        "ws://{}/api/v1/db/wsclose/events/ws?access_token={}",
+        server.addr, server.admin_token
+    );
+    let (mut socket, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let mut frames: Vec<WsMessage> = (0..5)
+        .map(|i| {
+            WsMessage::Text(
+                json!({"type": "publish", "ref": i, "topic": "c", "payload": i})
+                    .to_string()
+                    .into(),
+            )
+        })
+        .collect();
+    frames.push(WsMessage::Close(None));
+    let mut all = futures_util::stream::iter(frames.into_iter().map(Ok));
+    socket.send_all(&mut all).await.unwrap();
+    // The socket ends (a Close frame or the end of the stream) within the wait.
+    tokio::time::timeout(WAIT, async {
+        while let Some(Ok(frame)) = socket.next().await {
+            if matches!(frame, WsMessage::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await
+    .expect("the socket closes");
+    let v: Value = server
+        .admin(Method::POST, "/api/v1/db/wsclose/query/exec")
+        .json(&json!({"sql": "SELECT count(*) FROM _patchwork_messages"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["rows"][0][0], 5, "{v}");
+}
+
 #[tokio::test]
 async fn a_subscription_that_cannot_read_ends_with_an_error_event() {
     let server = TestServer::start_with(|c| c.mailbox_capacity = 1).await;
