@@ -55,6 +55,8 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 echo "run.sh: starting $SERVER on $ADDR (data dir $WORK/data, log $WORK/server.log)" >&2
+# Every load client connects from 127.0.0.1: lift the per-IP connection cap for the run.
+PATCHWORK_MAX_CONNECTIONS_PER_IP="${PATCHWORK_MAX_CONNECTIONS_PER_IP:-100000}" \
 PATCHWORK_ADMIN_TOKEN="$TOKEN" "$SERVER" serve --listen "$ADDR" --data-dir "$WORK/data" \
     >"$WORK/server.log" 2>&1 &
 SERVER_PID=$!

@@ -129,6 +129,18 @@ struct ServeArgs {
     /// Largest webhook body stored, in bytes [default: 1048576].
     #[arg(long, env = "PATCHWORK_WEBHOOK_MAX_BODY_BYTES")]
     webhook_max_body_bytes: Option<usize>,
+    /// Seconds a connection has to send a complete request head [default: 10].
+    #[arg(long, env = "PATCHWORK_HEADER_READ_TIMEOUT_SECS")]
+    header_read_timeout_secs: Option<u64>,
+    /// Seconds an idle keep-alive connection stays open [default: 60].
+    #[arg(long, env = "PATCHWORK_HTTP_IDLE_TIMEOUT_SECS")]
+    http_idle_timeout_secs: Option<u64>,
+    /// Cap on open HTTP connections; lowered to the descriptor budget [default: 10000].
+    #[arg(long, env = "PATCHWORK_MAX_CONNECTIONS")]
+    max_connections: Option<usize>,
+    /// Cap on open HTTP connections per client IP [default: 256].
+    #[arg(long, env = "PATCHWORK_MAX_CONNECTIONS_PER_IP")]
+    max_connections_per_ip: Option<usize>,
     /// Proxy IPs whose X-Forwarded-For is believed (comma-separated).
     #[arg(long, env = "PATCHWORK_TRUSTED_PROXIES", value_delimiter = ',')]
     trusted_proxies: Option<Vec<std::net::IpAddr>>,
@@ -209,6 +221,10 @@ impl ServeArgs {
             stream_max_waiters_total,
             lease_max_ttl_secs,
             webhook_max_body_bytes,
+            header_read_timeout_secs,
+            http_idle_timeout_secs,
+            max_connections,
+            max_connections_per_ip,
             trusted_proxies
         );
         if let Some(token) = self.admin_token {

@@ -149,6 +149,18 @@ pub struct Config {
     pub lease_max_ttl_secs: u64,
     /// Largest webhook body stored (`413` past it).
     pub webhook_max_body_bytes: usize,
+    /// A connection must deliver a complete request head this long after it was accepted or
+    /// after its first byte of a request arrived; else it is closed.
+    pub header_read_timeout_secs: u64,
+    /// A keep-alive connection with no request in flight and no bytes arriving is closed after
+    /// this long (long-lived SSE responses and WebSockets are in flight, never idle).
+    pub http_idle_timeout_secs: u64,
+    /// Cap on open HTTP connections (WebSockets included); lowered at start to what
+    /// `RLIMIT_NOFILE` leaves after the open-document budget. Connections over it are closed.
+    pub max_connections: usize,
+    /// Cap on open HTTP connections per client IP (the TCP peer; IPv6 per /64). Peers listed
+    /// in `trusted_proxies` are exempt (only `max_connections` applies to them).
+    pub max_connections_per_ip: usize,
 }
 
 impl Default for Config {
@@ -184,6 +196,10 @@ impl Default for Config {
             stream_max_waiters_total: 10_000,
             lease_max_ttl_secs: 3_600,
             webhook_max_body_bytes: 1024 * 1024,
+            header_read_timeout_secs: 10,
+            http_idle_timeout_secs: 60,
+            max_connections: 10_000,
+            max_connections_per_ip: 256,
         }
     }
 }
@@ -221,6 +237,14 @@ impl Config {
         }
         if self.idle_timeout_secs == 0 {
             return Err("idle_timeout_secs must be at least 1".into());
+        }
+        if self.header_read_timeout_secs == 0 || self.http_idle_timeout_secs == 0 {
+            return Err(
+                "header_read_timeout_secs and http_idle_timeout_secs must be at least 1".into(),
+            );
+        }
+        if self.max_connections == 0 || self.max_connections_per_ip == 0 {
+            return Err("max_connections and max_connections_per_ip must be at least 1".into());
         }
         if let Some(token) = &self.admin_token
             && token.expose().len() < 16

@@ -6,6 +6,7 @@
 //! nothing internal (paths, SQL, secrets) leaks to the client.
 
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::{HeaderValue, StatusCode, header, request::Parts};
 use axum::response::{IntoResponse, Response};
@@ -156,6 +157,26 @@ impl From<PathRejection> for ApiError {
     }
 }
 
+/// A WebSocket route called without a valid upgrade (plain `GET`, missing or wrong `Upgrade`,
+/// `Connection`, `Sec-WebSocket-Version` or `Sec-WebSocket-Key`): `400 websocket_upgrade_required`
+/// (`405` for another method).
+impl From<WebSocketUpgradeRejection> for ApiError {
+    fn from(rejection: WebSocketUpgradeRejection) -> Self {
+        let status = match rejection.status() {
+            StatusCode::METHOD_NOT_ALLOWED => StatusCode::METHOD_NOT_ALLOWED,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        ApiError::new(
+            status,
+            "websocket_upgrade_required",
+            format!(
+                "this route needs a WebSocket upgrade: {}",
+                rejection.body_text()
+            ),
+        )
+    }
+}
+
 /// `axum::Json` whose rejections (bad JSON, unknown fields, wrong content type, too large) answer
 /// in the contract's error shape.
 pub struct Json<T>(pub T);
@@ -206,6 +227,24 @@ where
         let axum::extract::Query(value) =
             axum::extract::Query::<T>::from_request_parts(parts, state).await?;
         Ok(Query(value))
+    }
+}
+
+/// `axum::extract::Path` with the contract's error shape: a parameter that does not
+/// percent-decode to UTF-8 (`%FF`) or does not parse is `400 invalid_path`.
+pub struct Path<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for Path<T>
+where
+    T: DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let axum::extract::Path(value) =
+            axum::extract::Path::<T>::from_request_parts(parts, state).await?;
+        Ok(Path(value))
     }
 }
 

@@ -1,15 +1,16 @@
 //! Building the application state and serving it: `App::open` (storage, tokens, registry) and
-//! [`serve`] (HTTP with graceful shutdown, then the actors are drained).
+//! [`serve`] (HTTP with graceful shutdown, then the actors are drained). The accept loop, its
+//! connection caps and timeouts are in [`conn`].
+
+pub mod conn;
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::ops::Deref;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use axum::serve::ListenerExt;
 use time::OffsetDateTime;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -40,6 +41,9 @@ pub struct App {
     pub metrics: Arc<Metrics>,
     pub started_at: OffsetDateTime,
     pub started: Instant,
+    /// Cap on open HTTP connections in effect: `max_connections`, lowered to what
+    /// `RLIMIT_NOFILE` leaves after the open-document budget.
+    pub max_connections: usize,
     /// Cancelled when shutdown begins: long-lived streams (SSE, WebSocket) end on it.
     pub shutdown: CancellationToken,
     service_exited: std::sync::Mutex<Option<oneshot::Receiver<()>>>,
@@ -69,6 +73,13 @@ fn actor_config(config: &Config) -> ActorConfig {
         open: OpenOptions {
             synchronous: config.synchronous,
             busy_timeout: Duration::from_millis(config.busy_timeout_ms),
+            // Room for the largest value Patchwork itself stores (a request body, a webhook
+            // delivery) or may return; a little over, for JSON and headers around it.
+            max_value_bytes: config
+                .max_body_bytes
+                .max(config.query_max_result_bytes)
+                .max(config.webhook_max_body_bytes)
+                .saturating_add(64 * 1024),
         },
         mailbox_capacity: config.mailbox_capacity,
         max_batch: config.max_batch,
@@ -133,12 +144,15 @@ impl App {
         let tokens = TokenStore::load(key, service.clone())
             .await
             .context("loading tokens")?;
+        let nofile = raise_nofile_limit();
+        let max_open = open_document_budget(config.max_open_documents, nofile);
+        let max_connections = connection_budget(config.max_connections, max_open, nofile);
         let registry = Registry::new(
             RegistryConfig {
                 documents_dir: config.documents_dir(),
                 actor: actor_config(&config),
                 idle_timeout: config.idle_timeout(),
-                max_open: open_document_budget(config.max_open_documents),
+                max_open,
             },
             metrics.clone(),
         );
@@ -154,6 +168,7 @@ impl App {
             metrics,
             started_at: OffsetDateTime::now_utc(),
             started: Instant::now(),
+            max_connections,
             shutdown: CancellationToken::new(),
             service_exited: std::sync::Mutex::new(Some(service_exited)),
         };
@@ -164,16 +179,23 @@ impl App {
     }
 }
 
-/// Each open document holds three file descriptors (database, WAL, shared memory). Raises the
-/// soft `RLIMIT_NOFILE` to the hard limit and caps the number of open documents so opening one
-/// never fails for lack of descriptors (256 are kept for sockets and the service database).
-fn open_document_budget(configured: usize) -> usize {
-    let limit = match rlimit::increase_nofile_limit(u64::MAX) {
-        Ok(limit) => limit,
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit; the resulting limit, if known.
+fn raise_nofile_limit() -> Option<u64> {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => Some(limit),
         Err(e) => {
             tracing::warn!(error = %e, "could not read or raise RLIMIT_NOFILE");
-            return configured;
+            None
         }
+    }
+}
+
+/// Each open document holds three file descriptors (database, WAL, shared memory). Caps the
+/// number of open documents so opening one never fails for lack of descriptors (256 are kept
+/// for sockets and the service database).
+fn open_document_budget(configured: usize, nofile: Option<u64>) -> usize {
+    let Some(limit) = nofile else {
+        return configured;
     };
     let budget = usize::try_from(limit.saturating_sub(256) / 3)
         .unwrap_or(usize::MAX)
@@ -184,6 +206,40 @@ fn open_document_budget(configured: usize) -> usize {
             budget,
             nofile = limit,
             "max_open_documents is above what the file-descriptor limit allows; using the lower value"
+        );
+        budget
+    } else {
+        configured
+    }
+}
+
+/// Descriptors kept for everything but documents and connections: the listener, `service.db`,
+/// stdio, the runtime, `/readyz` probes, SQLite temp files.
+const RESERVED_DESCRIPTORS: u64 = 64;
+
+/// Caps connections (one descriptor each) to what `nofile` leaves after `max_open` documents
+/// (three each) and [`RESERVED_DESCRIPTORS`], so that a connection flood can neither starve
+/// document opens nor make `accept` fail.
+pub(crate) fn connection_budget(configured: usize, max_open: usize, nofile: Option<u64>) -> usize {
+    let Some(limit) = nofile else {
+        return configured;
+    };
+    let documents = u64::try_from(max_open)
+        .unwrap_or(u64::MAX)
+        .saturating_mul(3);
+    let budget = usize::try_from(
+        limit
+            .saturating_sub(documents)
+            .saturating_sub(RESERVED_DESCRIPTORS),
+    )
+    .unwrap_or(usize::MAX)
+    .max(1);
+    if configured > budget {
+        tracing::warn!(
+            configured,
+            budget,
+            nofile = limit,
+            "max_connections is above what the file-descriptor limit leaves after the document budget; using the lower value"
         );
         budget
     } else {
@@ -208,27 +264,30 @@ pub async fn serve(
     ));
     let router = crate::router::build(state.clone());
     let stop = state.shutdown.clone();
-    // Without TCP_NODELAY every small SSE event waits for the peer's delayed ACK (14–40 ms).
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "could not set TCP_NODELAY");
-        }
-    });
-    let server = axum::serve(
+    let settings = conn::ConnSettings {
+        header_read_timeout: Duration::from_secs(state.config.header_read_timeout_secs),
+        idle_timeout: Duration::from_secs(state.config.http_idle_timeout_secs),
+        max_connections: state.max_connections,
+        max_connections_per_ip: state.config.max_connections_per_ip,
+    };
+    tracing::debug!(?settings, "HTTP connection settings");
+    let server = conn::run(
         listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(stop.clone().cancelled_owned());
-    let mut server = std::pin::pin!(server.into_future());
+        router,
+        settings,
+        state.metrics.clone(),
+        &state.config.trusted_proxies,
+        stop.clone(),
+    );
+    let mut server = std::pin::pin!(server);
     tokio::select! {
-        result = &mut server => result.context("HTTP server failed")?,
+        () = &mut server => {}
         () = shutdown => {
             tracing::info!("shutdown requested: no new connections; finishing in-flight requests");
             stop.cancel();
-            match tokio::time::timeout(grace, &mut server).await {
-                Ok(result) => result.context("HTTP server failed")?,
-                Err(_) => tracing::warn!(grace_secs = grace.as_secs(),
-                    "grace period over; remaining connections are cut"),
+            if tokio::time::timeout(grace, &mut server).await.is_err() {
+                tracing::warn!(grace_secs = grace.as_secs(),
+                    "grace period over; remaining connections are cut");
             }
         }
     }

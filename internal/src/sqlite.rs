@@ -3,6 +3,8 @@
 use std::path::Path;
 use std::time::Duration;
 
+use rusqlite::config::DbConfig;
+use rusqlite::limits::Limit;
 use rusqlite::{Connection, OpenFlags};
 
 use crate::config::Synchronous;
@@ -13,10 +15,14 @@ use crate::migrations::{self, MigrationError, Schema};
 pub struct OpenOptions {
     pub synchronous: Synchronous,
     pub busy_timeout: Duration,
+    /// Largest string or blob a statement may make (`SQLITE_LIMIT_LENGTH`), so that
+    /// `randomblob(999999999)` fails instead of allocating a gigabyte.
+    pub max_value_bytes: usize,
 }
 
 /// Opens (creating if needed) the database at `path`, sets the PRAGMAs (WAL, `synchronous`,
-/// `busy_timeout`, `foreign_keys`) and applies `schema`'s migrations.
+/// `busy_timeout`, `foreign_keys`), the value size limit and defensive mode, and applies
+/// `schema`'s migrations.
 pub fn open(path: &Path, schema: Schema, opts: OpenOptions) -> Result<Connection, MigrationError> {
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
         | OpenFlags::SQLITE_OPEN_CREATE
@@ -37,6 +43,11 @@ pub fn open(path: &Path, schema: Schema, opts: OpenOptions) -> Result<Connection
     }
     conn.pragma_update(None, "synchronous", opts.synchronous.pragma_value())?;
     conn.pragma_update(None, "foreign_keys", true)?;
+    // Defensive mode: no schema corruption through `writable_schema`, no writes to virtual
+    // tables' shadow tables, no `journal_mode=OFF`, whatever a statement manages to prepare.
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_DEFENSIVE, true)?;
+    let max_value = i32::try_from(opts.max_value_bytes).unwrap_or(i32::MAX);
+    conn.set_limit(Limit::SQLITE_LIMIT_LENGTH, max_value)?;
     conn.set_prepared_statement_cache_capacity(64);
     migrations::apply(&conn, schema)?;
     Ok(conn)

@@ -1,10 +1,13 @@
 //! Black-box tests: the real server over TCP. Each capability adds a module here.
 
 mod auth;
+mod connections;
 mod leases;
 mod pubsub;
 mod query;
 mod runtime;
+mod security;
+mod sql_policy;
 mod streams;
 mod watch;
 mod webhooks;

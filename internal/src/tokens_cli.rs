@@ -23,6 +23,7 @@ fn open(data_dir: &Path) -> anyhow::Result<(Connection, InstallKey)> {
         OpenOptions {
             synchronous: Synchronous::Full,
             busy_timeout: Duration::from_secs(10),
+            max_value_bytes: 16 << 20,
         },
     )
     .with_context(|| format!("opening {}", path.display()))?;

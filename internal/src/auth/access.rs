@@ -55,7 +55,8 @@ pub struct RouteSpec {
     /// axum path template, e.g. `/api/v1/db/{db_id}/_status`.
     pub path: &'static str,
     pub access: Access,
-    /// Accept `?access_token=` (SSE, WebSocket and webhook routes only).
+    /// Accept the token as `?access_token=` or `?token=` (SSE, WebSocket, webhook and stream
+    /// routes only; see [`super::is_credential_key`]).
     pub query_token: bool,
 }
 
@@ -96,7 +97,7 @@ impl Route {
         }
     }
 
-    /// Also accept the token as `?access_token=`.
+    /// Also accept the token as `?access_token=` or `?token=`.
     pub fn with_query_token(mut self) -> Self {
         self.spec.query_token = true;
         self
@@ -124,6 +125,10 @@ pub struct Authorized {
     pub token: Option<Arc<TokenRow>>,
     /// The validated `{db_id}` of a DB route.
     pub db_id: Option<DbId>,
+    /// On a route whose resource is a path parameter ([`ResourceFrom::Path`]): that parameter,
+    /// percent-decoded, exactly as the scope was checked against it. Handlers use this string
+    /// (never the raw request path) for the resource they act on.
+    pub resource: Option<String>,
 }
 
 impl Authorized {
@@ -136,6 +141,15 @@ impl Authorized {
         self.db_id
             .as_ref()
             .ok_or_else(|| ApiError::internal("db() on a route without {db_id}"))
+    }
+
+    /// Resolves when the caller's token stops being valid (revoked, deleted, expired); never on
+    /// public and anonymous routes. Long-lived streams select on it and end.
+    pub fn invalidated(&self, tokens: &Arc<super::TokenStore>) -> super::Invalidated {
+        match &self.token {
+            Some(row) => tokens.until_invalid(row),
+            None => Box::pin(std::future::pending()),
+        }
     }
 
     /// The token id, as `producer` and in audit logs.

@@ -27,16 +27,10 @@ pub struct AuthLayer {
     pub table: Arc<RouteTable>,
 }
 
-/// `?access_token=` (or `?token=`, the legacy stream routes' spelling) on routes that take it.
+/// `?access_token=` (or `?token=`, the legacy stream routes' spelling) on routes that take it;
+/// keys are decoded first ([`super::is_credential_key`] is the same rule for stripping them).
 fn query_token(req: &Request) -> Option<String> {
-    req.uri().query()?;
-    let axum::extract::Query(params): axum::extract::Query<HashMap<String, String>> =
-        axum::extract::Query::try_from_uri(req.uri()).ok()?;
-    params
-        .get("access_token")
-        .or_else(|| params.get("token"))
-        .filter(|t| !t.is_empty())
-        .cloned()
+    super::query_token(req.uri().query()?)
 }
 
 pub async fn authorize(State(layer): State<AuthLayer>, req: Request, next: Next) -> Response {
@@ -85,6 +79,7 @@ async fn check(
     let public = Authorized {
         token: None,
         db_id: None,
+        resource: None,
     };
     match spec.access {
         Access::Public => return Ok((req, public)),
@@ -127,7 +122,7 @@ async fn check(
     app.limits.check_token(&token.meta.id)?;
     let is_admin = token.meta.is_admin;
 
-    let (req, db_id) = match spec.access {
+    let (req, db_id, resource) = match spec.access {
         Access::Db { actions, resource } => {
             let (mut parts, body) = req.into_parts();
             let params = RawPathParams::from_request_parts(&mut parts, app)
@@ -165,13 +160,17 @@ async fn check(
                         .unwrap_or_default()
                 )));
             }
-            (Request::from_parts(parts, body), Some(db_id))
+            (
+                Request::from_parts(parts, body),
+                Some(db_id),
+                resource_value,
+            )
         }
         Access::Admin => {
             if !is_admin {
                 return Err(ApiError::forbidden("this route needs an admin token"));
             }
-            (req, None)
+            (req, None, None)
         }
         Access::Global(action) => {
             let granted =
@@ -184,7 +183,7 @@ async fn check(
                     "this route needs {action} on db_id \"*\""
                 )));
             }
-            (req, None)
+            (req, None, None)
         }
         Access::Public | Access::Anonymous => unreachable!("handled above"),
     };
@@ -193,6 +192,7 @@ async fn check(
         Authorized {
             token: Some(token),
             db_id,
+            resource,
         },
     ))
 }

@@ -15,12 +15,16 @@ pub mod sql;
 pub mod token;
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use axum::http::{HeaderMap, header};
+use futures_util::{Stream, StreamExt};
 use time::OffsetDateTime;
+use tokio::sync::watch;
 
 use crate::error::ApiError;
 use crate::registry::{DocError, DocHandle};
@@ -39,13 +43,32 @@ pub enum AuthFailure {
 }
 
 impl AuthFailure {
-    fn message(self) -> &'static str {
+    pub fn message(self) -> &'static str {
         match self {
             AuthFailure::Missing => "a token is required (Authorization: Bearer <token>)",
             AuthFailure::Unknown => "unknown token",
             AuthFailure::Expired => "the token has expired",
             AuthFailure::Revoked => "the token has been revoked",
         }
+    }
+
+    /// The error code a long-lived stream ends with when its token stops being valid:
+    /// `token_expired` for an expiry, `token_revoked` otherwise (revoked or deleted).
+    pub fn ended_code(self) -> &'static str {
+        match self {
+            AuthFailure::Expired => "token_expired",
+            _ => "token_revoked",
+        }
+    }
+
+    /// `401` with [`Self::ended_code`] as its code: a token-authenticated wait that ended
+    /// because the token stopped being valid.
+    pub fn ended_error(self) -> ApiError {
+        ApiError::new(
+            axum::http::StatusCode::UNAUTHORIZED,
+            self.ended_code(),
+            self.message(),
+        )
     }
 }
 
@@ -65,7 +88,14 @@ pub struct TokenStore {
     key: InstallKey,
     service: DocHandle,
     cache: RwLock<Cache>,
+    /// Bumped after every reload (server-side change or one made by the CLI): long-lived
+    /// streams re-check their token on it ([`TokenStore::until_invalid`]).
+    generation: watch::Sender<u64>,
 }
+
+/// A future that resolves when a stream's token stops being valid (never for anonymous
+/// callers); see [`TokenStore::until_invalid`].
+pub type Invalidated = Pin<Box<dyn Future<Output = AuthFailure> + Send + 'static>>;
 
 fn data_version(conn: &rusqlite::Connection) -> Result<i64, DocError> {
     Ok(conn.query_row("PRAGMA data_version", [], |r| r.get(0))?)
@@ -80,6 +110,7 @@ impl TokenStore {
                 by_hash: HashMap::new(),
                 data_version: -1,
             }),
+            generation: watch::Sender::new(0),
         });
         store.reload().await?;
         Ok(store)
@@ -99,7 +130,58 @@ impl TokenStore {
             by_hash,
             data_version: version,
         };
+        // After the swap: a waiter woken by this sees the new rows.
+        self.generation.send_modify(|g| *g += 1);
         Ok(())
+    }
+
+    /// Resolves when the token `row` was authenticated as stops being valid: revoked, gone
+    /// from `service.db`, or past its `expires_at` (`AuthFailure::Expired`; else `Revoked`).
+    /// Re-checked on every reload of the cache, so a revocation through the API ends it at once
+    /// and one made by the offline CLI within about a second. Long-lived streams (SSE,
+    /// WebSocket, stream waits) select on it.
+    pub fn until_invalid(self: &Arc<Self>, row: &TokenRow) -> Invalidated {
+        let store = Arc::clone(self);
+        let hash = row.hash;
+        Box::pin(async move {
+            // Subscribed before the first check: a reload in between marks it changed.
+            let mut changes = store.generation.subscribe();
+            loop {
+                changes.borrow_and_update();
+                let current = {
+                    let cache = store.cache.read().unwrap_or_else(|p| p.into_inner());
+                    cache.by_hash.get(&hash).cloned()
+                };
+                let Some(current) = current else {
+                    return AuthFailure::Revoked;
+                };
+                if current.revoked {
+                    return AuthFailure::Revoked;
+                }
+                let now = OffsetDateTime::now_utc();
+                let left = match current.expires_at {
+                    Some(exp) if exp <= now => return AuthFailure::Expired,
+                    Some(exp) => Some(Duration::try_from(exp - now).unwrap_or_default()),
+                    None => None,
+                };
+                let expiry = async {
+                    match left {
+                        Some(left) => tokio::time::sleep(left).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::pin!(expiry);
+                tokio::select! {
+                    changed = changes.changed() => {
+                        if changed.is_err() {
+                            // The store is gone (never while we hold it): only expiry remains.
+                            expiry.await;
+                        }
+                    }
+                    () = &mut expiry => {}
+                }
+            }
+        })
     }
 
     /// Background upkeep, once a second: flush `last_used_at` in one batch, and reload when
@@ -221,6 +303,112 @@ impl TokenStore {
     }
 }
 
+/// `events` until `invalidated` resolves; then `last(reason)` as the final item and the end.
+/// The inner stream is dropped at once (its producer sees its channel closed), so items it had
+/// queued are not delivered after the token stopped being valid.
+pub fn until_invalid<S, F>(
+    events: S,
+    invalidated: Invalidated,
+    last: F,
+) -> impl Stream<Item = S::Item> + Send + 'static
+where
+    S: Stream + Send + 'static,
+    S::Item: Send,
+    F: FnOnce(AuthFailure) -> S::Item + Send + 'static,
+{
+    struct Live<S, F> {
+        events: Pin<Box<S>>,
+        invalidated: Invalidated,
+        last: F,
+    }
+    let live = Live {
+        events: Box::pin(events),
+        invalidated,
+        last,
+    };
+    futures_util::stream::unfold(Some(live), |state| async move {
+        let mut live = state?;
+        let next = tokio::select! {
+            biased;
+            reason = &mut live.invalidated => Err(reason),
+            item = live.events.next() => Ok(item),
+        };
+        match next {
+            Err(reason) => Some(((live.last)(reason), None)),
+            Ok(item) => item.map(|item| (item, Some(live))),
+        }
+    })
+}
+
+/// The query parameter names that carry a token on routes declared with
+/// [`Route::with_query_token`]: `access_token`, and `token` as the legacy stream routes spell it.
+/// Compared after form-decoding the key, exactly as [`query_token`] reads them.
+const QUERY_TOKEN_KEYS: [&str; 2] = ["access_token", "token"];
+
+/// Whether a (decoded) query key carries a credential. The one rule shared by the
+/// authorization middleware (which keys it accepts) and everything that stores or forwards a
+/// query string (which keys it strips): `?access%5Ftoken=` or `?%61ccess_token=` are the same
+/// key as `?access_token=`.
+pub fn is_credential_key(decoded: &str) -> bool {
+    QUERY_TOKEN_KEYS.contains(&decoded)
+}
+
+/// `application/x-www-form-urlencoded` decoding of one key or value (`+` is a space, `%XX` a
+/// byte, invalid escapes kept as they are, invalid UTF-8 replaced), as axum's `Query` does.
+fn form_decode(s: &str) -> String {
+    fn hex(b: u8) -> Option<u8> {
+        (b as char).to_digit(16).map(|d| d as u8)
+    }
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' => match (
+                bytes.get(i + 1).copied().and_then(hex),
+                bytes.get(i + 2).copied().and_then(hex),
+            ) {
+                (Some(hi), Some(lo)) => {
+                    out.push(hi << 4 | lo);
+                    i += 2;
+                }
+                _ => out.push(b'%'),
+            },
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The pairs of a query string: `(raw pair, decoded key, decoded value)`.
+fn query_pairs(query: &str) -> impl Iterator<Item = (&str, String, String)> {
+    query.split('&').filter(|p| !p.is_empty()).map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (pair, form_decode(k), form_decode(v))
+    })
+}
+
+/// The token given in a query string (`access_token` before `token`; empty values ignored).
+pub fn query_token(query: &str) -> Option<String> {
+    QUERY_TOKEN_KEYS.iter().find_map(|key| {
+        query_pairs(query)
+            .find(|(_, k, v)| k == key && !v.is_empty())
+            .map(|(_, _, v)| v)
+    })
+}
+
+/// `query` without any credential pair (see [`is_credential_key`]); the other pairs are kept
+/// exactly as received, in order.
+pub fn strip_query_credentials(query: &str) -> String {
+    query_pairs(query)
+        .filter(|(_, k, _)| !is_credential_key(k))
+        .map(|(raw, _, _)| raw)
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
 /// Validation shared by the admin API and the CLI: label length, a scope for non-admin tokens,
 /// an expiry in the future, valid `db_id`s (or `*`).
 pub fn validate_new_token(new: &NewToken) -> Result<(), String> {
@@ -290,5 +478,30 @@ mod tests {
             assert_eq!(presented_token(&headers), want, "{value:?}");
         }
         assert_eq!(presented_token(&HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn query_credentials_are_read_and_stripped_by_one_rule() {
+        for q in [
+            "access_token=T",
+            "access%5Ftoken=T",
+            "%61ccess_token=T",
+            "%61%63%63%65%73%73%5f%74%6f%6b%65%6e=T",
+            "token=T",
+            "%74oken=T",
+            "x=1&token=&access%5ftoken=T",
+        ] {
+            assert_eq!(query_token(q).as_deref(), Some("T"), "{q}");
+            assert!(!strip_query_credentials(q).contains('T'), "{q}");
+        }
+        assert_eq!(query_token("token=B&access_token=A").as_deref(), Some("A"));
+        assert_eq!(query_token("Access_token=T&access+token=T"), None);
+        assert_eq!(query_token("access_token="), None);
+        assert_eq!(
+            strip_query_credentials("a=1&access%5Ftoken=T&&b=%zz&token&c=x+y"),
+            "a=1&b=%zz&c=x+y"
+        );
+        assert_eq!(form_decode("a%2"), "a%2");
+        assert_eq!(form_decode("%ff+%41"), "\u{fffd} A");
     }
 }

@@ -2,7 +2,7 @@
 //! Needs `admin.token` on `db_id = "*"` or an admin token. Only admin tokens may mint admin
 //! tokens (a scoped `admin.token` holder cannot escalate to admin).
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
@@ -12,7 +12,7 @@ use serde_json::json;
 use super::access::{Access, Authorized, Route};
 use super::scope::{Action, Scope};
 use super::sql::NewToken;
-use crate::error::{ApiError, Json};
+use crate::error::{ApiError, Json, Path};
 use crate::server::AppState;
 
 const ADMIN_TOKEN: Access = Access::Global(Action::AdminToken);

@@ -64,6 +64,15 @@ pub struct Metrics {
     pub stream_waiting: Gauge,
     pub stream_timeouts: Counter,
     pub stream_refused: Counter,
+    /// Open HTTP connections (upgraded WebSockets included).
+    pub http_connections: Gauge,
+    /// Connections closed at accept because a cap was reached (`max_connections`,
+    /// `max_connections_per_ip`).
+    pub connections_refused: Family<ReasonLabel, Counter>,
+    /// Connections closed by the server's timeouts (`header`, `idle`).
+    pub connection_timeouts: Family<ReasonLabel, Counter>,
+    /// Failed `accept` calls (e.g. out of file descriptors), each followed by a back-off.
+    pub accept_errors: Counter,
 }
 
 impl Metrics {
@@ -221,7 +230,35 @@ impl Metrics {
             "Stream parties refused with 503 because a waiting-party cap was reached",
             stream_refused.clone(),
         );
+        let http_connections = Gauge::default();
+        registry.register(
+            "http_connections",
+            "Open HTTP connections (upgraded WebSockets included)",
+            http_connections.clone(),
+        );
+        let connections_refused = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "http_connections_refused",
+            "Connections closed at accept because a connection cap was reached, by cap",
+            connections_refused.clone(),
+        );
+        let connection_timeouts = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "http_connection_timeouts",
+            "Connections closed by the header read (header) or idle keep-alive (idle) timeout",
+            connection_timeouts.clone(),
+        );
+        let accept_errors = Counter::default();
+        registry.register(
+            "accept_errors",
+            "Failed accepts (e.g. out of file descriptors), each followed by a short back-off",
+            accept_errors.clone(),
+        );
         Arc::new(Self {
+            http_connections,
+            connections_refused,
+            connection_timeouts,
+            accept_errors,
             stream_refused,
             stream_waiting,
             stream_timeouts,

@@ -5,14 +5,14 @@ pub mod metrics;
 
 use std::time::Duration;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::json;
 
 use crate::auth::{Access, Route};
-use crate::error::{ApiError, Json};
+use crate::error::{ApiError, Json, Path};
 use crate::server::AppState;
 use crate::time_fmt::rfc3339;
 
@@ -69,9 +69,13 @@ async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>
         Ok(Err(e)) => return Err(not_ready(format!("service database: {e}"))),
         Err(_) => return Err(not_ready("service database did not answer in 2 s".into())),
     }
-    let dir = state.config.data_dir.clone();
+    // A file of its own per probe: concurrent probes sharing one name removed each other's file
+    // (a false `503`).
+    let path = state
+        .config
+        .data_dir
+        .join(format!(".readyz-probe-{:016x}", rand::random::<u64>()));
     let probe = tokio::task::spawn_blocking(move || {
-        let path = dir.join(".readyz-probe");
         std::fs::write(&path, b"ok").and_then(|()| std::fs::remove_file(&path))
     })
     .await;

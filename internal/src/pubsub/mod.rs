@@ -349,6 +349,16 @@ fn delivery_event(d: &Delivery) -> Event {
     }
 }
 
+/// The last event of an SSE stream whose token stopped being valid: `error` with code
+/// `token_revoked` or `token_expired` (and `watch_id` on a query watch).
+pub fn token_ended_event(reason: crate::auth::AuthFailure, watch_id: Option<u64>) -> Event {
+    let mut data = json!({"code": reason.ended_code(), "message": reason.message()});
+    if let Some(id) = watch_id {
+        data["watch_id"] = json!(id);
+    }
+    Event::default().event("error").data(data.to_string())
+}
+
 /// A gauge guard: counts a live subscriber until dropped.
 pub struct SubscriberCount(Arc<crate::ops::metrics::Metrics>);
 
@@ -396,7 +406,8 @@ async fn stream(
                     })?
                     .min(15);
             }
-            "access_token" => {}
+            // The token, if it came in the query (read by the authorization middleware).
+            k if crate::auth::is_credential_key(k) => {}
             other => {
                 return Err(ApiError::bad_request(
                     "invalid_query",
@@ -409,6 +420,7 @@ async fn stream(
     let last_event_id = headers.get("last-event-id").and_then(|v| v.to_str().ok());
     let start = start_position(since_id, tail, last_event_id)?;
     let doc = state.registry.get(auth.db()?).await?;
+    let invalidated = auth.invalidated(&state.tokens);
     let (tx, mut rx) = mpsc::channel(hub::QUEUE);
     let subscription = Subscription {
         doc: (*doc).clone(),
@@ -432,6 +444,11 @@ async fn stream(
     let events = futures_util::stream::poll_fn(move |cx| {
         rx.poll_recv(cx)
             .map(|d| d.map(|d| Ok::<_, Infallible>(delivery_event(&d))))
+    });
+    // A revoked or expired token ends the stream with an `error` event (the subscription task
+    // then sees its queue closed and stops).
+    let events = crate::auth::until_invalid(events, invalidated, |reason| {
+        Ok(token_ended_event(reason, None))
     });
     let mut response = Sse::new(events).into_response();
     response

@@ -5,7 +5,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::extract::ws::{Message as Frame, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::{CloseFrame, Message as Frame, WebSocket, WebSocketUpgrade, close_code};
 use axum::response::Response;
 use futures_util::FutureExt as _;
 use serde_json::{Value as Json, json};
@@ -25,8 +26,10 @@ const MAX_FRAME: usize = 2 * 1024 * 1024;
 pub async fn upgrade(
     State(state): State<AppState>,
     auth: Authorized,
-    ws: WebSocketUpgrade,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
+    // Not an upgrade: the JSON error shape (axum's rejection is plain text), no document opened.
+    let ws = ws?;
     // Open (or create) the document now, so an overloaded server answers with a plain error.
     let doc = state.registry.get(auth.db()?).await?;
     Ok(ws
@@ -92,6 +95,9 @@ impl Session {
     async fn run(mut self, mut socket: WebSocket) {
         let (tx, mut rx) = mpsc::channel::<Delivery>(hub::QUEUE);
         let shutdown = self.state.shutdown.clone();
+        // A revoked or expired token ends the socket: an `error` frame, then a close frame.
+        let mut invalidated = self.auth.invalidated(&self.state.tokens);
+        let mut close: Option<CloseFrame> = None;
         let mut carried: Option<Received> = None;
         loop {
             let frame = match carried.take() {
@@ -120,6 +126,14 @@ impl Session {
                     }
                     () = shutdown.cancelled() => {
                         send_all(&mut socket, vec![shutting_down()]).await;
+                        break;
+                    }
+                    reason = &mut invalidated => {
+                        send_all(&mut socket, vec![error_frame(None, reason.ended_code(), reason.message())]).await;
+                        close = Some(CloseFrame {
+                            code: close_code::POLICY,
+                            reason: reason.ended_code().into(),
+                        });
                         break;
                     }
                 },
@@ -169,7 +183,7 @@ impl Session {
         let _ = tokio::time::timeout(Duration::from_secs(5), async {
             use futures_util::SinkExt as _;
             let _ = socket.flush().await;
-            let _ = socket.send(Frame::Close(None)).await;
+            let _ = socket.send(Frame::Close(close)).await;
         })
         .await;
     }

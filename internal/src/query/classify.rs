@@ -2,6 +2,14 @@
 //! with an authorizer that records what SQLite says it will do, and `sqlite3_stmt_readonly`
 //! tells whether it writes. `ATTACH`, `DETACH`, `load_extension`, transaction control and
 //! `VACUUM INTO` are refused for everyone; Patchwork's own `_patchwork_*` tables are read-only.
+//!
+//! PRAGMAs are default-deny ([`pragma_access`]): the document's connection is shared by every
+//! client and by Patchwork, and many PRAGMAs act *while being prepared* (`hard_heap_limit`,
+//! `query_only`, `synchronous`, …), so the decision is the authorizer's, at prepare time, and a
+//! refused PRAGMA never runs. The same authorizer stays on until the statement has run (it is
+//! taken off when the [`Prepared`] is finished or dropped): a table-valued `pragma_*` function
+//! prepares its PRAGMA only while the statement steps. (Installing an authorizer expires every
+//! prepared statement of the connection, so it is installed once per statement, not twice.)
 
 use std::sync::{Arc, Mutex};
 
@@ -36,6 +44,75 @@ impl Class {
     }
 }
 
+/// Who may run a PRAGMA.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PragmaAccess {
+    /// Read-only introspection: `query.read`.
+    Read,
+    /// Maintenance, and the two header fields that belong to applications: `query.admin`.
+    Admin,
+    /// Changes connection or database state Patchwork relies on: nobody.
+    Refused,
+}
+
+/// Introspection PRAGMAs that take an optional table or index name (also callable as
+/// `pragma_<name>(...)` table-valued functions).
+const READ_WITH_NAME: &[&str] = &[
+    "foreign_key_check",
+    "foreign_key_list",
+    "index_info",
+    "index_list",
+    "index_xinfo",
+    "table_info",
+    "table_list",
+    "table_xinfo",
+];
+
+/// PRAGMAs that may be read in their query form only (no argument). `database_list` is not
+/// here: it shows the server's file paths.
+const READ_QUERY_ONLY: &[&str] = &[
+    "application_id",
+    "auto_vacuum",
+    "collation_list",
+    "compile_options",
+    "data_version",
+    "encoding",
+    "foreign_keys",
+    "freelist_count",
+    "function_list",
+    "module_list",
+    "page_count",
+    "page_size",
+    "pragma_list",
+    "schema_version",
+    "user_version",
+];
+
+/// Maintenance PRAGMAs (any argument): expensive checks and space reclaiming.
+const ADMIN_MAINTENANCE: &[&str] = &[
+    "incremental_vacuum",
+    "integrity_check",
+    "optimize",
+    "quick_check",
+];
+
+/// Header fields that Patchwork never uses and that applications version their schema with:
+/// readable by `query.read`, settable by `query.admin`.
+const ADMIN_SETTABLE: &[&str] = &["application_id", "user_version"];
+
+/// The PRAGMA policy: `name` as written (any case), `value` its argument if it has one.
+pub fn pragma_access(name: &str, value: Option<&str>) -> PragmaAccess {
+    let name = name.to_ascii_lowercase();
+    let name = name.as_str();
+    if READ_WITH_NAME.contains(&name) || (value.is_none() && READ_QUERY_ONLY.contains(&name)) {
+        PragmaAccess::Read
+    } else if ADMIN_MAINTENANCE.contains(&name) || ADMIN_SETTABLE.contains(&name) {
+        PragmaAccess::Admin
+    } else {
+        PragmaAccess::Refused
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ClassifyError {
     #[error("{0}")]
@@ -48,22 +125,87 @@ pub enum ClassifyError {
     Sql(rusqlite::Error),
 }
 
+/// The statement's own data change (its first `INSERT`/`UPDATE`/`DELETE`; a trigger's come
+/// after it), which decides what `rows_affected` and `last_insert_id` report.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Change {
+    Insert,
+    Update,
+    Delete,
+}
+
+/// Tables a statement reads, lower-cased (views are expanded by SQLite into their tables).
+pub type ReadSet = std::collections::BTreeSet<String>;
+
+/// A prepared, classified statement.
+pub struct Prepared<'c> {
+    pub stmt: Statement<'c>,
+    pub class: Class,
+    /// For watch invalidation.
+    pub reads: ReadSet,
+    pub change: Option<Change>,
+    /// `ALTER TABLE` (a rename could take a `_patchwork_` name): checked after it runs.
+    pub alters: bool,
+    guard: Guard<'c>,
+}
+
+impl Prepared<'_> {
+    /// Takes the authorizer off; says why SQLite was refused something while the statement
+    /// ran, if it was.
+    pub fn finish(self) -> Option<String> {
+        let refused = self
+            .guard
+            .seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .refused
+            .take();
+        drop(self);
+        refused
+    }
+}
+
+/// Keeps the classifier's authorizer on the connection while it lives.
+struct Guard<'c> {
+    conn: &'c Connection,
+    seen: Arc<Mutex<Seen>>,
+}
+
+impl Drop for Guard<'_> {
+    fn drop(&mut self) {
+        self.conn
+            .authorizer(None::<fn(AuthContext<'_>) -> Authorization>);
+    }
+}
+
 #[derive(Default)]
 struct Seen {
-    /// Tables the statement reads (lower-cased), for watch invalidation.
-    reads: std::collections::BTreeSet<String>,
+    /// Authorizer calls; a statement that made none (and is read-only) is empty.
+    events: usize,
+    reads: ReadSet,
+    change: Option<Change>,
     data_write: bool,
     schema: bool,
-    pragma: bool,
+    admin_pragma: bool,
+    alters: bool,
     refused: Option<String>,
+    /// The statement is running: only read-listed PRAGMAs may still be prepared (by the
+    /// `pragma_*` table-valued functions).
+    running: bool,
+}
+
+/// Patchwork's own names (SQLite names are case-insensitive).
+fn internal(name: &str) -> bool {
+    name.get(..11)
+        .is_some_and(|p| p.eq_ignore_ascii_case("_patchwork_"))
 }
 
 fn observe(seen: &mut Seen, ctx: &AuthContext<'_>) -> Authorization {
+    seen.events += 1;
     let mut refuse = |why: String| {
         seen.refused.get_or_insert(why);
         Authorization::Deny
     };
-    let internal = |t: &str| t.starts_with("_patchwork_");
     match ctx.action {
         AuthAction::Attach { .. } => return refuse("ATTACH is not allowed".into()),
         AuthAction::Detach { .. } => return refuse("DETACH is not allowed".into()),
@@ -77,6 +219,29 @@ fn observe(seen: &mut Seen, ctx: &AuthContext<'_>) -> Authorization {
         {
             return refuse("load_extension is not allowed".into());
         }
+        AuthAction::Pragma {
+            pragma_name,
+            pragma_value,
+        } => match pragma_access(pragma_name, pragma_value) {
+            PragmaAccess::Read => {}
+            PragmaAccess::Admin if !seen.running => seen.admin_pragma = true,
+            PragmaAccess::Admin => {
+                return refuse(format!(
+                    "PRAGMA {pragma_name} is a maintenance PRAGMA; run it as a PRAGMA statement"
+                ));
+            }
+            PragmaAccess::Refused => {
+                return refuse(format!(
+                    "PRAGMA {pragma_name}{} is not allowed: it would change the connection or \
+                     database state shared by every client (see docs/api.md, PRAGMA policy)",
+                    if pragma_value.is_some() {
+                        " with a value"
+                    } else {
+                        ""
+                    }
+                ));
+            }
+        },
         AuthAction::Insert { table_name }
         | AuthAction::Update { table_name, .. }
         | AuthAction::Delete { table_name } => {
@@ -85,18 +250,56 @@ fn observe(seen: &mut Seen, ctx: &AuthContext<'_>) -> Authorization {
                     "{table_name} is maintained by Patchwork and is read-only"
                 ));
             }
-            seen.data_write = true;
+            // `sqlite_sequence` holds the AUTOINCREMENT counters of Patchwork's tables too, and
+            // forged planner statistics would slow Patchwork's own queries. (SQLite keeps both
+            // up to date without asking, except `ALTER TABLE … RENAME`, which renames the
+            // table's counter through the authorizer; `sqlite_schema` writes are SQLite's own
+            // bookkeeping for DDL and need `writable_schema`, which is refused.)
+            let lower = table_name.to_ascii_lowercase();
+            if (lower == "sqlite_sequence" && !seen.alters) || lower.starts_with("sqlite_stat") {
+                return refuse(format!(
+                    "{table_name} is maintained by SQLite and is read-only"
+                ));
+            }
+            if !lower.starts_with("sqlite_") {
+                seen.data_write = true;
+                seen.change.get_or_insert(match ctx.action {
+                    AuthAction::Insert { .. } => Change::Insert,
+                    AuthAction::Update { .. } => Change::Update,
+                    _ => Change::Delete,
+                });
+            }
         }
         // Patchwork inserts deliveries into `webhook_inbox` itself (without this authorizer),
         // so a trigger there could write what the caller may not.
-        AuthAction::CreateTrigger {
-            table_name: "webhook_inbox",
-            ..
-        } => {
+        AuthAction::CreateTrigger { table_name, .. }
+            if table_name.eq_ignore_ascii_case("webhook_inbox") =>
+        {
             return refuse("triggers on webhook_inbox are not allowed".into());
         }
+        AuthAction::CreateIndex {
+            index_name,
+            table_name,
+        }
+        | AuthAction::CreateTempIndex {
+            index_name,
+            table_name,
+        } if internal(index_name) || internal(table_name) => {
+            return refuse(format!("the name {index_name} is reserved for Patchwork"));
+        }
+        AuthAction::CreateVtable { table_name, .. } | AuthAction::DropVtable { table_name, .. }
+            if internal(table_name) =>
+        {
+            return refuse(format!("the name {table_name} is reserved for Patchwork"));
+        }
+        AuthAction::AlterTable { table_name, .. } => {
+            if internal(table_name) {
+                return refuse(format!("{table_name} is maintained by Patchwork"));
+            }
+            seen.schema = true;
+            seen.alters = true;
+        }
         AuthAction::DropTable { table_name }
-        | AuthAction::AlterTable { table_name, .. }
         | AuthAction::CreateTable { table_name }
         | AuthAction::CreateIndex { table_name, .. }
         | AuthAction::DropIndex { table_name, .. }
@@ -113,8 +316,7 @@ fn observe(seen: &mut Seen, ctx: &AuthContext<'_>) -> Authorization {
             return refuse("temporary triggers are not allowed".into());
         }
         // A temporary object named like Patchwork's tables would shadow them.
-        AuthAction::CreateTempTable { table_name }
-        | AuthAction::CreateTempIndex { table_name, .. } => {
+        AuthAction::CreateTempTable { table_name } => {
             if internal(table_name) {
                 return refuse(format!("{table_name} is maintained by Patchwork"));
             }
@@ -126,9 +328,6 @@ fn observe(seen: &mut Seen, ctx: &AuthContext<'_>) -> Authorization {
             }
             seen.schema = true;
         }
-        // The pragma's argument may be a value (`= DELETE`) or a name (`table_info(t)`); whether
-        // it writes is what `sqlite3_stmt_readonly` says.
-        AuthAction::Pragma { .. } => seen.pragma = true,
         AuthAction::Read { table_name, .. } => {
             if !seen.reads.contains(table_name) {
                 seen.reads.insert(table_name.to_ascii_lowercase());
@@ -141,29 +340,20 @@ fn observe(seen: &mut Seen, ctx: &AuthContext<'_>) -> Authorization {
 }
 
 /// Prepares `sql` (exactly one statement) and classifies it.
-pub fn prepare<'c>(
-    conn: &'c Connection,
-    sql: &str,
-) -> Result<(Statement<'c>, Class), ClassifyError> {
-    prepare_with_reads(conn, sql).map(|(stmt, class, _)| (stmt, class))
-}
-
-/// Tables a statement reads, lower-cased (views are expanded by SQLite into their tables).
-pub type ReadSet = std::collections::BTreeSet<String>;
-
-/// As [`prepare`], plus the statement's read set, for watch invalidation.
-pub fn prepare_with_reads<'c>(
-    conn: &'c Connection,
-    sql: &str,
-) -> Result<(Statement<'c>, Class, ReadSet), ClassifyError> {
+pub fn prepare<'c>(conn: &'c Connection, sql: &str) -> Result<Prepared<'c>, ClassifyError> {
     let seen = Arc::new(Mutex::new(Seen::default()));
     let sink = seen.clone();
     conn.authorizer(Some(move |ctx: AuthContext<'_>| {
         observe(&mut sink.lock().unwrap_or_else(|p| p.into_inner()), &ctx)
     }));
+    let guard = Guard { conn, seen };
     let prepared = conn.prepare(sql);
-    conn.authorizer(None::<fn(AuthContext<'_>) -> Authorization>);
-    let mut seen = std::mem::take(&mut *seen.lock().unwrap_or_else(|p| p.into_inner()));
+    let mut seen = {
+        let mut shared = guard.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let seen = std::mem::take(&mut *shared);
+        shared.running = true;
+        seen
+    };
     let stmt = match prepared {
         Ok(stmt) => stmt,
         Err(_) if seen.refused.is_some() => {
@@ -175,23 +365,44 @@ pub fn prepare_with_reads<'c>(
     if let Some(why) = seen.refused.take() {
         return Err(ClassifyError::Refused(why));
     }
-    // Only whitespace and comments prepare to no statement at all.
-    if stmt.expanded_sql().is_none() {
+    let readonly = stmt.readonly();
+    // Only whitespace and comments prepare to no program, which SQLite calls read-only and
+    // for which it asks the authorizer nothing (every real statement asks at least once, but
+    // VACUUM, which is not read-only).
+    if seen.events == 0 && readonly {
         return Err(ClassifyError::Empty);
     }
-    let readonly = stmt.readonly();
     // VACUUM is invisible to the authorizer: look at the compiled program instead.
-    if !readonly && !seen.data_write && vacuums_into(conn, sql)? {
+    if !readonly && seen.events == 0 && vacuums_into(conn, sql)? {
         return Err(ClassifyError::Refused("VACUUM INTO is not allowed".into()));
     }
-    let class = if readonly {
+    let class = if seen.admin_pragma {
+        Class::Admin
+    } else if readonly {
         Class::Read
-    } else if seen.schema || seen.pragma || !seen.data_write {
+    } else if seen.schema || !seen.data_write {
         Class::Admin
     } else {
         Class::Write
     };
-    Ok((stmt, class, seen.reads))
+    Ok(Prepared {
+        stmt,
+        class,
+        reads: seen.reads,
+        change: seen.change,
+        alters: seen.alters,
+        guard,
+    })
+}
+
+/// Names of schema objects reserved for Patchwork (`_patchwork_*`), to compare before and after
+/// an `ALTER TABLE`.
+pub fn reserved_names(conn: &Connection) -> rusqlite::Result<Vec<String>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT name FROM sqlite_schema WHERE name LIKE '\\_patchwork\\_%' ESCAPE '\\' ORDER BY name",
+    )?;
+    let names = stmt.query_map([], |r| r.get(0))?;
+    names.collect()
 }
 
 /// Whether the compiled program of `sql` has a `Vacuum` opcode with an INTO target (its P2 is
@@ -217,7 +428,7 @@ mod tests {
 
     fn classify(conn: &Connection, sql: &str) -> Result<Class, String> {
         prepare(conn, sql)
-            .map(|(_, c)| c)
+            .map(|p| p.class)
             .map_err(|e| e.to_string())
     }
 
@@ -246,8 +457,33 @@ mod tests {
             ("UPDATE t SET v = 'b'", Ok(Class::Write)),
             ("DELETE FROM t", Ok(Class::Write)),
             ("PRAGMA table_info(t)", Ok(Class::Read)),
-            ("PRAGMA journal_mode=DELETE", Ok(Class::Admin)),
+            ("PRAGMA journal_mode=DELETE", Err("not allowed")),
+            ("PRAGMA journal_mode", Err("not allowed")),
             ("PRAGMA user_version = 3", Ok(Class::Admin)),
+            ("PRAGMA USER_VERSION", Ok(Class::Read)),
+            ("PRAGMA integrity_check", Ok(Class::Admin)),
+            ("PRAGMA hard_heap_limit=1000", Err("not allowed")),
+            ("PRAGMA hard_heap_limit", Err("not allowed")),
+            ("PRAGMA query_only=1", Err("not allowed")),
+            ("PRAGMA writable_schema=ON", Err("not allowed")),
+            ("PRAGMA database_list", Err("not allowed")),
+            ("PRAGMA no_such_pragma", Err("not allowed")),
+            ("SELECT * FROM pragma_table_info('t')", Ok(Class::Read)),
+            (
+                "UPDATE sqlite_sequence SET seq = 1",
+                Err("maintained by SQLite"),
+            ),
+            ("DELETE FROM sqlite_stat1", Err("no such table")),
+            (
+                "ALTER TABLE _PATCHWORK_META RENAME TO x",
+                Err("maintained by Patchwork"),
+            ),
+            ("CREATE INDEX _patchwork_i ON t(v)", Err("reserved")),
+            (
+                "CREATE VIRTUAL TABLE _patchwork_f USING fts5(x)",
+                Err("reserved"),
+            ),
+            ("ALTER TABLE t RENAME TO t2", Ok(Class::Admin)),
             ("CREATE TABLE u (x)", Ok(Class::Admin)),
             ("CREATE TEMP TABLE tt (x)", Ok(Class::Admin)),
             ("DROP TABLE t", Ok(Class::Admin)),
@@ -266,6 +502,7 @@ mod tests {
             ("-- DROP TABLE t\nSELECT 1", Ok(Class::Read)),
             ("SELECT '; DROP TABLE t'", Ok(Class::Read)),
             ("DELETE FROM _patchwork_meta", Err("read-only")),
+            ("DELETE FROM _Patchwork_Meta", Err("read-only")),
             ("SELECT * FROM _patchwork_meta", Ok(Class::Read)),
             // Triggers that Patchwork's own statements would fire, and names that would shadow
             // Patchwork's tables.

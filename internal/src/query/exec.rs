@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use rusqlite::{Connection, ErrorCode, Statement};
 use serde_json::{Map, Value as Json, json};
 
+use super::classify::{self, Change, Class, ClassifyError, Prepared};
 use super::value;
 use crate::error::ApiError;
 use crate::registry::DocError;
@@ -31,6 +32,15 @@ pub fn sql_error(e: rusqlite::Error) -> ApiError {
             ApiError::overloaded("the document is busy; retry")
         }
         Some(ErrorCode::DiskFull) => ApiError::internal(e),
+        Some(ErrorCode::OutOfMemory) => ApiError::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "out_of_memory",
+            "the statement ran out of memory",
+        )
+        .with_retry_after(1),
+        Some(ErrorCode::TooBig) => ApiError::too_large(format!(
+            "{e}: a string or blob is over the server's value size limit"
+        )),
         _ => ApiError::bad_request("sql_error", e.to_string()),
     }
 }
@@ -90,18 +100,53 @@ pub fn bind(stmt: &mut Statement<'_>, args: Option<&Json>) -> Result<(), ApiErro
 }
 
 /// Runs a bound statement to completion and shapes its answer. `budget` is the result bytes
-/// still allowed (shared by the statements of a batch).
+/// still allowed (shared by the statements of a batch). The classifier's authorizer stays on
+/// while it runs, and an `ALTER TABLE` that produced a `_patchwork_` name fails (and so is
+/// rolled back with its savepoint).
 pub fn run(
     conn: &Connection,
-    mut stmt: Statement<'_>,
-    readonly: bool,
+    mut prepared: Prepared<'_>,
     limits: &Limits,
     budget: &mut usize,
 ) -> Result<Json, DocError> {
+    let reserved = |conn: &Connection| classify::reserved_names(conn).map_err(sql_error);
+    let before = if prepared.alters {
+        Some(reserved(conn)?)
+    } else {
+        None
+    };
     let deadline = Instant::now() + limits.timeout;
     conn.progress_handler(1_000, Some(move || Instant::now() >= deadline));
-    let result = run_inner(conn, &mut stmt, readonly, limits, budget);
+    // Only a data write reports its own changes; DDL and the rest leave `changes()` and
+    // `last_insert_rowid()` as an earlier statement (maybe another client's) set them.
+    let class = prepared.class;
+    let change = if class == Class::Write {
+        prepared.change
+    } else {
+        None
+    };
+    let result = run_inner(
+        conn,
+        &mut prepared.stmt,
+        class == Class::Read,
+        change,
+        limits,
+        budget,
+    );
+    let refused = prepared.finish();
     conn.progress_handler(0, None::<fn() -> bool>);
+    if let Some(why) = refused {
+        return Err(super::classify_error(ClassifyError::Refused(why)).into());
+    }
+    if let Some(before) = before
+        && reserved(conn)? != before
+    {
+        return Err(ApiError::forbidden(
+            "names starting with _patchwork_ are reserved for Patchwork",
+        )
+        .with_details(json!({"reason": "refused_statement"}))
+        .into());
+    }
     result
 }
 
@@ -109,6 +154,7 @@ fn run_inner(
     conn: &Connection,
     stmt: &mut Statement<'_>,
     readonly: bool,
+    change: Option<Change>,
     limits: &Limits,
     budget: &mut usize,
 ) -> Result<Json, DocError> {
@@ -157,8 +203,10 @@ fn run_inner(
         stmt.raw_execute().map_err(sql_error)?;
     }
     if !readonly {
-        out.insert("rows_affected".into(), json!(conn.changes()));
-        out.insert("last_insert_id".into(), json!(conn.last_insert_rowid()));
+        let affected = if change.is_some() { conn.changes() } else { 0 };
+        let id = (change == Some(Change::Insert) && affected > 0).then(|| conn.last_insert_rowid());
+        out.insert("rows_affected".into(), json!(affected));
+        out.insert("last_insert_id".into(), json!(id));
     }
     Ok(Json::Object(out))
 }

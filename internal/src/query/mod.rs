@@ -167,15 +167,15 @@ async fn exec_route(
         ReadOutcome::NeedsWrite
     } else {
         doc.read(move |conn| {
-            let (mut stmt, class) = classify::prepare(conn, &read_sql).map_err(classify_error)?;
-            if class != Class::Read {
+            let mut prepared = classify::prepare(conn, &read_sql).map_err(classify_error)?;
+            if prepared.class != Class::Read {
                 return Ok(ReadOutcome::NeedsWrite);
             }
             read_auth.require(Action::QueryRead)?;
-            count(&read_metrics, class);
-            exec::bind(&mut stmt, read_args.as_ref().as_ref())?;
+            count(&read_metrics, prepared.class);
+            exec::bind(&mut prepared.stmt, read_args.as_ref().as_ref())?;
             let mut budget = limits.max_bytes;
-            exec::run(conn, stmt, true, &limits, &mut budget).map(ReadOutcome::Done)
+            exec::run(conn, prepared, &limits, &mut budget).map(ReadOutcome::Done)
         })
         .await
         .inspect_err(|e| note_timeout(&metrics, e))?
@@ -188,13 +188,13 @@ async fn exec_route(
     let write_metrics = metrics.clone();
     let result = doc
         .write(move |conn| {
-            let (mut stmt, class) = classify::prepare(conn, &sql).map_err(classify_error)?;
-            auth.require(class.action())?;
+            let mut prepared = classify::prepare(conn, &sql).map_err(classify_error)?;
+            auth.require(prepared.class.action())?;
             crate::leases::check_fences(conn, &fences)?;
-            count(&write_metrics, class);
-            exec::bind(&mut stmt, args.as_ref().as_ref())?;
+            count(&write_metrics, prepared.class);
+            exec::bind(&mut prepared.stmt, args.as_ref().as_ref())?;
             let mut budget = limits.max_bytes;
-            exec::run(conn, stmt, class == Class::Read, &limits, &mut budget)
+            exec::run(conn, prepared, &limits, &mut budget)
         })
         .await
         .inspect_err(|e| note_timeout(&metrics, e))?;
@@ -246,7 +246,9 @@ async fn batch_route(
             // prepared and checked at its turn; a refusal then rolls the whole batch back.
             for (i, s) in statements.iter().enumerate() {
                 match classify::prepare(conn, &s.sql) {
-                    Ok((_, class)) => auth.require(class.action()).map_err(|e| at(i, e))?,
+                    Ok(prepared) => auth
+                        .require(prepared.class.action())
+                        .map_err(|e| at(i, e))?,
                     Err(ClassifyError::Sql(_)) => {}
                     Err(e) => return Err(at(i, classify_error(e))),
                 }
@@ -255,15 +257,14 @@ async fn batch_route(
             let mut budget = limits.max_bytes;
             let mut results = Vec::with_capacity(statements.len());
             for (i, s) in statements.iter().enumerate() {
-                let (mut stmt, class) =
+                let mut prepared =
                     classify::prepare(conn, &s.sql).map_err(|e| at(i, classify_error(e)))?;
-                auth.require(class.action()).map_err(|e| at(i, e))?;
-                count(&write_metrics, class);
-                exec::bind(&mut stmt, s.args.as_ref()).map_err(|e| at(i, e))?;
-                results.push(
-                    exec::run(conn, stmt, class == Class::Read, &limits, &mut budget)
-                        .map_err(|e| at(i, e))?,
-                );
+                auth.require(prepared.class.action())
+                    .map_err(|e| at(i, e))?;
+                count(&write_metrics, prepared.class);
+                exec::bind(&mut prepared.stmt, s.args.as_ref()).map_err(|e| at(i, e))?;
+                results
+                    .push(exec::run(conn, prepared, &limits, &mut budget).map_err(|e| at(i, e))?);
             }
             Ok(results)
         })

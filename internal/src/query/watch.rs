@@ -80,18 +80,18 @@ async fn evaluate(
     limits: Limits,
 ) -> Result<Evaluated, DocError> {
     doc.read(move |conn| {
-        let (mut stmt, class, reads) =
-            classify::prepare_with_reads(conn, &sql).map_err(super::classify_error)?;
-        if class != Class::Read {
+        let mut prepared = classify::prepare(conn, &sql).map_err(super::classify_error)?;
+        if prepared.class != Class::Read {
             return Err(ApiError::bad_request(
                 "not_read_only",
                 "only read-only statements can be watched",
             )
             .into());
         }
-        exec::bind(&mut stmt, args.as_ref().as_ref())?;
+        exec::bind(&mut prepared.stmt, args.as_ref().as_ref())?;
+        let reads = std::mem::take(&mut prepared.reads);
         let mut budget = limits.max_bytes;
-        let mut result = exec::run(conn, stmt, true, &limits, &mut budget)?;
+        let mut result = exec::run(conn, prepared, &limits, &mut budget)?;
         let columns = result["columns"].take();
         let rows = result["rows"].take();
         let hash = result_hash(&columns, &rows);
@@ -374,6 +374,7 @@ pub(super) async fn watch_route(
     };
 
     let watch_id = NEXT_WATCH_ID.fetch_add(1, Ordering::Relaxed);
+    let invalidated = auth.invalidated(&state.tokens);
     let (tx, mut rx) = mpsc::channel::<Event>(16);
     let member = Member {
         watch_id,
@@ -393,6 +394,11 @@ pub(super) async fn watch_route(
     });
     let stream = futures_util::stream::poll_fn(move |cx| {
         rx.poll_recv(cx).map(|e| e.map(Ok::<_, Infallible>))
+    });
+    // A revoked or expired token ends the watch with an `error` event (its member task then
+    // sees the stream gone and leaves).
+    let stream = crate::auth::until_invalid(stream, invalidated, move |reason| {
+        Ok(crate::pubsub::token_ended_event(reason, Some(watch_id)))
     });
     let mut response = Sse::new(stream).into_response();
     response

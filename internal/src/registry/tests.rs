@@ -19,6 +19,7 @@ fn config(
             open: OpenOptions {
                 synchronous: Synchronous::Normal,
                 busy_timeout: Duration::from_secs(5),
+                max_value_bytes: 16 << 20,
             },
             mailbox_capacity: mailbox,
             max_batch: 512,

@@ -43,9 +43,13 @@ pub fn legacy_gone_routes() -> Vec<Route> {
         .collect()
 }
 
+/// The middleware checks `stream.read` or `stream.write` on the document; the handler checks
+/// the action for the role against the channel's resource ([`Mode::resource`]), which is the
+/// same string on every route family (a path parameter is not: `/u/{user}/queue/x` and
+/// `/streams/queue/x/next` name one channel with different `{*rest}`s).
 const STREAM: Access = Access::Db {
     actions: &[Action::StreamRead, Action::StreamWrite],
-    resource: ResourceFrom::Path("rest"),
+    resource: ResourceFrom::Handler,
 };
 
 pub fn routes() -> Vec<Route> {
@@ -110,6 +114,21 @@ enum Mode {
     Res(String),
 }
 
+impl Mode {
+    /// The resource a token's `resource_prefix` is checked against: the channel's path with
+    /// its mode prefix, as the legacy routes spell it after `/u/{user}/` — `queue/{t}`,
+    /// `pubsub/{t}`, a plain legacy channel's name, `req/{id}` for requesters and `res/{id}`
+    /// for responders. Derived from the channel (after path cleaning and, canonically, the
+    /// `/next` suffix), so every route family that reaches a channel checks the same string.
+    fn resource(&self) -> String {
+        match self {
+            Mode::Queue(name) | Mode::Pubsub(name) => name.clone(),
+            Mode::Req(id) => format!("req/{id}"),
+            Mode::Res(id) => format!("res/{id}"),
+        }
+    }
+}
+
 /// Errors in the legacy routes' own style (plain text) or the contract's JSON.
 fn fail(legacy: bool, status: StatusCode, code: &'static str, text: &str) -> Response {
     if legacy {
@@ -142,7 +161,6 @@ struct Ctx {
     namespace: String,
     family: Family,
     legacy: bool,
-    resource: String,
 }
 
 async fn public(State(state): State<AppState>, auth: Authorized, req: Request) -> Response {
@@ -179,7 +197,6 @@ async fn anonymous(
         namespace: "public".into(),
         family,
         legacy: true,
-        resource: String::new(),
     };
     legacy_dispatch(ctx, &rest, req).await
 }
@@ -197,7 +214,6 @@ async fn user(State(state): State<AppState>, auth: Authorized, req: Request) -> 
         .to_owned();
     let ctx = Ctx {
         state,
-        resource: headers::clean(&rest),
         auth: Some(auth),
         namespace: db.to_string(),
         family: Family::Main,
@@ -259,7 +275,6 @@ async fn canonical(State(state): State<AppState>, auth: Authorized, req: Request
     };
     let ctx = Ctx {
         state,
-        resource: rest,
         auth: Some(auth),
         namespace: db.to_string(),
         family: Family::Main,
@@ -283,12 +298,33 @@ impl Ctx {
         }
     }
 
-    /// Token routes: the refusal if the caller lacks `action` for this stream path.
-    fn refused(&self, action: Action) -> Option<Response> {
+    /// Token routes: the refusal if the caller lacks `action` for this channel.
+    fn refused(&self, action: Action, resource: &str) -> Option<Response> {
         let auth = self.auth.as_ref()?;
-        auth.resource(action, &self.resource)
+        auth.resource(action, resource)
             .err()
             .map(IntoResponse::into_response)
+    }
+
+    /// Resolves when the party's token stops being valid (never for anonymous parties).
+    fn invalidated(&self) -> crate::auth::Invalidated {
+        match &self.auth {
+            Some(auth) => auth.invalidated(&self.state.tokens),
+            None => Box::pin(std::future::pending()),
+        }
+    }
+
+    /// Waits for `rx` until `deadline`, ending early if the party's token stops being valid.
+    async fn wait<T>(&self, deadline: tokio::time::Instant, rx: oneshot::Receiver<T>) -> Waited<T> {
+        tokio::select! {
+            // A hand-over that already happened wins over a revocation noticed at the same time.
+            biased;
+            got = tokio::time::timeout_at(deadline, rx) => match got {
+                Ok(Ok(value)) => Waited::Got(value),
+                _ => Waited::TimedOut,
+            },
+            reason = self.invalidated() => Waited::Invalid(reason),
+        }
     }
 
     fn note_waiting(&self) {
@@ -302,23 +338,24 @@ impl Ctx {
 async fn run(ctx: Ctx, mode: Mode, query: HashMap<String, String>, req: Request) -> Response {
     let legacy = ctx.legacy;
     let body_param = query.get("body").filter(|b| !b.is_empty()).cloned();
+    let resource = mode.resource();
     let result = match mode {
         Mode::Queue(name) | Mode::Pubsub(name)
             if req.method() == Method::GET && body_param.is_none() =>
         {
-            if let Some(r) = ctx.refused(Action::StreamRead) {
+            if let Some(r) = ctx.refused(Action::StreamRead, &resource) {
                 return r;
             }
             consume(&ctx, name, req).await
         }
         Mode::Queue(name) if matches!(*req.method(), Method::GET | Method::POST | Method::PUT) => {
-            if let Some(r) = ctx.refused(Action::StreamWrite) {
+            if let Some(r) = ctx.refused(Action::StreamWrite, &resource) {
                 return r;
             }
             produce(&ctx, name, body_param, req).await
         }
         Mode::Pubsub(name) if matches!(*req.method(), Method::GET | Method::POST | Method::PUT) => {
-            if let Some(r) = ctx.refused(Action::StreamWrite) {
+            if let Some(r) = ctx.refused(Action::StreamWrite, &resource) {
                 return r;
             }
             publish(&ctx, name, body_param, req).await
@@ -340,13 +377,13 @@ async fn run(ctx: Ctx, mode: Mode, query: HashMap<String, String>, req: Request)
             );
         }
         Mode::Req(id) => {
-            if let Some(r) = ctx.refused(Action::StreamWrite) {
+            if let Some(r) = ctx.refused(Action::StreamWrite, &resource) {
                 return r;
             }
             request(&ctx, id, req).await
         }
         Mode::Res(id) => {
-            if let Some(r) = ctx.refused(Action::StreamRead) {
+            if let Some(r) = ctx.refused(Action::StreamRead, &resource) {
                 return r;
             }
             let switch = query.get("switch").is_some_and(|v| v == "true" || v == "1");
@@ -450,24 +487,19 @@ fn message(req: Request, body_param: Option<String>) -> (HeaderMap, Body, onesho
     (headers, Body::from_stream(tracked), done_rx)
 }
 
-/// The path and query as sent, minus `token` / `access_token` parameters: a `/u/` producer's
-/// credential must never reach the consumer through `Patch-Uri`.
+/// The path and query as sent, minus credential parameters (`token` / `access_token` in any
+/// percent-encoded spelling, [`crate::auth::is_credential_key`]): a `/u/` producer's credential
+/// must never reach the consumer through `Patch-Uri`.
 fn patch_uri(uri: &axum::http::Uri) -> String {
     let path = uri.path();
-    let Some(query) = uri.query() else {
-        return path.to_owned();
-    };
-    let kept: Vec<&str> = query
-        .split('&')
-        .filter(|p| {
-            let name = p.split('=').next().unwrap_or("");
-            name != "token" && name != "access_token"
-        })
-        .collect();
+    let kept = uri
+        .query()
+        .map(crate::auth::strip_query_credentials)
+        .unwrap_or_default();
     if kept.is_empty() {
         path.to_owned()
     } else {
-        format!("{path}?{}", kept.join("&"))
+        format!("{path}?{kept}")
     }
 }
 
@@ -485,8 +517,17 @@ fn respond(d: Delivery) -> Response {
     r
 }
 
-async fn wait<T>(timeout: Duration, rx: oneshot::Receiver<T>) -> Option<T> {
-    tokio::time::timeout(timeout, rx).await.ok()?.ok()
+/// How a party's wait ended.
+enum Waited<T> {
+    Got(T),
+    /// The wait timeout passed (or the other side went away).
+    TimedOut,
+    /// The party's token was revoked or expired meanwhile: `401`, nothing consumed.
+    Invalid(crate::auth::AuthFailure),
+}
+
+fn deadline(after: Duration) -> tokio::time::Instant {
+    tokio::time::Instant::now() + after
 }
 
 async fn consume(ctx: &Ctx, name: String, _req: Request) -> Response {
@@ -496,14 +537,17 @@ async fn consume(ctx: &Ctx, name: String, _req: Request) -> Response {
         Err(e) => return relay_error(ctx, e),
     };
     ctx.note_waiting();
-    let delivery = wait(ctx.state.streams.config.wait_timeout, rx).await;
+    let delivery = ctx
+        .wait(deadline(ctx.state.streams.config.wait_timeout), rx)
+        .await;
     drop(guard);
     match delivery {
-        Some(d) => respond(d),
-        None => {
+        Waited::Got(d) => respond(d),
+        Waited::TimedOut => {
             ctx.state.metrics.stream_timeouts.inc();
             timeout_error("no producer arrived within the wait timeout")
         }
+        Waited::Invalid(reason) => reason.ended_error().into_response(),
     }
 }
 
@@ -530,23 +574,21 @@ async fn produce(ctx: &Ctx, name: String, body_param: Option<String>, req: Reque
         headers,
         body,
     };
-    let deadline = tokio::time::Instant::now() + ctx.state.streams.config.wait_timeout;
+    let deadline = deadline(ctx.state.streams.config.wait_timeout);
     loop {
         let slot = match relay.produce(&key) {
             Ok(Ok(slot)) => slot,
             Ok(Err((rx, guard))) => {
                 ctx.note_waiting();
-                let slot = tokio::time::timeout_at(deadline, rx)
-                    .await
-                    .ok()
-                    .and_then(Result::ok);
+                let slot = ctx.wait(deadline, rx).await;
                 drop(guard);
                 match slot {
-                    Some(slot) => slot,
-                    None => {
+                    Waited::Got(slot) => slot,
+                    Waited::TimedOut => {
                         ctx.state.metrics.stream_timeouts.inc();
                         return timeout_error("no consumer arrived within the wait timeout");
                     }
+                    Waited::Invalid(reason) => return reason.ended_error().into_response(),
                 }
             }
             Err(e) => return relay_error(ctx, e),
@@ -640,21 +682,26 @@ async fn request(ctx: &Ctx, id: String, req: Request) -> Response {
         Err(e) => return relay_error(ctx, e),
     };
     ctx.note_waiting();
-    let reply = wait(ctx.state.streams.config.wait_timeout, reply_rx).await;
+    let reply = ctx
+        .wait(deadline(ctx.state.streams.config.wait_timeout), reply_rx)
+        .await;
     drop(guard);
     match reply {
-        Some(Reply::Response(d)) => respond(d),
-        Some(Reply::Switch(answer)) => {
+        Waited::Got(Reply::Response(d)) => respond(d),
+        Waited::Got(Reply::Switch(answer)) => {
             // Double clutch: wait on the answer channel like a consumer, honouring Patch-Status.
             let (rx, guard) = match relay.consume(&answer, true) {
                 Ok(x) => x,
                 Err(e) => return relay_error(ctx, e),
             };
-            let delivery = wait(ctx.state.streams.config.switch_timeout, rx).await;
+            let delivery = ctx
+                .wait(deadline(ctx.state.streams.config.switch_timeout), rx)
+                .await;
             drop(guard);
             match delivery {
-                Some(d) => respond(d),
-                None => {
+                Waited::Got(d) => respond(d),
+                Waited::Invalid(reason) => reason.ended_error().into_response(),
+                Waited::TimedOut => {
                     ctx.state.metrics.stream_timeouts.inc();
                     ApiError::timeout(format!(
                         "Double clutch timeout: no answer was published on {:?} in time",
@@ -664,10 +711,11 @@ async fn request(ctx: &Ctx, id: String, req: Request) -> Response {
                 }
             }
         }
-        None => {
+        Waited::TimedOut => {
             ctx.state.metrics.stream_timeouts.inc();
             timeout_error("no responder answered within the wait timeout")
         }
+        Waited::Invalid(reason) => reason.ended_error().into_response(),
     }
 }
 
@@ -677,12 +725,20 @@ async fn next_request(ctx: &Ctx, key: &ChannelKey) -> Result<RequestOffer, Respo
         Ok(Ok(offer)) => Ok(offer),
         Ok(Err((rx, guard))) => {
             ctx.note_waiting();
-            let offer = wait(ctx.state.streams.config.wait_timeout, rx).await;
+            let offer = ctx
+                .wait(deadline(ctx.state.streams.config.wait_timeout), rx)
+                .await;
             drop(guard);
-            offer.ok_or_else(|| {
-                ctx.state.metrics.stream_timeouts.inc();
-                timeout_error("no requester arrived within the wait timeout")
-            })
+            match offer {
+                Waited::Got(offer) => Ok(offer),
+                Waited::TimedOut => {
+                    ctx.state.metrics.stream_timeouts.inc();
+                    Err(timeout_error(
+                        "no requester arrived within the wait timeout",
+                    ))
+                }
+                Waited::Invalid(reason) => Err(reason.ended_error().into_response()),
+            }
         }
         Err(e) => Err(relay_error(ctx, e)),
     }

@@ -8,7 +8,8 @@ pub mod signature;
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Request, State};
+use axum::extract::rejection::RawPathParamsRejection;
+use axum::extract::{RawPathParams, Request, State};
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, delete, get, put};
@@ -125,13 +126,13 @@ fn delivery_id(headers: &HeaderMap) -> Option<String> {
     })
 }
 
-/// The query string as received, without `access_token` (never stored).
+/// The query string as received, without any credential pair (`access_token`, `token`, in any
+/// percent-encoded spelling of the key: the same rule the authorization middleware reads them
+/// by). Never stored.
 fn stored_query(query: Option<&str>) -> String {
-    let Some(q) = query else { return String::new() };
-    q.split('&')
-        .filter(|p| !p.is_empty() && !p.starts_with("access_token=") && *p != "access_token")
-        .collect::<Vec<_>>()
-        .join("&")
+    query
+        .map(crate::auth::strip_query_credentials)
+        .unwrap_or_default()
 }
 
 struct Config {
@@ -182,13 +183,6 @@ fn verify(cfg: &Config, headers: &HeaderMap, body: &[u8]) -> bool {
     }
 }
 
-fn endpoint_of(req_path: &str, db: &str) -> String {
-    req_path
-        .strip_prefix(&format!("/api/v1/db/{db}/webhooks/"))
-        .unwrap_or("")
-        .to_owned()
-}
-
 fn validate_endpoint(endpoint: &str) -> Result<(), ApiError> {
     if endpoint.is_empty() || endpoint.len() > 256 {
         return Err(ApiError::bad_request(
@@ -220,7 +214,9 @@ async fn ingest(
     req: Request,
 ) -> Result<Response, ApiError> {
     let db = auth.db()?.clone();
-    let endpoint = endpoint_of(req.uri().path(), db.as_str());
+    // The decoded `{*endpoint}` the scope was checked against (never the raw path, whose
+    // `%2e%2e` would pass the check decoded and be stored encoded).
+    let endpoint = auth.resource.clone().unwrap_or_default();
     validate_endpoint(&endpoint)?;
     let (parts, body) = req.into_parts();
     let body: Bytes = axum::body::to_bytes(body, state.config.webhook_max_body_bytes)
@@ -310,11 +306,19 @@ struct ConfigBody {
     publish_topic: Option<String>,
 }
 
-fn config_endpoint(req_path: &str, db: &str) -> Result<String, ApiError> {
-    let e = req_path
-        .strip_prefix(&format!("/api/v1/db/{db}/webhooks/_config/"))
-        .unwrap_or("")
-        .to_owned();
+fn path_params(
+    params: Result<RawPathParams, RawPathParamsRejection>,
+) -> Result<RawPathParams, ApiError> {
+    params.map_err(|e| ApiError::bad_request("invalid_path", e.body_text()))
+}
+
+/// The decoded `{*endpoint}` of a config route (the same form ingest stores and looks up).
+fn config_endpoint(params: &RawPathParams) -> Result<String, ApiError> {
+    let e = params
+        .iter()
+        .find(|(name, _)| *name == "endpoint")
+        .map(|(_, v)| v.to_owned())
+        .unwrap_or_default();
     validate_endpoint(&e)?;
     Ok(e)
 }
@@ -322,11 +326,11 @@ fn config_endpoint(req_path: &str, db: &str) -> Result<String, ApiError> {
 async fn put_config(
     State(state): State<AppState>,
     auth: Authorized,
-    uri: axum::http::Uri,
+    params: Result<RawPathParams, RawPathParamsRejection>,
     ApiJson(body): ApiJson<ConfigBody>,
 ) -> Result<StatusCode, ApiError> {
     let db = auth.db()?.clone();
-    let endpoint = config_endpoint(uri.path(), db.as_str())?;
+    let endpoint = config_endpoint(&path_params(params)?)?;
     if !matches!(body.scheme.as_str(), "github" | "stripe" | "hmac-sha256") {
         return Err(ApiError::bad_request(
             "invalid_config",
@@ -383,10 +387,10 @@ async fn put_config(
 async fn get_config(
     State(state): State<AppState>,
     auth: Authorized,
-    uri: axum::http::Uri,
+    params: Result<RawPathParams, RawPathParamsRejection>,
 ) -> Result<ApiJson<Json>, ApiError> {
     let db = auth.db()?.clone();
-    let endpoint = config_endpoint(uri.path(), db.as_str())?;
+    let endpoint = config_endpoint(&path_params(params)?)?;
     let doc = state.registry.get(&db).await?;
     let found = doc
         .read(move |c| {
@@ -414,10 +418,10 @@ async fn get_config(
 async fn delete_config(
     State(state): State<AppState>,
     auth: Authorized,
-    uri: axum::http::Uri,
+    params: Result<RawPathParams, RawPathParamsRejection>,
 ) -> Result<StatusCode, ApiError> {
     let db = auth.db()?.clone();
-    let endpoint = config_endpoint(uri.path(), db.as_str())?;
+    let endpoint = config_endpoint(&path_params(params)?)?;
     let doc = state.registry.get(&db).await?;
     let n = doc
         .write(move |c| {
