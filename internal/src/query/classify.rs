@@ -144,8 +144,9 @@ pub struct Prepared<'c> {
     /// For watch invalidation.
     pub reads: ReadSet,
     pub change: Option<Change>,
-    /// `ALTER TABLE` (a rename could take a `_patchwork_` name): checked after it runs.
-    pub alters: bool,
+    /// DDL that could reach Patchwork's state in ways the authorizer does not show (a rename to
+    /// a `_patchwork_` name, a foreign key into Patchwork's tables): checked after it runs.
+    pub ddl: bool,
     guard: Guard<'c>,
 }
 
@@ -187,7 +188,11 @@ struct Seen {
     data_write: bool,
     schema: bool,
     admin_pragma: bool,
-    alters: bool,
+    /// CREATE/ALTER TABLE: checked after running ([`Prepared::ddl`]).
+    ddl: bool,
+    /// DROP or ALTER TABLE, DROP INDEX: SQLite's own bookkeeping in `sqlite_sequence` and
+    /// `sqlite_stat*` that follows is allowed.
+    bookkeeping: bool,
     refused: Option<String>,
     /// The statement is running: only read-listed PRAGMAs may still be prepared (by the
     /// `pragma_*` table-valued functions).
@@ -252,11 +257,13 @@ fn observe(seen: &mut Seen, ctx: &AuthContext<'_>) -> Authorization {
             }
             // `sqlite_sequence` holds the AUTOINCREMENT counters of Patchwork's tables too, and
             // forged planner statistics would slow Patchwork's own queries. (SQLite keeps both
-            // up to date without asking, except `ALTER TABLE … RENAME`, which renames the
-            // table's counter through the authorizer; `sqlite_schema` writes are SQLite's own
-            // bookkeeping for DDL and need `writable_schema`, which is refused.)
+            // up to date without asking, except for DROP and ALTER TABLE, whose bookkeeping
+            // there goes through the authorizer after the DROP/ALTER itself; `sqlite_schema`
+            // writes are SQLite's own bookkeeping for DDL and need `writable_schema`, which is
+            // refused.)
             let lower = table_name.to_ascii_lowercase();
-            if (lower == "sqlite_sequence" && !seen.alters) || lower.starts_with("sqlite_stat") {
+            if (lower == "sqlite_sequence" || lower.starts_with("sqlite_stat")) && !seen.bookkeeping
+            {
                 return refuse(format!(
                     "{table_name} is maintained by SQLite and is read-only"
                 ));
@@ -297,12 +304,30 @@ fn observe(seen: &mut Seen, ctx: &AuthContext<'_>) -> Authorization {
                 return refuse(format!("{table_name} is maintained by Patchwork"));
             }
             seen.schema = true;
-            seen.alters = true;
+            seen.ddl = true;
+            seen.bookkeeping = true;
         }
-        AuthAction::DropTable { table_name }
-        | AuthAction::CreateTable { table_name }
-        | AuthAction::CreateIndex { table_name, .. }
-        | AuthAction::DropIndex { table_name, .. }
+        AuthAction::CreateTable { table_name } => {
+            if internal(table_name) {
+                return refuse(format!("{table_name} is maintained by Patchwork"));
+            }
+            seen.schema = true;
+            seen.ddl = true;
+        }
+        AuthAction::CreateTrigger { trigger_name, .. }
+        | AuthAction::CreateTempTrigger { trigger_name, .. }
+            if internal(trigger_name) =>
+        {
+            return refuse(format!("the name {trigger_name} is reserved for Patchwork"));
+        }
+        AuthAction::DropTable { table_name } | AuthAction::DropIndex { table_name, .. } => {
+            if internal(table_name) {
+                return refuse(format!("{table_name} is maintained by Patchwork"));
+            }
+            seen.schema = true;
+            seen.bookkeeping = true;
+        }
+        AuthAction::CreateIndex { table_name, .. }
         | AuthAction::CreateTrigger { table_name, .. }
         | AuthAction::DropTrigger { table_name, .. } => {
             if internal(table_name) {
@@ -372,8 +397,14 @@ pub fn prepare<'c>(conn: &'c Connection, sql: &str) -> Result<Prepared<'c>, Clas
     if seen.events == 0 && readonly {
         return Err(ClassifyError::Empty);
     }
-    // VACUUM is invisible to the authorizer: look at the compiled program instead.
-    if !readonly && seen.events == 0 && vacuums_into(conn, sql)? {
+    // VACUUM is invisible to the authorizer (its INTO expression is not): look at the compiled
+    // program of whatever writes nothing the authorizer saw.
+    if !readonly
+        && !seen.data_write
+        && !seen.schema
+        && !seen.admin_pragma
+        && vacuums_into(conn, sql)?
+    {
         return Err(ClassifyError::Refused("VACUUM INTO is not allowed".into()));
     }
     let class = if seen.admin_pragma {
@@ -390,19 +421,27 @@ pub fn prepare<'c>(conn: &'c Connection, sql: &str) -> Result<Prepared<'c>, Clas
         class,
         reads: seen.reads,
         change: seen.change,
-        alters: seen.alters,
+        ddl: seen.ddl,
         guard,
     })
 }
 
-/// Names of schema objects reserved for Patchwork (`_patchwork_*`), to compare before and after
-/// an `ALTER TABLE`.
-pub fn reserved_names(conn: &Connection) -> rusqlite::Result<Vec<String>> {
+/// What DDL must not leave behind, as a list to compare before and after it runs: objects
+/// with names reserved for Patchwork (a rename can produce one), and foreign keys into
+/// Patchwork's tables or `webhook_inbox` (Patchwork deletes there without the authorizer, so a
+/// cascade would run the user's triggers unchecked, and a RESTRICT would block Patchwork).
+pub fn ddl_fingerprint(conn: &Connection) -> rusqlite::Result<Vec<String>> {
     let mut stmt = conn.prepare_cached(
-        "SELECT name FROM sqlite_schema WHERE name LIKE '\\_patchwork\\_%' ESCAPE '\\' ORDER BY name",
+        "SELECT 'name ' || name FROM sqlite_schema WHERE name LIKE '\\_patchwork\\_%' ESCAPE '\\'
+         UNION ALL
+         SELECT 'foreign key ' || t.name || ' -> ' || f.\"table\"
+           FROM sqlite_schema AS t, pragma_foreign_key_list(t.name) AS f
+          WHERE t.type = 'table'
+            AND (f.\"table\" LIKE '\\_patchwork\\_%' ESCAPE '\\' OR f.\"table\" LIKE 'webhook\\_inbox' ESCAPE '\\')
+         ORDER BY 1",
     )?;
-    let names = stmt.query_map([], |r| r.get(0))?;
-    names.collect()
+    let rows = stmt.query_map([], |r| r.get(0))?;
+    rows.collect()
 }
 
 /// Whether the compiled program of `sql` has a `Vacuum` opcode with an INTO target (its P2 is

@@ -109,9 +109,9 @@ pub fn run(
     limits: &Limits,
     budget: &mut usize,
 ) -> Result<Json, DocError> {
-    let reserved = |conn: &Connection| classify::reserved_names(conn).map_err(sql_error);
-    let before = if prepared.alters {
-        Some(reserved(conn)?)
+    let fingerprint = |conn: &Connection| classify::ddl_fingerprint(conn).map_err(sql_error);
+    let before = if prepared.ddl {
+        Some(fingerprint(conn)?)
     } else {
         None
     };
@@ -139,10 +139,11 @@ pub fn run(
         return Err(super::classify_error(ClassifyError::Refused(why)).into());
     }
     if let Some(before) = before
-        && reserved(conn)? != before
+        && fingerprint(conn)? != before
     {
         return Err(ApiError::forbidden(
-            "names starting with _patchwork_ are reserved for Patchwork",
+            "names starting with _patchwork_ are reserved for Patchwork, and foreign keys may \
+             not reference Patchwork's tables or webhook_inbox",
         )
         .with_details(json!({"reason": "refused_statement"}))
         .into());
@@ -159,6 +160,7 @@ fn run_inner(
     budget: &mut usize,
 ) -> Result<Json, DocError> {
     let ncols = stmt.column_count();
+    forget_last_insert_rowid(conn);
     let mut out = Map::new();
     if ncols > 0 {
         let columns: Vec<Json> = stmt
@@ -204,11 +206,24 @@ fn run_inner(
     }
     if !readonly {
         let affected = if change.is_some() { conn.changes() } else { 0 };
-        let id = (change == Some(Change::Insert) && affected > 0).then(|| conn.last_insert_rowid());
+        // An UPSERT that updated, or an INSERT into a WITHOUT ROWID table, sets no rowid: the
+        // last one was cleared before the statement ran, so no earlier one (maybe another
+        // client's) can be reported.
+        let rowid = conn.last_insert_rowid();
+        let id = (change == Some(Change::Insert) && affected > 0 && rowid != 0).then_some(rowid);
         out.insert("rows_affected".into(), json!(affected));
         out.insert("last_insert_id".into(), json!(id));
     }
     Ok(Json::Object(out))
+}
+
+/// Sets the connection's `last_insert_rowid()` to 0, so what a statement reports afterwards is
+/// its own insert or nothing.
+#[allow(unsafe_code)]
+fn forget_last_insert_rowid(conn: &Connection) {
+    // SAFETY: `handle()` is the live connection owned by `conn` (borrowed for this call, on the
+    // actor thread that owns it); `sqlite3_set_last_insert_rowid` only stores an integer in it.
+    unsafe { rusqlite::ffi::sqlite3_set_last_insert_rowid(conn.handle(), 0) }
 }
 
 /// A close upper estimate of a value's JSON length, without serializing it.

@@ -437,3 +437,109 @@ async fn huge_values_are_refused_before_they_are_allocated() {
     assert_eq!(s, StatusCode::BAD_REQUEST);
     assert_eq!(v["error"]["code"], "empty_statement");
 }
+
+#[tokio::test]
+async fn ddl_cannot_tie_user_tables_to_internal_ones() {
+    let server = TestServer::start().await;
+    let admin = server.admin_token.clone();
+    let db = "fk";
+    for sql in [
+        // A cascade from Patchwork's own deletes would run this table's triggers unchecked.
+        "CREATE TABLE evil (m INTEGER REFERENCES _patchwork_messages(id) ON DELETE CASCADE)",
+        "CREATE TABLE evil2 (e TEXT REFERENCES webhook_inbox(id))",
+        "CREATE TRIGGER _patchwork_later AFTER INSERT ON webhook_inbox BEGIN SELECT 1; END",
+        "VACUUM INTO lower('/tmp/pw-vacuum-into.db')",
+    ] {
+        let (s, v) = exec(&server, &admin, db, sql).await;
+        assert!(refused(s, &v), "{sql}: {s} {v}");
+    }
+    let (s, v) = exec(
+        &server,
+        &admin,
+        db,
+        "CREATE TABLE ok (id INTEGER PRIMARY KEY)",
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (s, v) = exec(
+        &server,
+        &admin,
+        db,
+        "ALTER TABLE ok ADD COLUMN l TEXT REFERENCES _patchwork_leases(resource)",
+    )
+    .await;
+    assert!(refused(s, &v), "{s} {v}");
+    // Refused DDL left nothing behind.
+    let (_, v) = exec(
+        &server,
+        &admin,
+        db,
+        "SELECT group_concat(name) FROM pragma_table_info('ok')",
+    )
+    .await;
+    assert_eq!(v["rows"], json!([["id"]]));
+    let (_, v) = exec(
+        &server,
+        &admin,
+        db,
+        "SELECT count(*) FROM sqlite_schema WHERE name LIKE 'evil%'",
+    )
+    .await;
+    assert_eq!(v["rows"], json!([[0]]));
+    // SQLite's own bookkeeping in sqlite_sequence / sqlite_stat1 is still allowed.
+    for sql in [
+        "CREATE TABLE auto (id INTEGER PRIMARY KEY AUTOINCREMENT, v)",
+        "INSERT INTO auto (v) VALUES (1)",
+        "CREATE INDEX auto_v ON auto (v)",
+        "ANALYZE",
+        "ALTER TABLE auto RENAME TO auto2",
+        "DROP INDEX auto_v",
+        "DROP TABLE auto2",
+    ] {
+        let (s, v) = exec(&server, &admin, db, sql).await;
+        assert_eq!(s, StatusCode::OK, "{sql}: {v}");
+    }
+}
+
+#[tokio::test]
+async fn last_insert_id_is_only_ever_the_statements_own() {
+    let server = TestServer::start().await;
+    let admin = server.admin_token.clone();
+    let db = "rowids";
+    for sql in [
+        "CREATE TABLE a (id INTEGER PRIMARY KEY, v)",
+        "CREATE TABLE b (id INTEGER PRIMARY KEY, v)",
+        "CREATE TABLE k (k TEXT PRIMARY KEY, v) WITHOUT ROWID",
+        "CREATE TABLE u (id INTEGER PRIMARY KEY, n INTEGER)",
+    ] {
+        exec(&server, &admin, db, sql).await;
+    }
+    // Two tables' first rows share rowid 1: both answers say so.
+    for table in ["a", "b"] {
+        let (_, v) = exec(
+            &server,
+            &admin,
+            db,
+            &format!("INSERT INTO {table} (v) VALUES (1)"),
+        )
+        .await;
+        assert_eq!(v["last_insert_id"], json!(1), "{table}: {v}");
+    }
+    let (_, v) = exec(&server, &admin, db, "INSERT INTO a (v) VALUES (2)").await;
+    assert_eq!(v["last_insert_id"], json!(2));
+    for sql in [
+        "INSERT INTO k VALUES ('x', 1)",
+        "INSERT INTO u (id, n) VALUES (1, 1)",
+    ] {
+        exec(&server, &admin, db, sql).await;
+    }
+    for sql in [
+        "INSERT INTO k VALUES ('y', 1)",
+        "INSERT INTO u (id, n) VALUES (1, 1) ON CONFLICT (id) DO UPDATE SET n = n + 1",
+    ] {
+        let (s, v) = exec(&server, &admin, db, sql).await;
+        assert_eq!(s, StatusCode::OK, "{sql}: {v}");
+        assert_eq!(v["rows_affected"], json!(1), "{sql}: {v}");
+        assert_eq!(v["last_insert_id"], Value::Null, "{sql}: {v}");
+    }
+}

@@ -258,7 +258,7 @@ async fn ingest(
             // `last_insert_rowid()` rather than `RETURNING`, which builds an ephemeral table
             // per statement.
             let inserted = c.prepare_cached(
-                "INSERT INTO webhook_inbox (endpoint, received_at, method, query_string, headers_json,
+                "INSERT INTO main.webhook_inbox (endpoint, received_at, method, query_string, headers_json,
                      content_type, payload, signature_valid, delivery_id)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             )?
