@@ -141,6 +141,15 @@ struct ServeArgs {
     /// Cap on open HTTP connections per client IP [default: 256].
     #[arg(long, env = "PATCHWORK_MAX_CONNECTIONS_PER_IP")]
     max_connections_per_ip: Option<usize>,
+    /// The URL people reach the service at; https makes the session cookie Secure.
+    #[arg(long, env = "PATCHWORK_PUBLIC_URL")]
+    public_url: Option<String>,
+    /// Seconds a web session lasts without use [default: 86400].
+    #[arg(long, env = "PATCHWORK_SESSION_IDLE_SECS")]
+    session_idle_secs: Option<u64>,
+    /// Seconds a web session lasts after sign-in at most [default: 604800].
+    #[arg(long, env = "PATCHWORK_SESSION_ABSOLUTE_SECS")]
+    session_absolute_secs: Option<u64>,
     /// Proxy IPs whose X-Forwarded-For is believed (comma-separated).
     #[arg(long, env = "PATCHWORK_TRUSTED_PROXIES", value_delimiter = ',')]
     trusted_proxies: Option<Vec<std::net::IpAddr>>,
@@ -225,8 +234,13 @@ impl ServeArgs {
             http_idle_timeout_secs,
             max_connections,
             max_connections_per_ip,
+            session_idle_secs,
+            session_absolute_secs,
             trusted_proxies
         );
+        if let Some(url) = self.public_url {
+            config.public_url = Some(url);
+        }
         if let Some(token) = self.admin_token {
             config.admin_token = Some(Secret::new(token));
         }

@@ -161,6 +161,13 @@ pub struct Config {
     /// Cap on open HTTP connections per client IP (the TCP peer; IPv6 per /64). Peers listed
     /// in `trusted_proxies` are exempt (only `max_connections` applies to them).
     pub max_connections_per_ip: usize,
+    /// The URL people reach the service at (e.g. `https://pw.example.com`): the OIDC redirect
+    /// URL is `{public_url}/auth/callback`, and the session cookie is `Secure` when it is https.
+    pub public_url: Option<String>,
+    /// A web session ends after this long without use.
+    pub session_idle_secs: u64,
+    /// A web session ends this long after sign-in, however much it is used.
+    pub session_absolute_secs: u64,
 }
 
 impl Default for Config {
@@ -200,6 +207,9 @@ impl Default for Config {
             http_idle_timeout_secs: 60,
             max_connections: 10_000,
             max_connections_per_ip: 256,
+            public_url: None,
+            session_idle_secs: 86_400,
+            session_absolute_secs: 604_800,
         }
     }
 }
@@ -246,12 +256,29 @@ impl Config {
         if self.max_connections == 0 || self.max_connections_per_ip == 0 {
             return Err("max_connections and max_connections_per_ip must be at least 1".into());
         }
+        if self.session_idle_secs == 0 || self.session_absolute_secs == 0 {
+            return Err("session_idle_secs and session_absolute_secs must be at least 1".into());
+        }
+        if let Some(url) = &self.public_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(format!(
+                "public_url must start with http:// or https://, not {url:?}"
+            ));
+        }
         if let Some(token) = &self.admin_token
             && token.expose().len() < 16
         {
             return Err("admin_token must be at least 16 characters".into());
         }
         Ok(())
+    }
+
+    /// Whether the session cookie gets `Secure` (the service is reached over https).
+    pub fn secure_cookies(&self) -> bool {
+        self.public_url
+            .as_deref()
+            .is_some_and(|u| u.starts_with("https://"))
     }
 
     pub fn idle_timeout(&self) -> Duration {

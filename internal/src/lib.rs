@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! request ─▶ router.rs (layers: panic→500, request id, trace, metrics, body limit)
-//!         ─▶ auth/      who is calling (Caller), what they may do (scope)
+//!         ─▶ auth/      who is calling (token, or a web session via identity/), what they may do
 //!         ─▶ runtime/, ops/, query/, pubsub/, streams/, leases/, webhooks/: one module per
 //!            capability, each owning its routes (declared with their access), SQL and tests
 //!         ─▶ registry/  DbId → the document's actor (opened lazily, evicted when idle)
@@ -21,6 +21,7 @@
 pub mod auth;
 pub mod config;
 pub mod error;
+pub mod identity;
 pub mod leases;
 pub mod migrations;
 pub mod ops;

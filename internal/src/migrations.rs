@@ -31,6 +31,11 @@ const SERVICE: &[Migration] = &[
         name: "0002_retention_documents",
         sql: include_str!("../../migrations/service/0002_retention_documents.sql"),
     },
+    Migration {
+        version: 3,
+        name: "0003_web_sessions",
+        sql: include_str!("../../migrations/service/0003_web_sessions.sql"),
+    },
 ];
 
 const DOCUMENT: &[Migration] = &[

@@ -32,6 +32,7 @@ pub fn all_routes() -> Vec<Route> {
     routes.extend(crate::ops::routes());
     routes.extend(crate::runtime::routes());
     routes.extend(crate::auth::routes::routes());
+    routes.extend(crate::identity::routes());
     routes.extend(crate::query::routes());
     routes.extend(crate::pubsub::routes());
     routes.extend(crate::leases::routes());
@@ -65,6 +66,9 @@ pub fn build(state: AppState) -> Router {
     };
     let routes = router
         .route_layer(middleware::from_fn_with_state(auth, authorize))
+        // Outside authorization: the session (loaded lazily, only when a cookie came and no
+        // token did) is there for it to read, and saved after the handler if it changed.
+        .route_layer(crate::identity::layer(&state))
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .with_state(state.clone());

@@ -31,6 +31,8 @@ pub struct App {
     /// The actor owning `service.db` (tokens, install metadata).
     pub service: DocHandle,
     pub tokens: Arc<TokenStore>,
+    /// Web sessions, stored in `service.db`.
+    pub sessions: crate::identity::store::ServiceStore,
     pub limits: RateLimits,
     /// Per-document watch hubs (query watches share evaluations through them).
     pub watch_hubs: crate::query::watch::Hubs,
@@ -141,6 +143,7 @@ impl App {
         let webhook_secrets = Arc::new(crate::webhooks::SecretBox::new(
             key.derive("patchwork 2026 webhook endpoint secrets v1"),
         ));
+        let sessions = crate::identity::store::ServiceStore::new(service.clone(), key.clone());
         let tokens = TokenStore::load(key, service.clone())
             .await
             .context("loading tokens")?;
@@ -165,6 +168,7 @@ impl App {
             registry,
             service,
             tokens,
+            sessions,
             metrics,
             started_at: OffsetDateTime::now_utc(),
             started: Instant::now(),
@@ -258,6 +262,10 @@ pub async fn serve(
     let grace = Duration::from_secs(state.config.shutdown_grace_secs);
     tokio::spawn(state.tokens.clone().maintain(state.shutdown.clone()));
     tokio::spawn(trim_rate_limits(state.clone()));
+    tokio::spawn(crate::identity::sweeper(
+        state.clone(),
+        Duration::from_secs(60),
+    ));
     tokio::spawn(crate::pubsub::retention::sweeper(
         state.clone(),
         Duration::from_secs(state.config.retention_sweep_seconds),

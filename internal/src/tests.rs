@@ -2,6 +2,7 @@
 
 mod auth;
 mod connections;
+mod identity;
 mod leases;
 mod pubsub;
 mod query;

@@ -35,6 +35,8 @@ pub enum Access {
     Public,
     /// No token, rate limited per client IP (legacy public streams).
     Anonymous,
+    /// A web session (any signed-in person): `/auth/me`, `/auth/logout`.
+    Session,
     /// An admin token.
     Admin,
     /// `action` on `db_id = "*"` (or an admin token).
@@ -129,6 +131,8 @@ pub struct Authorized {
     /// percent-decoded, exactly as the scope was checked against it. Handlers use this string
     /// (never the raw request path) for the resource they act on.
     pub resource: Option<String>,
+    /// Set when the caller came with a web session cookie instead of a token.
+    pub web: Option<Arc<crate::identity::WebPrincipal>>,
 }
 
 impl Authorized {

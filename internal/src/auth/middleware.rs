@@ -80,6 +80,7 @@ async fn check(
         token: None,
         db_id: None,
         resource: None,
+        web: None,
     };
     match spec.access {
         Access::Public => return Ok((req, public)),
@@ -105,20 +106,41 @@ async fn check(
         None
     };
     let presented = presented_token(req.headers()).or(from_query.as_deref());
-    let Some(presented) = presented else {
-        tracing::info!(path = req.uri().path(), "audit: auth failure: no token");
-        return Err(AuthFailure::Missing.into());
+    // Without a token, a web session cookie stands for its principal (and unsafe methods need
+    // its CSRF header); a token, when given, always wins.
+    let mut web = None;
+    let token = match presented {
+        Some(presented) => app
+            .tokens
+            .authenticate(presented)
+            .map_err(|(failure, row)| {
+                tracing::info!(path = req.uri().path(), reason = ?failure,
+                token_id = row.as_ref().map(|r| r.meta.id.as_str()),
+                label = row.as_ref().map(|r| r.meta.label.as_str()),
+                "audit: auth failure");
+                ApiError::from(failure)
+            })?,
+        None => {
+            let session = req.extensions().get::<tower_sessions::Session>().cloned();
+            let resolved = match &session {
+                Some(session) => {
+                    crate::identity::resolve(app, session, req.method(), req.headers()).await?
+                }
+                None => None,
+            };
+            let Some((token, principal)) = resolved else {
+                tracing::info!(path = req.uri().path(), "audit: auth failure: no token");
+                return Err(AuthFailure::Missing.into());
+            };
+            web = Some(principal);
+            token
+        }
     };
-    let token = app
-        .tokens
-        .authenticate(presented)
-        .map_err(|(failure, row)| {
-            tracing::info!(path = req.uri().path(), reason = ?failure,
-            token_id = row.as_ref().map(|r| r.meta.id.as_str()),
-            label = row.as_ref().map(|r| r.meta.label.as_str()),
-            "audit: auth failure");
-            ApiError::from(failure)
-        })?;
+    if matches!(spec.access, Access::Session) && web.is_none() {
+        return Err(ApiError::unauthorized(
+            "this route needs a web session (sign in at /ui/)",
+        ));
+    }
     app.limits.check_token(&token.meta.id)?;
     let is_admin = token.meta.is_admin;
 
@@ -166,6 +188,7 @@ async fn check(
                 resource_value,
             )
         }
+        Access::Session => (req, None, None),
         Access::Admin => {
             if !is_admin {
                 return Err(ApiError::forbidden("this route needs an admin token"));
@@ -193,6 +216,7 @@ async fn check(
             token: Some(token),
             db_id,
             resource,
+            web,
         },
     ))
 }

@@ -80,6 +80,8 @@ impl From<AuthFailure> for ApiError {
 
 struct Cache {
     by_hash: HashMap<[u8; 32], Arc<TokenRow>>,
+    /// The same rows by token id (web sessions made by token login name their token by id).
+    by_id: HashMap<String, Arc<TokenRow>>,
     data_version: i64,
 }
 
@@ -108,6 +110,7 @@ impl TokenStore {
             service,
             cache: RwLock::new(Cache {
                 by_hash: HashMap::new(),
+                by_id: HashMap::new(),
                 data_version: -1,
             }),
             generation: watch::Sender::new(0),
@@ -122,12 +125,15 @@ impl TokenStore {
             .service
             .read(|conn| Ok((sql::load_all(conn)?, data_version(conn)?)))
             .await?;
-        let by_hash = rows
-            .into_iter()
-            .map(|row| (row.hash, Arc::new(row)))
+        let rows: Vec<Arc<TokenRow>> = rows.into_iter().map(Arc::new).collect();
+        let by_id = rows
+            .iter()
+            .map(|row| (row.meta.id.clone(), Arc::clone(row)))
             .collect();
+        let by_hash = rows.into_iter().map(|row| (row.hash, row)).collect();
         *self.cache.write().unwrap_or_else(|p| p.into_inner()) = Cache {
             by_hash,
+            by_id,
             data_version: version,
         };
         // After the swap: a waiter woken by this sees the new rows.
@@ -255,6 +261,28 @@ impl TokenStore {
         if !token::hashes_equal(&row.hash, &hash) {
             return Err((AuthFailure::Unknown, None));
         }
+        Self::check_live(row)
+    }
+
+    /// The token with this id, if it is still live (a web session made by token login stands
+    /// for its token: revoking or expiring the token ends the session).
+    pub fn authenticate_id(
+        &self,
+        id: &str,
+    ) -> Result<Arc<TokenRow>, (AuthFailure, Option<Arc<TokenRow>>)> {
+        let row = {
+            let cache = self.cache.read().unwrap_or_else(|p| p.into_inner());
+            cache.by_id.get(id).cloned()
+        };
+        match row {
+            Some(row) => Self::check_live(row),
+            None => Err((AuthFailure::Revoked, None)),
+        }
+    }
+
+    fn check_live(
+        row: Arc<TokenRow>,
+    ) -> Result<Arc<TokenRow>, (AuthFailure, Option<Arc<TokenRow>>)> {
         if row.revoked {
             return Err((AuthFailure::Revoked, Some(row)));
         }

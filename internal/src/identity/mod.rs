@@ -1,0 +1,263 @@
+//! Web identity: browser sessions (tower-sessions, stored in `service.db` by [`store`]) and the
+//! routes that start and end them: `POST /auth/token-login`, `GET /auth/me`, `POST /auth/logout`.
+//!
+//! A session is not a second authorization path: the auth middleware turns the session cookie
+//! into the same principal a token would be ([`resolve`]). A session made by token login stands
+//! for its admin token (its scopes are the session's; revoking the token ends the session).
+//! Unsafe methods from a session need `X-CSRF-Token`. Sessions end after `session_idle_secs`
+//! unused and `session_absolute_secs` after sign-in, on logout (deleted server-side), and when
+//! their token goes; expired rows are swept every minute.
+
+pub mod store;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use time::OffsetDateTime;
+use tower_sessions::cookie::SameSite;
+use tower_sessions::{Expiry, Session, SessionManagerLayer};
+
+use crate::auth::{Access, AuthFailure, Authorized, Route, TokenRow};
+use crate::error::{ApiError, Json};
+use crate::server::{App, AppState};
+use store::ServiceStore;
+
+/// The session cookie's name.
+pub const COOKIE: &str = "patchwork_session";
+/// The header unsafe requests from a session must carry.
+pub const CSRF_HEADER: &str = "x-csrf-token";
+const PRINCIPAL: &str = "principal";
+
+/// Who a session belongs to, as stored in the session record.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct WebPrincipal {
+    pub subject: String,
+    pub name: Option<String>,
+    pub email: Option<String>,
+    pub is_admin: bool,
+    /// Token login: the machine token this session stands for.
+    pub token_id: Option<String>,
+    /// The CSRF token of this session (sent back as `X-CSRF-Token`).
+    pub csrf: String,
+    /// Unix seconds of sign-in (absolute expiry).
+    pub created_at: i64,
+    /// Unix seconds the idle expiry was last moved forward.
+    pub touched_at: i64,
+}
+
+pub fn routes() -> Vec<Route> {
+    vec![
+        // Anonymous: rate limited per client IP, like every route a guesser could hammer.
+        Route::new(
+            Method::POST,
+            "/auth/token-login",
+            Access::Anonymous,
+            post(token_login),
+        ),
+        Route::new(Method::GET, "/auth/me", Access::Session, get(me)),
+        Route::new(Method::POST, "/auth/logout", Access::Session, post(logout)),
+    ]
+}
+
+/// The tower-sessions layer: cookie `patchwork_session`, `HttpOnly`, `SameSite=Lax`, `Path=/`,
+/// `Secure` when `public_url` is https; idle expiry moved forward when the session is saved.
+pub fn layer(state: &AppState) -> SessionManagerLayer<ServiceStore> {
+    let idle = i64::try_from(state.config.session_idle_secs).unwrap_or(i64::MAX);
+    SessionManagerLayer::new(state.sessions.clone())
+        .with_name(COOKIE)
+        .with_http_only(true)
+        .with_same_site(SameSite::Lax)
+        .with_path("/")
+        .with_secure(state.config.secure_cookies())
+        .with_expiry(Expiry::OnInactivity(time::Duration::seconds(idle)))
+}
+
+fn now() -> i64 {
+    OffsetDateTime::now_utc().unix_timestamp()
+}
+
+fn store_error(e: impl std::fmt::Display) -> ApiError {
+    ApiError::internal(format!("session store: {e}"))
+}
+
+fn session_ended(why: &str) -> ApiError {
+    ApiError::unauthorized(format!("the session has ended ({why}); sign in again"))
+}
+
+fn is_safe(method: &Method) -> bool {
+    matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
+}
+
+/// The caller behind a session cookie: `None` without a (live) session. Checks the absolute
+/// expiry, the CSRF header on unsafe methods and that the session's token is still live, and
+/// moves the idle expiry forward at most every `min(60 s, idle / 4)` (so plain reads do not
+/// write the store on every request).
+pub async fn resolve(
+    app: &App,
+    session: &Session,
+    method: &Method,
+    headers: &HeaderMap,
+) -> Result<Option<(Arc<TokenRow>, Arc<WebPrincipal>)>, ApiError> {
+    if session.id().is_none() {
+        return Ok(None);
+    }
+    let Some(mut principal) = session
+        .get::<WebPrincipal>(PRINCIPAL)
+        .await
+        .map_err(store_error)?
+    else {
+        return Ok(None);
+    };
+    let now = now();
+    let absolute = i64::try_from(app.config.session_absolute_secs).unwrap_or(i64::MAX);
+    if now >= principal.created_at.saturating_add(absolute) {
+        session.flush().await.map_err(store_error)?;
+        return Err(session_ended("it is older than session_absolute_secs"));
+    }
+    if !is_safe(method) {
+        let sent = headers
+            .get(CSRF_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if !crate::auth::token::hashes_equal(sent.as_bytes(), principal.csrf.as_bytes()) {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "csrf_required",
+                format!(
+                    "requests other than GET/HEAD/OPTIONS from a web session need the {CSRF_HEADER} header from /auth/me"
+                ),
+            ));
+        }
+    }
+    let Some(token_id) = principal.token_id.as_deref() else {
+        // Only token-login sessions exist so far; anything else is not ours to honour.
+        session.flush().await.map_err(store_error)?;
+        return Ok(None);
+    };
+    let token = match app.tokens.authenticate_id(token_id) {
+        Ok(token) => token,
+        Err((failure, _)) => {
+            session.flush().await.map_err(store_error)?;
+            return Err(session_ended(match failure {
+                AuthFailure::Expired => "its token has expired",
+                _ => "its token was revoked",
+            }));
+        }
+    };
+    let idle = i64::try_from(app.config.session_idle_secs).unwrap_or(i64::MAX);
+    if now - principal.touched_at >= (idle / 4).clamp(0, 60) {
+        principal.touched_at = now;
+        session
+            .insert(PRINCIPAL, &principal)
+            .await
+            .map_err(store_error)?;
+    }
+    Ok(Some((token, Arc::new(principal))))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenLoginBody {
+    token: String,
+}
+
+/// `POST /auth/token-login {token}`: an admin machine token becomes a session (`204` + cookie)
+/// when OIDC is off. The session id is always a new one (no fixation).
+async fn token_login(
+    State(state): State<AppState>,
+    session: Session,
+    Json(body): Json<TokenLoginBody>,
+) -> Result<Response, ApiError> {
+    let row = state
+        .tokens
+        .authenticate(body.token.trim())
+        .map_err(|(failure, row)| {
+            tracing::info!(reason = ?failure, token_id = row.as_ref().map(|r| r.meta.id.as_str()),
+                "audit: token login refused");
+            ApiError::from(failure)
+        })?;
+    if !row.meta.is_admin {
+        tracing::info!(token_id = %row.meta.id, "audit: token login refused: not an admin token");
+        return Err(ApiError::unauthorized(
+            "only an admin token can sign in to the dashboard",
+        ));
+    }
+    let now = now();
+    let principal = WebPrincipal {
+        subject: format!("token:{}", row.meta.id),
+        name: Some(row.meta.label.clone()),
+        email: None,
+        is_admin: true,
+        token_id: Some(row.meta.id.clone()),
+        csrf: crate::auth::token::mint().1,
+        created_at: now,
+        touched_at: now,
+    };
+    // Whatever session the browser came with (maybe one an attacker planted) is dropped and a
+    // new id issued.
+    session.cycle_id().await.map_err(store_error)?;
+    session.clear().await;
+    session
+        .insert(PRINCIPAL, &principal)
+        .await
+        .map_err(store_error)?;
+    tracing::info!(token_id = %row.meta.id, label = %row.meta.label, "audit: token login");
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `GET /auth/me`.
+async fn me(
+    State(state): State<AppState>,
+    auth: Authorized,
+    session: Session,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let principal = auth
+        .web
+        .as_ref()
+        .ok_or_else(|| ApiError::unauthorized("no web session"))?;
+    let idle_end = session.expiry_date();
+    let absolute = i64::try_from(state.config.session_absolute_secs).unwrap_or(i64::MAX);
+    let absolute_end =
+        OffsetDateTime::from_unix_timestamp(principal.created_at.saturating_add(absolute))
+            .unwrap_or(idle_end);
+    Ok(Json(json!({
+        "subject": principal.subject,
+        "name": principal.name,
+        "email": principal.email,
+        "is_admin": principal.is_admin,
+        "csrf_token": principal.csrf,
+        "expires_at": crate::time_fmt::rfc3339(idle_end.min(absolute_end)),
+    })))
+}
+
+/// `POST /auth/logout`: the session is deleted server-side and the cookie removed.
+async fn logout(auth: Authorized, session: Session) -> Result<Response, ApiError> {
+    session.flush().await.map_err(store_error)?;
+    if let Some(p) = &auth.web {
+        tracing::info!(subject = %p.subject, "audit: logout");
+    }
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// Deletes expired session rows every minute until shutdown.
+pub async fn sweeper(state: AppState, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = state.shutdown.cancelled() => return,
+        }
+        match state.sessions.delete_expired().await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(deleted = n, "expired web sessions deleted"),
+            Err(e) => tracing::warn!(error = %e, "deleting expired web sessions failed"),
+        }
+    }
+}
