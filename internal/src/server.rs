@@ -204,12 +204,18 @@ fn open_document_budget(configured: usize, nofile: Option<u64>) -> usize {
     let budget = usize::try_from(limit.saturating_sub(256) / 3)
         .unwrap_or(usize::MAX)
         .max(1);
+    lowered_to_budget("max_open_documents", configured, budget, limit)
+}
+
+/// `configured`, or `budget` (with a warning naming `setting`) when it is above it.
+fn lowered_to_budget(setting: &str, configured: usize, budget: usize, nofile: u64) -> usize {
     if configured > budget {
         tracing::warn!(
+            setting,
             configured,
             budget,
-            nofile = limit,
-            "max_open_documents is above what the file-descriptor limit allows; using the lower value"
+            nofile,
+            "a setting is above what the file-descriptor limit allows; using the lower value"
         );
         budget
     } else {
@@ -238,17 +244,7 @@ pub(crate) fn connection_budget(configured: usize, max_open: usize, nofile: Opti
     )
     .unwrap_or(usize::MAX)
     .max(1);
-    if configured > budget {
-        tracing::warn!(
-            configured,
-            budget,
-            nofile = limit,
-            "max_connections is above what the file-descriptor limit leaves after the document budget; using the lower value"
-        );
-        budget
-    } else {
-        configured
-    }
+    lowered_to_budget("max_connections", configured, budget, limit)
 }
 
 /// Serves HTTP on `listener` until `shutdown` resolves, then: stop accepting, let in-flight
