@@ -135,6 +135,9 @@ struct ServeArgs {
     /// Seconds an idle keep-alive connection stays open [default: 60].
     #[arg(long, env = "PATCHWORK_HTTP_IDLE_TIMEOUT_SECS")]
     http_idle_timeout_secs: Option<u64>,
+    /// Seconds without a byte while a request body is awaited [default: 60].
+    #[arg(long, env = "PATCHWORK_REQUEST_BODY_TIMEOUT_SECS")]
+    request_body_timeout_secs: Option<u64>,
     /// Cap on open HTTP connections; lowered to the descriptor budget [default: 10000].
     #[arg(long, env = "PATCHWORK_MAX_CONNECTIONS")]
     max_connections: Option<usize>,
@@ -232,6 +235,7 @@ impl ServeArgs {
             webhook_max_body_bytes,
             header_read_timeout_secs,
             http_idle_timeout_secs,
+            request_body_timeout_secs,
             max_connections,
             max_connections_per_ip,
             session_idle_secs,

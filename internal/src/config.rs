@@ -155,6 +155,9 @@ pub struct Config {
     /// A keep-alive connection with no request in flight and no bytes arriving is closed after
     /// this long (long-lived SSE responses and WebSockets are in flight, never idle).
     pub http_idle_timeout_secs: u64,
+    /// While a handler waits for more of a request body, the connection is closed after this
+    /// long without a byte (a slow or stalled upload cannot hold a connection forever).
+    pub request_body_timeout_secs: u64,
     /// Cap on open HTTP connections (WebSockets included); lowered at start to what
     /// `RLIMIT_NOFILE` leaves after the open-document budget. Connections over it are closed.
     pub max_connections: usize,
@@ -205,6 +208,7 @@ impl Default for Config {
             webhook_max_body_bytes: 1024 * 1024,
             header_read_timeout_secs: 10,
             http_idle_timeout_secs: 60,
+            request_body_timeout_secs: 60,
             max_connections: 10_000,
             max_connections_per_ip: 256,
             public_url: None,
@@ -248,10 +252,13 @@ impl Config {
         if self.idle_timeout_secs == 0 {
             return Err("idle_timeout_secs must be at least 1".into());
         }
-        if self.header_read_timeout_secs == 0 || self.http_idle_timeout_secs == 0 {
-            return Err(
-                "header_read_timeout_secs and http_idle_timeout_secs must be at least 1".into(),
-            );
+        if self.header_read_timeout_secs == 0
+            || self.http_idle_timeout_secs == 0
+            || self.request_body_timeout_secs == 0
+        {
+            return Err("header_read_timeout_secs, http_idle_timeout_secs and \
+                 request_body_timeout_secs must be at least 1"
+                .into());
         }
         if self.max_connections == 0 || self.max_connections_per_ip == 0 {
             return Err("max_connections and max_connections_per_ip must be at least 1".into());

@@ -271,6 +271,7 @@ pub async fn serve(
     let settings = conn::ConnSettings {
         header_read_timeout: Duration::from_secs(state.config.header_read_timeout_secs),
         idle_timeout: Duration::from_secs(state.config.http_idle_timeout_secs),
+        body_timeout: Duration::from_secs(state.config.request_body_timeout_secs),
         max_connections: state.max_connections,
         max_connections_per_ip: state.config.max_connections_per_ip,
     };

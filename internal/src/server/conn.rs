@@ -11,6 +11,9 @@
 //!   is closed after `http_idle_timeout_secs`. A request is in flight from its parsed head until
 //!   its response body is dropped (fully written or abandoned), so SSE streams are never idle;
 //!   upgraded WebSockets leave this machinery altogether.
+//! - **request body timeout**: while a handler waits for more of the request body and none
+//!   arrives for `request_body_timeout_secs`, the connection is closed. Only time the server
+//!   spends *asking* counts: a stream producer whose body waits for its consumer is not slow.
 //! - **accept back-off**: a failing `accept` (`EMFILE`, `ENFILE`, `ENOBUFS`, …) sleeps, 10 ms
 //!   doubling to 1 s, instead of spinning.
 //! - **graceful shutdown**: when `stop` is cancelled the listener is closed, idle connections
@@ -18,8 +21,10 @@
 //!
 //! hyper's own `header_read_timeout` is not used: it is restarted whenever a connection goes
 //! idle, so it would also cut keep-alive connections after the (short) header timeout.
-//! The timers live in one watchdog per connection ([`Activity`]), fed by the IO wrapper (bytes
-//! arriving) and the service wrapper (requests starting and ending).
+//! The timers live in one watchdog per connection ([`Activity`]): the IO, service and body
+//! wrappers only store time stamps, and the watchdog reads them when its one timer fires (at
+//! the nearest deadline, or after the shortest timeout to look again), so a request costs no
+//! wake-up of the connection task.
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
@@ -45,7 +50,7 @@ use hyper_util::rt::TokioIo;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -73,6 +78,7 @@ const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 pub struct ConnSettings {
     pub header_read_timeout: Duration,
     pub idle_timeout: Duration,
+    pub body_timeout: Duration,
     pub max_connections: usize,
     pub max_connections_per_ip: usize,
 }
@@ -214,6 +220,7 @@ fn refusal(message: &str) -> Vec<u8> {
 enum Timeout {
     Header,
     Idle,
+    Body,
 }
 
 impl Timeout {
@@ -221,6 +228,7 @@ impl Timeout {
         match self {
             Timeout::Header => "header",
             Timeout::Idle => "idle",
+            Timeout::Body => "body",
         }
     }
 }
@@ -238,8 +246,9 @@ struct Activity {
     idle_since: AtomicU64,
     /// When the first byte of the next request head arrived while idle (`NONE`: none yet).
     head_started: AtomicU64,
-    /// Wakes the watchdog when a deadline may have moved earlier or appeared.
-    changed: Notify,
+    /// Since when a handler has been waiting for request body bytes that have not come
+    /// (`NONE`: not waiting).
+    body_wait_since: AtomicU64,
 }
 
 impl Activity {
@@ -250,7 +259,7 @@ impl Activity {
             served: AtomicBool::new(false),
             idle_since: AtomicU64::new(0),
             head_started: AtomicU64::new(NONE),
-            changed: Notify::new(),
+            body_wait_since: AtomicU64::new(NONE),
         }
     }
 
@@ -263,7 +272,6 @@ impl Activity {
             && self.head_started.load(Ordering::Acquire) == NONE
         {
             self.head_started.store(self.now_ms(), Ordering::Release);
-            self.changed.notify_one();
         }
     }
 
@@ -275,15 +283,30 @@ impl Activity {
 
     fn request_ended(&self) {
         self.idle_since.store(self.now_ms(), Ordering::Release);
+        self.body_wait_since.store(NONE, Ordering::Release);
         self.in_flight.fetch_sub(1, Ordering::AcqRel);
-        self.changed.notify_one();
+    }
+
+    /// A handler asked for request body bytes and got none yet (`waiting`), or got some.
+    fn body_waiting(&self, waiting: bool) {
+        if !waiting {
+            self.body_wait_since.store(NONE, Ordering::Release);
+        } else if self.body_wait_since.load(Ordering::Acquire) == NONE {
+            self.body_wait_since.store(self.now_ms(), Ordering::Release);
+        }
     }
 
     /// The moment the connection is to be closed, if nothing changes; `None` while a request is
-    /// in flight.
+    /// in flight and not starved of its body.
     fn deadline(&self, settings: &ConnSettings) -> Option<(Instant, Timeout)> {
         if self.in_flight.load(Ordering::Acquire) > 0 {
-            return None;
+            let since = self.body_wait_since.load(Ordering::Acquire);
+            return (since != NONE).then(|| {
+                (
+                    self.base + Duration::from_millis(since) + settings.body_timeout,
+                    Timeout::Body,
+                )
+            });
         }
         let head = self.head_started.load(Ordering::Acquire);
         let (from, after, why) = if head != NONE {
@@ -298,21 +321,26 @@ impl Activity {
         Some((self.base + Duration::from_millis(from) + after, why))
     }
 
-    /// Resolves when the connection has been idle, or slow with a request head, for too long.
+    /// Resolves when the connection has been idle, slow with a request head, or silent while
+    /// its body is awaited, for too long. Nothing wakes it but its own timer: it sleeps until
+    /// the nearest deadline, but never longer than the shortest timeout, so a deadline that
+    /// appears meanwhile (a head starting, a request ending, a body wait) is never overslept —
+    /// each starts after the last look and so ends after the next one.
     async fn expired(&self, settings: &ConnSettings) -> Timeout {
+        let look_again = settings
+            .header_read_timeout
+            .min(settings.idle_timeout)
+            .min(settings.body_timeout);
+        let mut timer = pin!(tokio::time::sleep(Duration::ZERO));
         loop {
-            match self.deadline(settings) {
-                None => self.changed.notified().await,
-                Some((at, why)) => {
-                    if at <= Instant::now() {
-                        return why;
-                    }
-                    tokio::select! {
-                        () = tokio::time::sleep_until(at) => {}
-                        () = self.changed.notified() => {}
-                    }
-                }
-            }
+            let now = Instant::now();
+            let wake = match self.deadline(settings) {
+                Some((at, why)) if at <= now => return why,
+                Some((at, _)) => at.min(now + look_again),
+                None => now + look_again,
+            };
+            timer.as_mut().reset(wake);
+            timer.as_mut().await;
         }
     }
 }
@@ -412,6 +440,41 @@ impl hyper::body::Body for TrackedBody {
     }
 }
 
+/// A request body that tells the watchdog while its handler waits for bytes that do not come.
+pub struct WatchedBody {
+    inner: Incoming,
+    activity: Arc<Activity>,
+}
+
+impl hyper::body::Body for WatchedBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        this.activity.body_waiting(polled.is_pending());
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for WatchedBody {
+    fn drop(&mut self) {
+        self.activity.body_waiting(false);
+    }
+}
+
 /// The router as one connection's hyper service: adds `ConnectInfo<SocketAddr>`, answers
 /// oversized heads itself, tracks requests in flight.
 struct ConnService {
@@ -489,11 +552,13 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
     type Error = Infallible;
     type Future = ServiceFuture;
 
-    fn call(&self, mut req: Request<Incoming>) -> ServiceFuture {
+    fn call(&self, req: Request<Incoming>) -> ServiceFuture {
         let in_flight = InFlight::start(self.activity.clone());
         let answer = match oversized(&req) {
             Some(e) => Answer::Ready(Some(e.into_response())),
             None => {
+                let activity = self.activity.clone();
+                let mut req = req.map(|inner| WatchedBody { inner, activity });
                 req.extensions_mut().insert(ConnectInfo(self.peer));
                 // `Router` is always ready; `call` needs no `poll_ready` first.
                 Answer::Routed(tower::Service::call(&mut self.router.clone(), req))
@@ -612,6 +677,7 @@ pub async fn run(
             let mut draining = false;
             loop {
                 tokio::select! {
+                    biased;
                     result = conn.as_mut() => {
                         if let Err(e) = result {
                             tracing::trace!(%peer, error = %e, "connection ended with an error");

@@ -470,3 +470,61 @@ async fn oversized_request_target_and_head_answer_json() {
         assert!(text.starts_with("HTTP/1.1 431 "), "{text}");
     }
 }
+
+#[tokio::test]
+async fn stalled_request_body_is_cut_after_the_body_timeout() {
+    let server = TestServer::start_with(|c| {
+        c.header_read_timeout_secs = 10;
+        c.http_idle_timeout_secs = 30;
+        c.request_body_timeout_secs = 1;
+    })
+    .await;
+    // A complete head on an anonymous route, then one byte of a 100-byte body, then nothing.
+    let mut stalled = connect_from(&server, [127, 0, 0, 1]).await;
+    stalled
+        .write_all(
+            b"POST /auth/token-login HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n\
+              Content-Length: 100\r\n\r\n{",
+        )
+        .await
+        .unwrap();
+    let after = closed_within(&mut stalled, Duration::from_secs(5)).await;
+    assert!(
+        after >= Duration::from_millis(700) && after < Duration::from_secs(4),
+        "closed after {after:?}"
+    );
+    let metrics = server.metrics().await;
+    assert!(
+        metric_value(
+            &metrics,
+            "patchwork_http_connection_timeouts_total{reason=\"body\"} "
+        ) >= 1.0,
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_producer_waiting_for_its_consumer_is_not_slow() {
+    let server = TestServer::start_with(|c| {
+        c.request_body_timeout_secs = 1;
+        c.http_idle_timeout_secs = 1;
+    })
+    .await;
+    // The producer's body waits (unread) for a consumer that comes after 2.5 body timeouts.
+    let producer = server
+        .admin(Method::POST, "/api/v1/db/relay/streams/queue/slowjob")
+        .body("the payload")
+        .send();
+    let consumer = async {
+        tokio::time::sleep(Duration::from_millis(2_500)).await;
+        let r = server
+            .admin(Method::GET, "/api/v1/db/relay/streams/queue/slowjob/next")
+            .send()
+            .await
+            .unwrap();
+        (r.status(), r.text().await.unwrap())
+    };
+    let (produced, consumed) = tokio::join!(producer, consumer);
+    assert_eq!(consumed, (StatusCode::OK, "the payload".to_owned()));
+    assert_eq!(produced.unwrap().status(), StatusCode::OK);
+}
