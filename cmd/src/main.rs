@@ -147,6 +147,24 @@ struct ServeArgs {
     /// The URL people reach the service at; https makes the session cookie Secure.
     #[arg(long, env = "PATCHWORK_PUBLIC_URL")]
     public_url: Option<String>,
+    /// OpenID Connect issuer URL; OIDC login is off while unset.
+    #[arg(long, env = "PATCHWORK_OIDC_ISSUER")]
+    oidc_issuer: Option<String>,
+    /// OIDC client id.
+    #[arg(long, env = "PATCHWORK_OIDC_CLIENT_ID")]
+    oidc_client_id: Option<String>,
+    /// OIDC client secret (prefer the environment variable).
+    #[arg(long, env = "PATCHWORK_OIDC_CLIENT_SECRET", hide_env_values = true)]
+    oidc_client_secret: Option<String>,
+    /// Scopes asked for besides openid (comma-separated) [default: email,profile].
+    #[arg(long, env = "PATCHWORK_OIDC_SCOPES", value_delimiter = ',')]
+    oidc_scopes: Option<Vec<String>>,
+    /// Subjects who are admins (comma-separated).
+    #[arg(long, env = "PATCHWORK_OIDC_ADMIN_SUBJECTS", value_delimiter = ',')]
+    oidc_admin_subjects: Option<Vec<String>>,
+    /// `claim=value` that makes a person an admin, e.g. groups=patchwork-admins.
+    #[arg(long, env = "PATCHWORK_OIDC_ADMIN_CLAIM")]
+    oidc_admin_claim: Option<String>,
     /// Seconds a web session lasts without use [default: 86400].
     #[arg(long, env = "PATCHWORK_SESSION_IDLE_SECS")]
     session_idle_secs: Option<u64>,
@@ -244,6 +262,24 @@ impl ServeArgs {
         );
         if let Some(url) = self.public_url {
             config.public_url = Some(url);
+        }
+        if let Some(v) = self.oidc_issuer {
+            config.oidc_issuer = Some(v);
+        }
+        if let Some(v) = self.oidc_client_id {
+            config.oidc_client_id = Some(v);
+        }
+        if let Some(v) = self.oidc_client_secret {
+            config.oidc_client_secret = Some(Secret::new(v));
+        }
+        if let Some(v) = self.oidc_scopes {
+            config.oidc_scopes = v;
+        }
+        if let Some(v) = self.oidc_admin_subjects {
+            config.oidc_admin_subjects = v;
+        }
+        if let Some(v) = self.oidc_admin_claim {
+            config.oidc_admin_claim = Some(v);
         }
         if let Some(token) = self.admin_token {
             config.admin_token = Some(Secret::new(token));

@@ -167,6 +167,19 @@ pub struct Config {
     /// The URL people reach the service at (e.g. `https://pw.example.com`): the OIDC redirect
     /// URL is `{public_url}/auth/callback`, and the session cookie is `Secure` when it is https.
     pub public_url: Option<String>,
+    /// The OpenID Connect issuer (discovery at `{issuer}/.well-known/openid-configuration`).
+    /// OIDC login is off while it is unset (token login is the way in then).
+    pub oidc_issuer: Option<String>,
+    pub oidc_client_id: Option<String>,
+    pub oidc_client_secret: Option<Secret>,
+    /// Scopes asked for besides `openid` (add the one that brings the admin claim, e.g.
+    /// `groups`, if the provider needs it).
+    pub oidc_scopes: Vec<String>,
+    /// Subjects (`sub`) who are admins.
+    pub oidc_admin_subjects: Vec<String>,
+    /// `claim=value`: people whose ID token has this claim equal to (or, for a list, containing)
+    /// the value are admins, e.g. `groups=patchwork-admins`.
+    pub oidc_admin_claim: Option<String>,
     /// A web session ends after this long without use.
     pub session_idle_secs: u64,
     /// A web session ends this long after sign-in, however much it is used.
@@ -212,6 +225,12 @@ impl Default for Config {
             max_connections: 10_000,
             max_connections_per_ip: 256,
             public_url: None,
+            oidc_issuer: None,
+            oidc_client_id: None,
+            oidc_client_secret: None,
+            oidc_scopes: vec!["email".into(), "profile".into()],
+            oidc_admin_subjects: Vec::new(),
+            oidc_admin_claim: None,
             session_idle_secs: 86_400,
             session_absolute_secs: 604_800,
         }
@@ -271,6 +290,27 @@ impl Config {
         {
             return Err(format!(
                 "public_url must start with http:// or https://, not {url:?}"
+            ));
+        }
+        if self.oidc_issuer.is_some() {
+            if self.oidc_client_id.as_deref().is_none_or(str::is_empty) {
+                return Err("oidc_client_id is required when oidc_issuer is set".into());
+            }
+            if self.public_url.is_none() {
+                return Err(
+                    "public_url is required when oidc_issuer is set (the redirect URL is \
+                     {public_url}/auth/callback)"
+                        .into(),
+                );
+            }
+        }
+        if let Some(claim) = &self.oidc_admin_claim
+            && claim
+                .split_once('=')
+                .is_none_or(|(k, v)| k.is_empty() || v.is_empty())
+        {
+            return Err(format!(
+                "oidc_admin_claim must be claim=value, not {claim:?}"
             ));
         }
         if let Some(token) = &self.admin_token

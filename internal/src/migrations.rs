@@ -36,6 +36,11 @@ const SERVICE: &[Migration] = &[
         name: "0003_web_sessions",
         sql: include_str!("../../migrations/service/0003_web_sessions.sql"),
     },
+    Migration {
+        version: 4,
+        name: "0004_users",
+        sql: include_str!("../../migrations/service/0004_users.sql"),
+    },
 ];
 
 const DOCUMENT: &[Migration] = &[

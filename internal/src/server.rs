@@ -33,6 +33,10 @@ pub struct App {
     pub tokens: Arc<TokenStore>,
     /// Web sessions, stored in `service.db`.
     pub sessions: crate::identity::store::ServiceStore,
+    /// The OIDC relying party (`None`: OIDC off, token login instead).
+    pub oidc: Option<Arc<crate::identity::oidc::Oidc>>,
+    /// Who owns which document (documents created from a person's session).
+    pub owners: Arc<crate::identity::users::Owners>,
     pub limits: RateLimits,
     /// Per-document watch hubs (query watches share evaluations through them).
     pub watch_hubs: crate::query::watch::Hubs,
@@ -144,6 +148,12 @@ impl App {
             key.derive("patchwork 2026 webhook endpoint secrets v1"),
         ));
         let sessions = crate::identity::store::ServiceStore::new(service.clone(), key.clone());
+        let oidc = crate::identity::oidc::Oidc::from_config(&config)
+            .context("setting up OIDC")?
+            .map(Arc::new);
+        let owners = crate::identity::users::Owners::load(&service)
+            .await
+            .context("loading document owners")?;
         let tokens = TokenStore::load(key, service.clone())
             .await
             .context("loading tokens")?;
@@ -169,6 +179,8 @@ impl App {
             service,
             tokens,
             sessions,
+            oidc,
+            owners,
             metrics,
             started_at: OffsetDateTime::now_utc(),
             started: Instant::now(),

@@ -76,16 +76,40 @@ impl TestServer {
         Self::start_in(dir, config).await
     }
 
+    /// As [`start_with`](Self::start_with), with the server's base URL (`http://127.0.0.1:PORT`)
+    /// known to `tweak` (for `public_url`, OIDC redirect URLs).
+    pub async fn start_at(tweak: impl FnOnce(&mut Config, &str)) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("addr"));
+        let mut config = Config {
+            data_dir: dir.path().to_path_buf(),
+            ..Config::default()
+        };
+        tweak(&mut config, &base);
+        Self::serve_on(dir, config, listener).await
+    }
+
     async fn start_in(dir: tempfile::TempDir, config: Config) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        Self::serve_on(dir, config, listener).await
+    }
+
+    async fn serve_on(
+        dir: tempfile::TempDir,
+        config: Config,
+        listener: tokio::net::TcpListener,
+    ) -> Self {
         let env_token = config.admin_token.clone();
         let opened = App::open(config).await.expect("app opens");
         let admin_token = opened
             .bootstrap_token
             .or_else(|| env_token.map(|t| t.expose().to_owned()))
             .expect("a bootstrap admin token");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let stop = CancellationToken::new();
         let state = opened.state.clone();

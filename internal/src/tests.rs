@@ -4,6 +4,7 @@ mod auth;
 mod connections;
 mod identity;
 mod leases;
+mod oidc;
 mod pubsub;
 mod query;
 mod runtime;

@@ -150,6 +150,10 @@ impl Authorized {
     /// Resolves when the caller's token stops being valid (revoked, deleted, expired); never on
     /// public and anonymous routes. Long-lived streams select on it and end.
     pub fn invalidated(&self, tokens: &Arc<super::TokenStore>) -> super::Invalidated {
+        // A person's session has no token to revoke (its end is checked on its next request).
+        if self.web.as_ref().is_some_and(|w| w.token_id.is_none()) {
+            return Box::pin(std::future::pending());
+        }
         match &self.token {
             Some(row) => tokens.until_invalid(row),
             None => Box::pin(std::future::pending()),

@@ -109,7 +109,7 @@ async fn check(
     // Without a token, a web session cookie stands for its principal (and unsafe methods need
     // its CSRF header); a token, when given, always wins.
     let mut web = None;
-    let token = match presented {
+    let mut token = match presented {
         Some(presented) => app
             .tokens
             .authenticate(presented)
@@ -161,7 +161,7 @@ async fn check(
                 ResourceFrom::Path(name) => Some(param(name).unwrap_or_default()),
                 _ => None,
             };
-            let granted = is_admin
+            let mut granted = is_admin
                 || actions.iter().any(|&action| {
                     token.meta.scopes.iter().any(|s| match resource {
                         ResourceFrom::None => scope_grants(s, db_id.as_str(), action, None),
@@ -172,6 +172,20 @@ async fn check(
                         ResourceFrom::Handler => s.covers(db_id.as_str(), action),
                     })
                 });
+            // A signed-in person creating a new document becomes its owner.
+            if !granted
+                && spec.path == crate::identity::OPEN_ROUTE
+                && let Some(principal) = &web
+                && crate::identity::claim_new_document(app, principal, &db_id).await?
+            {
+                token = Arc::new(crate::identity::users::principal_row(
+                    &principal.subject,
+                    principal.name.as_deref(),
+                    principal.is_admin,
+                    &app.owners,
+                ));
+                granted = true;
+            }
             if !granted {
                 let names: Vec<&str> = actions.iter().map(|a| a.as_str()).collect();
                 return Err(ApiError::forbidden(format!(

@@ -1,14 +1,19 @@
 //! Web identity: browser sessions (tower-sessions, stored in `service.db` by [`store`]) and the
-//! routes that start and end them: `POST /auth/token-login`, `GET /auth/me`, `POST /auth/logout`.
+//! routes that start and end them: OIDC sign-in ([`oidc`]: `GET /auth/login`, `/auth/callback`),
+//! `POST /auth/token-login` (when OIDC is off), `GET /auth/me`, `POST /auth/logout`.
 //!
 //! A session is not a second authorization path: the auth middleware turns the session cookie
 //! into the same principal a token would be ([`resolve`]). A session made by token login stands
-//! for its admin token (its scopes are the session's; revoking the token ends the session).
+//! for its admin token (its scopes are the session's; revoking the token ends the session); a
+//! person signed in through OIDC is an admin, or holds every action on the documents they own
+//! ([`users`]).
 //! Unsafe methods from a session need `X-CSRF-Token`. Sessions end after `session_idle_secs`
 //! unused and `session_absolute_secs` after sign-in, on logout (deleted server-side), and when
 //! their token goes; expired rows are swept every minute.
 
+pub mod oidc;
 pub mod store;
+pub mod users;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,6 +38,9 @@ pub const COOKIE: &str = "patchwork_session";
 /// The header unsafe requests from a session must carry.
 pub const CSRF_HEADER: &str = "x-csrf-token";
 const PRINCIPAL: &str = "principal";
+
+/// The path of the one route through which a signed-in non-admin acquires a document.
+pub const OPEN_ROUTE: &str = "/api/v1/db/{db_id}/_open";
 
 /// Who a session belongs to, as stored in the session record.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -60,6 +68,18 @@ pub fn routes() -> Vec<Route> {
             Access::Anonymous,
             post(token_login),
         ),
+        Route::new(
+            Method::GET,
+            "/auth/login",
+            Access::Anonymous,
+            get(oidc::login),
+        ),
+        Route::new(
+            Method::GET,
+            "/auth/callback",
+            Access::Anonymous,
+            get(oidc::callback),
+        ),
         Route::new(Method::GET, "/auth/me", Access::Session, get(me)),
         Route::new(Method::POST, "/auth/logout", Access::Session, post(logout)),
     ]
@@ -68,14 +88,19 @@ pub fn routes() -> Vec<Route> {
 /// The tower-sessions layer: cookie `patchwork_session`, `HttpOnly`, `SameSite=Lax`, `Path=/`,
 /// `Secure` when `public_url` is https; idle expiry moved forward when the session is saved.
 pub fn layer(state: &AppState) -> SessionManagerLayer<ServiceStore> {
-    let idle = i64::try_from(state.config.session_idle_secs).unwrap_or(i64::MAX);
     SessionManagerLayer::new(state.sessions.clone())
         .with_name(COOKIE)
         .with_http_only(true)
         .with_same_site(SameSite::Lax)
         .with_path("/")
         .with_secure(state.config.secure_cookies())
-        .with_expiry(Expiry::OnInactivity(time::Duration::seconds(idle)))
+        .with_expiry(session_expiry(state))
+}
+
+/// A signed-in session's expiry: `session_idle_secs` after it was last saved.
+fn session_expiry(state: &AppState) -> Expiry {
+    let idle = i64::try_from(state.config.session_idle_secs).unwrap_or(i64::MAX);
+    Expiry::OnInactivity(time::Duration::seconds(idle))
 }
 
 fn now() -> i64 {
@@ -135,20 +160,23 @@ pub async fn resolve(
             ));
         }
     }
-    let Some(token_id) = principal.token_id.as_deref() else {
-        // Only token-login sessions exist so far; anything else is not ours to honour.
-        session.flush().await.map_err(store_error)?;
-        return Ok(None);
-    };
-    let token = match app.tokens.authenticate_id(token_id) {
-        Ok(token) => token,
-        Err((failure, _)) => {
-            session.flush().await.map_err(store_error)?;
-            return Err(session_ended(match failure {
-                AuthFailure::Expired => "its token has expired",
-                _ => "its token was revoked",
-            }));
-        }
+    let token = match principal.token_id.as_deref() {
+        Some(token_id) => match app.tokens.authenticate_id(token_id) {
+            Ok(token) => token,
+            Err((failure, _)) => {
+                session.flush().await.map_err(store_error)?;
+                return Err(session_ended(match failure {
+                    AuthFailure::Expired => "its token has expired",
+                    _ => "its token was revoked",
+                }));
+            }
+        },
+        None => Arc::new(users::principal_row(
+            &principal.subject,
+            principal.name.as_deref(),
+            principal.is_admin,
+            &app.owners,
+        )),
     };
     let idle = i64::try_from(app.config.session_idle_secs).unwrap_or(i64::MAX);
     if now - principal.touched_at >= (idle / 4).clamp(0, 60) {
@@ -174,6 +202,11 @@ async fn token_login(
     session: Session,
     Json(body): Json<TokenLoginBody>,
 ) -> Result<Response, ApiError> {
+    if state.oidc.is_some() {
+        return Err(ApiError::not_found(
+            "token login is off while OIDC is configured; sign in at /auth/login",
+        ));
+    }
     let row = state
         .tokens
         .authenticate(body.token.trim())
@@ -203,6 +236,7 @@ async fn token_login(
     // new id issued.
     session.cycle_id().await.map_err(store_error)?;
     session.clear().await;
+    session.set_expiry(Some(session_expiry(&state)));
     session
         .insert(PRINCIPAL, &principal)
         .await
@@ -243,6 +277,36 @@ async fn logout(auth: Authorized, session: Session) -> Result<Response, ApiError
         tracing::info!(subject = %p.subject, "audit: logout");
     }
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// A signed-in non-admin asks to open a document they are not granted: if it does not exist
+/// yet and nobody owns it, it becomes theirs (the one way a person acquires a document).
+pub async fn claim_new_document(
+    app: &App,
+    principal: &WebPrincipal,
+    db_id: &crate::registry::DbId,
+) -> Result<bool, ApiError> {
+    if principal.token_id.is_some() || principal.is_admin {
+        return Ok(false);
+    }
+    if app.owners.owner(db_id.as_str()).is_some() {
+        return Ok(false);
+    }
+    let path = app.registry.documents_dir().join(db_id.file_name());
+    let exists = tokio::fs::try_exists(&path)
+        .await
+        .map_err(ApiError::internal)?;
+    if exists {
+        return Ok(false);
+    }
+    let owns = app
+        .owners
+        .claim(&app.service, db_id.as_str(), &principal.subject)
+        .await?;
+    if owns {
+        tracing::info!(subject = %principal.subject, db_id = %db_id, "audit: document created");
+    }
+    Ok(owns)
 }
 
 /// Deletes expired session rows every minute until shutdown.

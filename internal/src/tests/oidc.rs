@@ -1,0 +1,257 @@
+//! OIDC sign-in against a real provider (npm `oidc-provider`, started once per test binary by
+//! `testing::oidc`): the whole code flow, and every way a callback must be refused.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use reqwest::cookie::CookieStore as _;
+use reqwest::header::LOCATION;
+use reqwest::{Client, StatusCode, Url};
+use serde_json::{Value, json};
+
+use crate::identity::{COOKIE, CSRF_HEADER};
+use crate::testing::TestServer;
+use crate::testing::oidc::{self, Provider};
+
+async fn server_for(op: &Provider) -> TestServer {
+    let (issuer, id, secret) = (
+        op.issuer.clone(),
+        op.client_id.clone(),
+        op.client_secret.clone(),
+    );
+    TestServer::start_at(move |c, base| {
+        c.public_url = Some(base.to_owned());
+        c.oidc_issuer = Some(issuer);
+        c.oidc_client_id = Some(id);
+        c.oidc_client_secret = Some(crate::config::Secret::new(secret));
+        c.oidc_scopes = vec!["email".into(), "profile".into(), "groups".into()];
+        c.oidc_admin_subjects = vec!["root-rita".into()];
+        c.oidc_admin_claim = Some("groups=patchwork-admins".into());
+    })
+    .await
+}
+
+/// The `patchwork_session` cookie the jar holds for the server, if any.
+fn session_id(jar: &Arc<reqwest::cookie::Jar>, server: &TestServer) -> Option<String> {
+    let url = Url::parse(&server.url("/")).unwrap();
+    let cookies = jar.cookies(&url)?;
+    cookies.to_str().ok()?.split(';').find_map(|c| {
+        c.trim()
+            .strip_prefix(&format!("{COOKIE}="))
+            .map(str::to_owned)
+    })
+}
+
+async fn me(client: &Client, server: &TestServer) -> (StatusCode, Value) {
+    let r = client.get(server.url("/auth/me")).send().await.unwrap();
+    let status = r.status();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+fn location(r: &reqwest::Response) -> String {
+    r.headers()
+        .get(LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn login_through_the_provider_starts_a_new_session() {
+    let op = oidc::provider().await;
+    let server = server_for(op).await;
+    let (client, jar) = oidc::browser_client_with_jar();
+    let started = Instant::now();
+    let outcome = oidc::login(&client, &server.url(""), "admin-ann", "/ui/docs?tab=sql").await;
+    let before = session_id(&jar, &server).expect("a pre-login session");
+    let r = outcome.complete().await;
+    let elapsed = started.elapsed();
+    assert_eq!(r.status(), StatusCode::FOUND, "{}", r.text().await.unwrap());
+    assert_eq!(location(&r), "/ui/docs?tab=sql");
+    eprintln!("OIDC login round trip: {elapsed:?}");
+    let after = session_id(&jar, &server).expect("a session");
+    assert_ne!(before, after, "the session id is new after login");
+
+    let (s, me) = me(&client, &server).await;
+    assert_eq!(s, StatusCode::OK, "{me}");
+    assert_eq!(me["subject"], "admin-ann");
+    assert_eq!(me["is_admin"], true, "groups claim maps to admin: {me}");
+    assert_eq!(me["email"], "admin-ann@example.test");
+    // The user is recorded.
+    let admin: bool = server
+        .state
+        .service
+        .read(|conn| {
+            Ok(conn.query_row(
+                "SELECT is_admin FROM users WHERE subject = 'admin-ann'",
+                [],
+                |r| r.get(0),
+            )?)
+        })
+        .await
+        .unwrap();
+    assert!(admin);
+    // An admin session reaches admin routes.
+    let r = client.get(server.url("/api/v1/dbs")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+
+    // Replaying the callback is refused, and token login is off while OIDC is on.
+    let replay = outcome.complete().await;
+    assert_eq!(replay.status(), StatusCode::BAD_REQUEST);
+    let r = client
+        .post(server.url("/auth/token-login"))
+        .json(&json!({"token": server.admin_token}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn tampered_state_foreign_next_and_mixed_codes_are_refused() {
+    let op = oidc::provider().await;
+    let server = server_for(op).await;
+
+    // Tampered state: refused, no session; the genuine callback is then spent too.
+    let (client, _) = oidc::browser_client_with_jar();
+    let outcome = oidc::login(&client, &server.url(""), "mallory", "/ui/").await;
+    let forged = client
+        .get(outcome.with_param("state", "forged-state"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), StatusCode::BAD_REQUEST);
+    assert!(forged.text().await.unwrap().contains("Sign-in failed"));
+    assert_eq!(me(&client, &server).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(outcome.complete().await.status(), StatusCode::BAD_REQUEST);
+
+    // A `next` that leaves the site falls back to /ui/.
+    for next in [
+        "https://evil.example/",
+        "//evil.example/x",
+        "/\\evil.example",
+    ] {
+        let (client, _) = oidc::browser_client_with_jar();
+        let outcome = oidc::login(&client, &server.url(""), "nina", next).await;
+        let r = outcome.complete().await;
+        assert_eq!(r.status(), StatusCode::FOUND);
+        assert_eq!(location(&r), "/ui/", "next {next:?}");
+    }
+
+    // A code issued to another login attempt (its PKCE challenge and nonce) presented with this
+    // attempt's state: the provider refuses the verifier, so no session.
+    let (victim, _) = oidc::browser_client_with_jar();
+    let theirs = oidc::login(&victim, &server.url(""), "victor", "/ui/").await;
+    let (attacker, _) = oidc::browser_client_with_jar();
+    let mine = oidc::login(&attacker, &server.url(""), "mallory", "/ui/").await;
+    let mixed = mine.with_param("code", &theirs.param("code").unwrap());
+    let r = attacker.get(mixed).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(me(&attacker, &server).await.0, StatusCode::UNAUTHORIZED);
+
+    // A provider error comes back as a 400 page.
+    let (client, _) = oidc::browser_client_with_jar();
+    let outcome = oidc::login(&client, &server.url(""), "erin", "/ui/").await;
+    let r = client
+        .get(
+            outcome
+                .with_param("code", "")
+                .replace("code=", "error=access_denied&x="),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn an_expired_id_token_starts_no_session() {
+    let op = oidc::provider_with_expired_id_tokens().await;
+    let server = server_for(op).await;
+    let (client, _) = oidc::browser_client_with_jar();
+    let outcome = oidc::login(&client, &server.url(""), "late-larry", "/ui/").await;
+    let r = outcome.complete().await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert!(r.text().await.unwrap().to_lowercase().contains("expired"));
+    assert_eq!(me(&client, &server).await.0, StatusCode::UNAUTHORIZED);
+}
+
+/// Signs `login` in; returns the client (holding the session) and its CSRF token.
+async fn signed_in(server: &TestServer, login: &str) -> (Client, String) {
+    let (client, _) = oidc::browser_client_with_jar();
+    let outcome = oidc::login(&client, &server.url(""), login, "/ui/").await;
+    assert_eq!(outcome.complete().await.status(), StatusCode::FOUND);
+    let (_, me) = me(&client, server).await;
+    (client, me["csrf_token"].as_str().unwrap().to_owned())
+}
+
+#[tokio::test]
+async fn people_reach_only_the_documents_they_created() {
+    let op = oidc::provider().await;
+    let server = server_for(op).await;
+    let (bob, bob_csrf) = signed_in(&server, "bob").await;
+    let (carol, carol_csrf) = signed_in(&server, "carol").await;
+    let open = |client: &Client, csrf: &str, db: &str| {
+        client
+            .post(server.url(&format!("/api/v1/db/{db}/_open")))
+            .header(CSRF_HEADER, csrf)
+            .send()
+    };
+    // Bob creates a document and works in it.
+    let r = open(&bob, &bob_csrf, "bobs-notes").await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = bob
+        .post(server.url("/api/v1/db/bobs-notes/query/exec"))
+        .header(CSRF_HEADER, &bob_csrf)
+        .json(&json!({"sql": "CREATE TABLE n (v)"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    // Carol reaches neither Bob's document nor one created by a token, and is no admin.
+    let r = server
+        .admin(reqwest::Method::POST, "/api/v1/db/ops/_open")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    for db in ["bobs-notes", "ops"] {
+        assert_eq!(
+            open(&carol, &carol_csrf, db).await.unwrap().status(),
+            StatusCode::FORBIDDEN,
+            "{db}"
+        );
+        let r = carol
+            .get(server.url(&format!("/api/v1/db/{db}/_status")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::FORBIDDEN, "{db}");
+    }
+    for path in ["/api/v1/dbs", "/api/v1/admin/tokens"] {
+        let r = carol.get(server.url(path)).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::FORBIDDEN, "{path}");
+    }
+    // Admin subjects from the settings are admins.
+    let (rita, _) = signed_in(&server, "root-rita").await;
+    assert_eq!(me(&rita, &server).await.1["is_admin"], true);
+    let r = rita
+        .get(server.url("/api/v1/db/bobs-notes/_status"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn without_oidc_the_login_routes_say_so() {
+    let server = TestServer::start().await;
+    for path in ["/auth/login", "/auth/callback?code=x&state=y"] {
+        let r = server
+            .anon(reqwest::Method::GET, path)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::NOT_FOUND, "{path}");
+    }
+}
