@@ -18,6 +18,7 @@
 //! `server.rs` builds the [`server::AppState`] and serves it with graceful shutdown;
 //! `config.rs` holds the embedded defaults; `error.rs` is the one JSON error shape.
 
+pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod error;

@@ -41,6 +41,11 @@ const SERVICE: &[Migration] = &[
         name: "0004_users",
         sql: include_str!("../../migrations/service/0004_users.sql"),
     },
+    Migration {
+        version: 5,
+        name: "0005_audit",
+        sql: include_str!("../../migrations/service/0005_audit.sql"),
+    },
 ];
 
 const DOCUMENT: &[Migration] = &[

@@ -33,7 +33,7 @@ fn open(data_dir: &Path) -> anyhow::Result<(Connection, InstallKey)> {
 /// Creates a token; returns its metadata and the plaintext (shown once).
 pub fn create(data_dir: &Path, new: &NewToken) -> anyhow::Result<(TokenMeta, String)> {
     let (conn, key) = open(data_dir)?;
-    let created = sql::create(&conn, &key, new)?;
+    let created = sql::create(&conn, &key, new, "cli")?;
     tracing::info!(token_id = %created.0.id, label = %created.0.label, "audit: token created (cli)");
     Ok(created)
 }
@@ -48,6 +48,9 @@ pub fn list(data_dir: &Path) -> anyhow::Result<Vec<TokenMeta>> {
 pub fn revoke(data_dir: &Path, id: &str) -> anyhow::Result<bool> {
     let (conn, _) = open(data_dir)?;
     let label = sql::revoke(&conn, id)?;
+    if label.is_some() {
+        crate::audit::record(&conn, "cli", "token.revoke", Some(id), None)?;
+    }
     if let Some(label) = &label {
         tracing::info!(token_id = %id, label = %label, "audit: token revoked (cli)");
     }

@@ -37,6 +37,8 @@ pub enum Access {
     Anonymous,
     /// A web session (any signed-in person): `/auth/me`, `/auth/logout`.
     Session,
+    /// Any valid token or session; the handler decides who sees what (`GET /api/v1/dbs`).
+    AnyCaller,
     /// An admin token.
     Admin,
     /// `action` on `db_id = "*"` (or an admin token).
@@ -158,6 +160,36 @@ impl Authorized {
             Some(row) => tokens.until_invalid(row),
             None => Box::pin(std::future::pending()),
         }
+    }
+
+    /// Who acts, for `created_by` and the audit log: a person's subject, or `token:{id}` (also
+    /// for a token-login session); `anonymous` on public routes.
+    pub fn actor(&self) -> String {
+        match (&self.web, &self.token) {
+            (Some(web), _) if web.token_id.is_none() => web.subject.clone(),
+            (_, Some(token)) => format!("token:{}", token.meta.id),
+            _ => "anonymous".to_owned(),
+        }
+    }
+
+    /// The signed-in person (OIDC) behind this request, if it is one who is not an admin: the
+    /// token routes limit them to their own documents and tokens.
+    pub fn person(&self) -> Option<&crate::identity::WebPrincipal> {
+        self.web
+            .as_deref()
+            .filter(|w| w.token_id.is_none() && !w.is_admin)
+    }
+
+    /// Whether the caller holds some action on `db_id` (admin, or a scope naming it or `*`; a
+    /// person's scopes are the documents they own).
+    pub fn sees(&self, db_id: &str) -> bool {
+        self.token.as_ref().is_some_and(|t| {
+            t.meta.is_admin
+                || t.meta
+                    .scopes
+                    .iter()
+                    .any(|s| s.db_id == "*" || s.db_id == db_id)
+        })
     }
 
     /// The token id, as `producer` and in audit logs.

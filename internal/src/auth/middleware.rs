@@ -11,6 +11,7 @@ use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
+use super::Action;
 use super::access::{Access, Authorized, ResourceFrom, RouteSpec, scope_grants};
 use super::{AuthFailure, presented_token};
 use crate::error::ApiError;
@@ -202,7 +203,7 @@ async fn check(
                 resource_value,
             )
         }
-        Access::Session => (req, None, None),
+        Access::Session | Access::AnyCaller => (req, None, None),
         Access::Admin => {
             if !is_admin {
                 return Err(ApiError::forbidden("this route needs an admin token"));
@@ -210,8 +211,12 @@ async fn check(
             (req, None, None)
         }
         Access::Global(action) => {
+            // A signed-in person manages their own tokens; the token routes limit them to the
+            // documents they own and the tokens they made.
+            let person = web.as_ref().is_some_and(|w| w.token_id.is_none());
             let granted =
                 is_admin
+                    || (action == Action::AdminToken && person)
                     || token.meta.scopes.iter().any(|s| {
                         s.db_id == "*" && s.action == action && s.resource_prefix.is_none()
                     });

@@ -295,28 +295,46 @@ impl TokenStore {
     }
 
     pub async fn create(&self, new: NewToken) -> Result<(TokenMeta, String), DocError> {
+        self.create_by(new, "token-api").await
+    }
+
+    /// Mints a token recording `created_by` (a subject or `token:{id}`), audited in the same
+    /// transaction.
+    pub async fn create_by(
+        &self,
+        new: NewToken,
+        created_by: &str,
+    ) -> Result<(TokenMeta, String), DocError> {
         let key = self.key.clone();
+        let by = created_by.to_owned();
         let created = self
             .service
-            .write(move |conn| Ok(sql::create(conn, &key, &new)?))
+            .write(move |conn| Ok(sql::create(conn, &key, &new, &by)?))
             .await?;
         tracing::info!(token_id = %created.0.id, label = %created.0.label,
-            is_admin = created.0.is_admin, "audit: token created");
+            is_admin = created.0.is_admin, created_by, "audit: token created");
         self.reload().await?;
         Ok(created)
     }
 
-    /// Revokes `id`; `false` if no such live token.
-    pub async fn revoke(&self, id: String) -> Result<bool, DocError> {
+    /// Revokes `id` on behalf of `actor` (audited); `false` if no such live token.
+    pub async fn revoke(&self, id: String, actor: &str) -> Result<bool, DocError> {
         let log_id = id.clone();
+        let who = actor.to_owned();
         let label = self
             .service
-            .write(move |conn| Ok(sql::revoke(conn, &id)?))
+            .write(move |conn| {
+                let label = sql::revoke(conn, &id)?;
+                if label.is_some() {
+                    crate::audit::record(conn, &who, "token.revoke", Some(&id), None)?;
+                }
+                Ok(label)
+            })
             .await?;
         self.reload().await?;
         match label {
             Some(label) => {
-                tracing::info!(token_id = %log_id, label = %label, "audit: token revoked");
+                tracing::info!(token_id = %log_id, label = %label, actor, "audit: token revoked");
                 Ok(true)
             }
             None => Ok(false),

@@ -1,6 +1,9 @@
-//! Token admin API: `GET|POST /api/v1/admin/tokens`, `DELETE /api/v1/admin/tokens/{id}`.
-//! Needs `admin.token` on `db_id = "*"` or an admin token. Only admin tokens may mint admin
-//! tokens (a scoped `admin.token` holder cannot escalate to admin).
+//! Token admin API: `GET|POST /api/v1/admin/tokens`, `DELETE /api/v1/admin/tokens/{id}`, and
+//! the audit log, `GET /api/v1/admin/audit`.
+//! Needs `admin.token` on `db_id = "*"` or an admin token. Only admins may mint admin tokens (a
+//! scoped `admin.token` holder cannot escalate to admin). A signed-in person who is not an admin
+//! sees and revokes only the tokens they made, and mints tokens only with scopes on documents
+//! they own.
 
 use axum::extract::State;
 use axum::http::{Method, StatusCode};
@@ -32,11 +35,50 @@ pub fn routes() -> Vec<Route> {
             ADMIN_TOKEN,
             delete(revoke),
         ),
+        Route::new(
+            Method::GET,
+            "/api/v1/admin/audit",
+            Access::Admin,
+            get(audit),
+        ),
     ]
 }
 
-async fn list(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
-    Ok(Json(json!({"tokens": state.tokens.list().await?})))
+async fn list(
+    State(state): State<AppState>,
+    auth: Authorized,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let mut tokens = state.tokens.list().await?;
+    if let Some(person) = auth.person() {
+        tokens.retain(|t| t.created_by.as_deref() == Some(person.subject.as_str()));
+    }
+    Ok(Json(json!({ "tokens": tokens })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditQuery {
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+/// `GET /api/v1/admin/audit?limit=` (1–1000, default 100), newest first.
+async fn audit(
+    State(state): State<AppState>,
+    axum::extract::Query(query): axum::extract::Query<AuditQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let limit = query.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::bad_request(
+            "invalid_limit",
+            "limit must be between 1 and 1000",
+        ));
+    }
+    let events = state
+        .service
+        .read(move |conn| Ok(crate::audit::list(conn, limit)?))
+        .await?;
+    Ok(Json(json!({ "events": events })))
 }
 
 #[derive(Deserialize)]
@@ -77,7 +119,18 @@ async fn create(
         expires_at,
     };
     super::validate_new_token(&new).map_err(|e| ApiError::bad_request("invalid_token", e))?;
-    let (meta, token) = state.tokens.create(new).await?;
+    if let Some(person) = auth.person()
+        && let Some(scope) = new
+            .scopes
+            .iter()
+            .find(|s| state.owners.owner(&s.db_id).as_deref() != Some(person.subject.as_str()))
+    {
+        return Err(ApiError::forbidden(format!(
+            "you can mint tokens only for documents you own, not {:?}",
+            scope.db_id
+        )));
+    }
+    let (meta, token) = state.tokens.create_by(new, &auth.actor()).await?;
     let mut body = serde_json::to_value(&meta).map_err(ApiError::internal)?;
     body["token"] = json!(token);
     Ok((StatusCode::CREATED, axum::Json(body)).into_response())
@@ -85,12 +138,25 @@ async fn create(
 
 async fn revoke(
     State(state): State<AppState>,
+    auth: Authorized,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
         return Err(ApiError::not_found("no such token"));
     }
-    if state.tokens.revoke(id).await? {
+    // A person revokes only their own tokens; others' look as absent as unknown ids.
+    if let Some(person) = auth.person() {
+        let mine = state
+            .tokens
+            .list()
+            .await?
+            .into_iter()
+            .any(|t| t.id == id && t.created_by.as_deref() == Some(person.subject.as_str()));
+        if !mine {
+            return Err(ApiError::not_found("no such live token"));
+        }
+    }
+    if state.tokens.revoke(id, &auth.actor()).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found("no such live token"))

@@ -18,6 +18,9 @@ pub struct TokenMeta {
     pub is_admin: bool,
     pub scopes: Vec<Scope>,
     pub created_at: String,
+    /// Who made it: a person's subject, `token:{id}`, `cli`, `bootstrap` or `env` (`None` for
+    /// tokens made before this was recorded).
+    pub created_by: Option<String>,
     pub expires_at: Option<String>,
     pub last_used_at: Option<String>,
     pub revoked_at: Option<String>,
@@ -51,19 +54,21 @@ pub fn insert(
     id: &str,
     plaintext: &str,
     new: &NewToken,
+    created_by: &str,
 ) -> rusqlite::Result<TokenMeta> {
     let now = rfc3339(OffsetDateTime::now_utc());
     let expires = new.expires_at.map(rfc3339);
     conn.execute(
-        "INSERT INTO tokens (id, label, hash, is_admin, created_at, expires_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        "INSERT INTO tokens (id, label, hash, is_admin, created_at, expires_at, created_by)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         params![
             id,
             new.label,
             key.hash(plaintext).as_slice(),
             new.is_admin,
             now,
-            expires
+            expires,
+            created_by
         ],
     )?;
     let mut stmt = conn.prepare_cached(
@@ -83,6 +88,7 @@ pub fn insert(
         is_admin: new.is_admin,
         scopes: new.scopes.clone(),
         created_at: now,
+        created_by: Some(created_by.to_owned()),
         expires_at: expires,
         last_used_at: None,
         revoked_at: None,
@@ -94,9 +100,17 @@ pub fn create(
     conn: &Connection,
     key: &InstallKey,
     new: &NewToken,
+    created_by: &str,
 ) -> rusqlite::Result<(TokenMeta, String)> {
     let (id, plaintext) = token::mint();
-    let meta = insert(conn, key, &id, &plaintext, new)?;
+    let meta = insert(conn, key, &id, &plaintext, new, created_by)?;
+    crate::audit::record(
+        conn,
+        created_by,
+        "token.create",
+        Some(&id),
+        Some(&format!("label {:?}, admin {}", new.label, new.is_admin)),
+    )?;
     Ok((meta, plaintext))
 }
 
@@ -126,7 +140,8 @@ pub fn load_all(conn: &Connection) -> rusqlite::Result<Vec<TokenRow>> {
         }
     }
     let mut stmt = conn.prepare_cached(
-        "SELECT id, label, hash, is_admin, created_at, expires_at, last_used_at, revoked_at
+        "SELECT id, label, hash, is_admin, created_at, expires_at, last_used_at, revoked_at,
+                created_by
          FROM tokens ORDER BY created_at, id",
     )?;
     let rows = stmt.query_map([], |r| {
@@ -145,6 +160,7 @@ pub fn load_all(conn: &Connection) -> rusqlite::Result<Vec<TokenRow>> {
                 label: r.get(1)?,
                 is_admin: r.get(3)?,
                 created_at: r.get(4)?,
+                created_by: r.get(8)?,
                 expires_at,
                 last_used_at: r.get(6)?,
                 revoked_at,
@@ -224,6 +240,7 @@ pub fn bootstrap(
                 &token::new_id(),
                 env_token.expose(),
                 &admin("env-admin"),
+                "env",
             )?;
         }
     } else if done.is_none() {
@@ -234,7 +251,7 @@ pub fn bootstrap(
             |r| r.get(0),
         )?;
         if !live_admin {
-            let (_, plaintext) = create(conn, key, &admin("bootstrap-admin"))?;
+            let (_, plaintext) = create(conn, key, &admin("bootstrap-admin"), "bootstrap")?;
             to_print = Some(plaintext);
         }
     }

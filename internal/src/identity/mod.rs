@@ -242,6 +242,14 @@ async fn token_login(
         .await
         .map_err(store_error)?;
     tracing::info!(token_id = %row.meta.id, label = %row.meta.label, "audit: token login");
+    crate::audit::log(
+        &state.service,
+        &principal.subject,
+        "login",
+        None,
+        Some("token login".into()),
+    )
+    .await;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -271,10 +279,15 @@ async fn me(
 }
 
 /// `POST /auth/logout`: the session is deleted server-side and the cookie removed.
-async fn logout(auth: Authorized, session: Session) -> Result<Response, ApiError> {
+async fn logout(
+    State(state): State<AppState>,
+    auth: Authorized,
+    session: Session,
+) -> Result<Response, ApiError> {
     session.flush().await.map_err(store_error)?;
     if let Some(p) = &auth.web {
         tracing::info!(subject = %p.subject, "audit: logout");
+        crate::audit::log(&state.service, &p.subject, "logout", None, None).await;
     }
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -304,7 +317,7 @@ pub async fn claim_new_document(
         .claim(&app.service, db_id.as_str(), &principal.subject)
         .await?;
     if owns {
-        tracing::info!(subject = %principal.subject, db_id = %db_id, "audit: document created");
+        tracing::info!(subject = %principal.subject, db_id = %db_id, "audit: document claimed");
     }
     Ok(owns)
 }

@@ -318,5 +318,13 @@ pub async fn callback(
         .await
         .map_err(store_error)?;
     tracing::info!(subject = %principal.subject, is_admin = principal.is_admin, "audit: OIDC login");
+    crate::audit::log(
+        &state.service,
+        &principal.subject,
+        "login",
+        None,
+        Some(format!("oidc, admin {}", principal.is_admin)),
+    )
+    .await;
     Ok((StatusCode::FOUND, [(header::LOCATION, pending.next)]).into_response())
 }

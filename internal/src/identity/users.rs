@@ -138,6 +138,7 @@ pub fn principal_row(
             is_admin,
             scopes,
             created_at: String::new(),
+            created_by: None,
             expires_at: None,
             last_used_at: None,
             revoked_at: None,

@@ -33,7 +33,7 @@ pub fn routes() -> Vec<Route> {
             QUERY_READ,
             get(status),
         ),
-        Route::new(Method::GET, "/api/v1/dbs", Access::Admin, get(list)),
+        Route::new(Method::GET, "/api/v1/dbs", Access::AnyCaller, get(list)),
     ]
 }
 
@@ -43,6 +43,16 @@ async fn open(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let db_id = auth.db()?;
     let doc = state.registry.get(db_id).await?;
+    if doc.created {
+        crate::audit::log(
+            &state.service,
+            &auth.actor(),
+            "document.create",
+            Some(db_id.as_str()),
+            None,
+        )
+        .await;
+    }
     Ok(Json(
         json!({"db_id": db_id.as_str(), "created": doc.created}),
     ))
@@ -87,9 +97,19 @@ struct DbEntry {
     db_id: String,
     size_bytes: u64,
     open: bool,
+    /// The person who created it from a web session; `null` for documents made otherwise.
+    owner: Option<String>,
 }
 
-async fn list(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+/// `GET /api/v1/dbs`: every document for admins (tokens and people); a signed-in person who is
+/// not an admin gets the documents they own; other tokens are refused, as before people existed.
+async fn list(
+    State(state): State<AppState>,
+    auth: Authorized,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    if !auth.is_admin() && auth.person().is_none() {
+        return Err(ApiError::forbidden("this route needs an admin token"));
+    }
     let dir = state.registry.documents_dir().to_owned();
     let found = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<(DbId, u64)>> {
         let mut found = Vec::new();
@@ -112,8 +132,10 @@ async fn list(State(state): State<AppState>) -> Result<Json<serde_json::Value>, 
     .map_err(ApiError::internal)?;
     let mut dbs: Vec<DbEntry> = found
         .into_iter()
+        .filter(|(id, _)| auth.sees(id.as_str()))
         .map(|(id, size_bytes)| DbEntry {
             open: state.registry.is_open(&id),
+            owner: state.owners.owner(id.as_str()),
             db_id: id.to_string(),
             size_bytes,
         })

@@ -228,10 +228,111 @@ async fn people_reach_only_the_documents_they_created() {
             .unwrap();
         assert_eq!(r.status(), StatusCode::FORBIDDEN, "{db}");
     }
-    for path in ["/api/v1/dbs", "/api/v1/admin/tokens"] {
-        let r = carol.get(server.url(path)).send().await.unwrap();
-        assert_eq!(r.status(), StatusCode::FORBIDDEN, "{path}");
+    // Carol sees no documents and no tokens, and no audit log.
+    let dbs: Value = carol
+        .get(server.url("/api/v1/dbs"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(dbs["dbs"], json!([]));
+    let tokens: Value = carol
+        .get(server.url("/api/v1/admin/tokens"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(tokens["tokens"], json!([]));
+    let r = carol
+        .get(server.url("/api/v1/admin/audit"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    // Bob lists only his own documents, with their owner.
+    let dbs: Value = bob
+        .get(server.url("/api/v1/dbs"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        dbs["dbs"],
+        json!([{"db_id": "bobs-notes", "size_bytes": dbs["dbs"][0]["size_bytes"], "open": true, "owner": "bob"}])
+    );
+
+    // Tokens: Bob mints only for what he owns, never admin tokens; he sees and revokes only
+    // his own.
+    let mint = |client: &Client, csrf: &str, body: Value| {
+        client
+            .post(server.url("/api/v1/admin/tokens"))
+            .header(CSRF_HEADER, csrf)
+            .json(&body)
+            .send()
+    };
+    let r = mint(
+        &bob,
+        &bob_csrf,
+        json!({"label": "bob's reader", "scopes": [{"db_id": "bobs-notes", "action": "query.read"}]}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let minted: Value = r.json().await.unwrap();
+    assert_eq!(minted["created_by"], "bob");
+    for body in [
+        json!({"label": "x", "scopes": [{"db_id": "ops", "action": "query.read"}]}),
+        json!({"label": "x", "scopes": [{"db_id": "*", "action": "query.read"}]}),
+        json!({"label": "x", "is_admin": true}),
+    ] {
+        let r = mint(&bob, &bob_csrf, body.clone()).await.unwrap();
+        assert_eq!(r.status(), StatusCode::FORBIDDEN, "{body}");
     }
+    let reader = minted["token"].as_str().unwrap();
+    let r = server
+        .anon(reqwest::Method::GET, "/api/v1/db/bobs-notes/_status")
+        .bearer_auth(reader)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let listed: Value = bob
+        .get(server.url("/api/v1/admin/tokens"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ids: Vec<&str> = listed["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, vec![minted["id"].as_str().unwrap()]);
+    let revoke_path = format!("/api/v1/admin/tokens/{}", minted["id"].as_str().unwrap());
+    let r = carol
+        .delete(server.url(&revoke_path))
+        .header(CSRF_HEADER, &carol_csrf)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND, "not Carol's token");
+    let r = bob
+        .delete(server.url(&revoke_path))
+        .header(CSRF_HEADER, &bob_csrf)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+
     // Admin subjects from the settings are admins.
     let (rita, _) = signed_in(&server, "root-rita").await;
     assert_eq!(me(&rita, &server).await.1["is_admin"], true);
@@ -253,5 +354,86 @@ async fn without_oidc_the_login_routes_say_so() {
             .await
             .unwrap();
         assert_eq!(r.status(), StatusCode::NOT_FOUND, "{path}");
+    }
+}
+
+#[tokio::test]
+async fn the_audit_log_records_sign_ins_tokens_and_documents() {
+    let op = oidc::provider().await;
+    let server = server_for(op).await;
+    let (dora, csrf) = signed_in(&server, "dora").await;
+    let r = dora
+        .post(server.url("/api/v1/db/doras/_open"))
+        .header(CSRF_HEADER, &csrf)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = dora
+        .post(server.url("/api/v1/admin/tokens"))
+        .header(CSRF_HEADER, &csrf)
+        .json(&json!({"label": "ci", "scopes": [{"db_id": "doras", "action": "pub.publish"}]}))
+        .send()
+        .await
+        .unwrap();
+    let id = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let r = dora
+        .delete(server.url(&format!("/api/v1/admin/tokens/{id}")))
+        .header(CSRF_HEADER, &csrf)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let r = dora
+        .post(server.url("/auth/logout"))
+        .header(CSRF_HEADER, &csrf)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+
+    let r = server
+        .admin(reqwest::Method::GET, "/api/v1/admin/audit?limit=50")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let events: Value = r.json().await.unwrap();
+    let seen: Vec<(String, String, String)> = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["actor"].as_str().unwrap_or("").to_owned(),
+                e["action"].as_str().unwrap_or("").to_owned(),
+                e["target"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    let has = |actor: &str, action: &str, target: &str| {
+        seen.iter()
+            .any(|(a, b, c)| a == actor && b == action && (target.is_empty() || c == target))
+    };
+    assert!(has("dora", "login", ""), "{seen:?}");
+    assert!(has("dora", "document.create", "doras"), "{seen:?}");
+    assert!(has("dora", "token.create", &id), "{seen:?}");
+    assert!(has("dora", "token.revoke", &id), "{seen:?}");
+    assert!(has("dora", "logout", ""), "{seen:?}");
+    // Newest first.
+    assert_eq!(seen[0].1, "logout");
+    for bad in ["0", "1001", "x"] {
+        let r = server
+            .admin(
+                reqwest::Method::GET,
+                &format!("/api/v1/admin/audit?limit={bad}"),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{bad}");
     }
 }

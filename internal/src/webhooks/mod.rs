@@ -364,6 +364,8 @@ async fn put_config(
     let sealed = state.webhook_secrets.seal(body.secret.as_bytes())?;
     let doc = state.registry.get(&db).await?;
     let header = body.signature_header.map(|h| h.to_ascii_lowercase());
+    let target = format!("{db}/{endpoint}");
+    let detail = format!("scheme {}, enforce {}", body.scheme, body.enforce);
     doc.write(move |c| {
         c.execute(
             "INSERT OR REPLACE INTO _patchwork_webhook_config
@@ -381,6 +383,14 @@ async fn put_config(
         Ok(())
     })
     .await?;
+    crate::audit::log(
+        &state.service,
+        &auth.actor(),
+        "webhook.config.put",
+        Some(&target),
+        Some(detail),
+    )
+    .await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -422,6 +432,7 @@ async fn delete_config(
 ) -> Result<StatusCode, ApiError> {
     let db = auth.db()?.clone();
     let endpoint = config_endpoint(&path_params(params)?)?;
+    let target = format!("{db}/{endpoint}");
     let doc = state.registry.get(&db).await?;
     let n = doc
         .write(move |c| {
@@ -434,6 +445,14 @@ async fn delete_config(
     if n == 0 {
         return Err(ApiError::not_found("no configuration for this endpoint"));
     }
+    crate::audit::log(
+        &state.service,
+        &auth.actor(),
+        "webhook.config.delete",
+        Some(&target),
+        None,
+    )
+    .await;
     Ok(StatusCode::NO_CONTENT)
 }
 
