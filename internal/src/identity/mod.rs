@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::{HeaderMap, Method, StatusCode};
+use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
@@ -85,9 +85,79 @@ pub fn routes() -> Vec<Route> {
     ]
 }
 
+/// The sessions layer, applied only where a session can matter: requests that carry a cookie,
+/// and the `/auth/` routes (which start and end sessions). Every other request (machine tokens,
+/// health checks) skips tower-sessions and its cookie parsing altogether.
+pub fn layer(state: &AppState) -> SessionsWhereNeeded {
+    SessionsWhereNeeded {
+        sessions: manager_layer(state),
+    }
+}
+
+#[derive(Clone)]
+pub struct SessionsWhereNeeded {
+    sessions: SessionManagerLayer<ServiceStore>,
+}
+
+impl<S: Clone> tower::Layer<S> for SessionsWhereNeeded {
+    type Service = MaybeSessions<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        MaybeSessions {
+            with: self.sessions.layer(inner.clone()),
+            without: inner,
+        }
+    }
+}
+
+/// See [`layer`].
+#[derive(Clone)]
+pub struct MaybeSessions<S> {
+    with: <SessionManagerLayer<ServiceStore> as tower::Layer<S>>::Service,
+    without: S,
+}
+
+fn needs_session<B>(req: &axum::http::Request<B>) -> bool {
+    req.uri().path().starts_with("/auth/") || req.headers().contains_key(header::COOKIE)
+}
+
+impl<S, B> tower::Service<axum::http::Request<B>> for MaybeSessions<S>
+where
+    S: tower::Service<axum::http::Request<B>, Response = Response> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+    <SessionManagerLayer<ServiceStore> as tower::Layer<S>>::Service:
+        tower::Service<axum::http::Request<B>, Response = Response, Error = S::Error>,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = futures_util::future::Either<
+        <<SessionManagerLayer<ServiceStore> as tower::Layer<S>>::Service as tower::Service<
+            axum::http::Request<B>,
+        >>::Future,
+        S::Future,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        // Both wrap the same (always ready) router service.
+        self.without.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: axum::http::Request<B>) -> Self::Future {
+        if needs_session(&req) {
+            futures_util::future::Either::Left(self.with.call(req))
+        } else {
+            futures_util::future::Either::Right(self.without.call(req))
+        }
+    }
+}
+
 /// The tower-sessions layer: cookie `patchwork_session`, `HttpOnly`, `SameSite=Lax`, `Path=/`,
 /// `Secure` when `public_url` is https; idle expiry moved forward when the session is saved.
-pub fn layer(state: &AppState) -> SessionManagerLayer<ServiceStore> {
+fn manager_layer(state: &AppState) -> SessionManagerLayer<ServiceStore> {
     SessionManagerLayer::new(state.sessions.clone())
         .with_name(COOKIE)
         .with_http_only(true)
