@@ -437,3 +437,32 @@ async fn the_audit_log_records_sign_ins_tokens_and_documents() {
         assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{bad}");
     }
 }
+
+#[tokio::test]
+async fn an_id_token_for_another_nonce_starts_no_session() {
+    let op = oidc::provider().await;
+    let server = server_for(op).await;
+    let (client, _) = oidc::browser_client_with_jar();
+    // Start a real login, then change the nonce in the request to the provider (state and PKCE
+    // stay right): the ID token comes back for a nonce this session never made.
+    let r = client.get(server.url("/auth/login")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::FOUND);
+    let mut to_provider = Url::parse(&location(&r)).unwrap();
+    let pairs: Vec<(String, String)> = to_provider
+        .query_pairs()
+        .map(|(k, v)| {
+            let v = if k == "nonce" {
+                "someone-elses-nonce".into()
+            } else {
+                v.into_owned()
+            };
+            (k.into_owned(), v)
+        })
+        .collect();
+    to_provider.query_pairs_mut().clear().extend_pairs(pairs);
+    let outcome = oidc::authorize(&client, to_provider, "nonce-nick").await;
+    let r = outcome.complete().await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert!(r.text().await.unwrap().to_lowercase().contains("nonce"));
+    assert_eq!(me(&client, &server).await.0, StatusCode::UNAUTHORIZED);
+}
