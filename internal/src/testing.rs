@@ -1,5 +1,6 @@
 //! `TestServer`: the real server on `127.0.0.1:0` with a temp data dir, driven over real HTTP.
 
+pub mod browser;
 pub mod oidc;
 
 use std::net::SocketAddr;

@@ -2,6 +2,7 @@
 
 mod auth;
 mod connections;
+mod dashboard;
 mod identity;
 mod leases;
 mod oidc;

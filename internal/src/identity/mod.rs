@@ -80,6 +80,7 @@ pub fn routes() -> Vec<Route> {
             Access::Anonymous,
             get(oidc::callback),
         ),
+        Route::new(Method::GET, "/auth/methods", Access::Public, get(methods)),
         Route::new(Method::GET, "/auth/me", Access::Session, get(me)),
         Route::new(Method::POST, "/auth/logout", Access::Session, post(logout)),
     ]
@@ -321,6 +322,13 @@ async fn token_login(
     )
     .await;
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `GET /auth/methods` → `{oidc, token_login}`: how people sign in here (the sign-in page asks
+/// before showing a button or the token form; nothing is started by asking).
+async fn methods(State(state): State<AppState>) -> Json<serde_json::Value> {
+    let oidc = state.oidc.is_some();
+    Json(json!({"oidc": oidc, "token_login": !oidc}))
 }
 
 /// `GET /auth/me`.

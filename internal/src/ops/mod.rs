@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::{Method, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
 use serde_json::json;
 
@@ -23,7 +23,10 @@ pub fn routes() -> Vec<Route> {
         public("/readyz", get(readyz)),
         public("/status", get(status)),
         public("/metrics", get(render_metrics)),
-        public("/", get(|| async { asset("index.html") })),
+        // The dashboard: `/` and `/ui` lead to `/ui/`; its pages are hash routes (`/ui/#/…`).
+        public("/", get(|| async { Redirect::temporary("/ui/") })),
+        public("/ui", get(|| async { Redirect::permanent("/ui/") })),
+        public("/ui/", get(|| async { asset("index.html") })),
         public(
             "/ui/{file}",
             get(|Path(file): Path<String>| async move { asset(&file) }),
@@ -31,12 +34,22 @@ pub fn routes() -> Vec<Route> {
     ]
 }
 
+/// One embedded dashboard file. The pages load only same-origin scripts and styles and talk only
+/// to this server (the CSP holds that even against a markup bug), and no other site may frame
+/// them.
 fn asset(name: &str) -> Response {
+    const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
+                       img-src 'self' data:; connect-src 'self'; form-action 'self'; \
+                       base-uri 'none'; frame-ancestors 'none'";
     match patchwork_web::get(name) {
         Some((bytes, mime)) => (
             [
                 (header::CONTENT_TYPE, mime),
                 (header::CACHE_CONTROL, "no-cache"),
+                (header::CONTENT_SECURITY_POLICY, CSP),
+                (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+                (header::REFERRER_POLICY, "same-origin"),
+                (header::X_FRAME_OPTIONS, "DENY"),
             ],
             bytes,
         )
