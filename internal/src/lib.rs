@@ -6,7 +6,7 @@
 //! ```text
 //! request ─▶ router.rs (layers: panic→500, request id, trace, metrics, body limit)
 //!         ─▶ auth/      who is calling (token, or a web session via identity/), what they may do
-//!         ─▶ runtime/, ops/, query/, pubsub/, streams/, leases/, webhooks/: one module per
+//!         ─▶ runtime/, ops/, query/, pubsub/, streams/, leases/, webhooks/, identity/: one module per
 //!            capability, each owning its routes (declared with their access), SQL and tests
 //!         ─▶ registry/  DbId → the document's actor (opened lazily, evicted when idle)
 //!         ─▶ registry/actor.rs  one OS thread per document owns the SQLite connection;
@@ -15,8 +15,10 @@
 //!         ─▶ events out (registry/events.rs: per-document broadcast)
 //! ```
 //!
-//! `server.rs` builds the [`server::AppState`] and serves it with graceful shutdown;
-//! `config.rs` holds the embedded defaults; `error.rs` is the one JSON error shape.
+//! `state.rs` builds the [`state::AppState`] every handler reaches (the bottom floor: capability
+//! modules depend on it, never on `server.rs`); `server.rs` serves the router with graceful
+//! shutdown (`server/conn.rs`: the accept loop); `config.rs` holds the embedded defaults;
+//! `error.rs` is the one JSON error shape; `audit.rs` the audit log.
 
 pub mod audit;
 pub mod auth;
@@ -33,6 +35,7 @@ pub mod router;
 pub mod runtime;
 pub mod server;
 pub mod sqlite;
+pub mod state;
 pub mod streams;
 pub mod time_fmt;
 pub mod tokens_cli;
@@ -44,4 +47,5 @@ mod testing;
 mod tests;
 
 pub use config::Config;
-pub use server::{App, AppState, Opened, serve};
+pub use server::serve;
+pub use state::{App, AppState, Opened};

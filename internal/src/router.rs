@@ -23,7 +23,7 @@ use crate::auth::middleware::{AuthLayer, RouteTable, authorize};
 use crate::auth::{Route, RouteSpec};
 use crate::error;
 use crate::ops::metrics::{HttpLabels, RouteLabel};
-use crate::server::AppState;
+use crate::state::AppState;
 
 /// Every route of the service, each with its declared access. The router is built from this list
 /// only, and the authorization matrix test walks it.

@@ -10,7 +10,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::server::{App, AppState, serve};
+use crate::server::serve;
+use crate::state::{App, AppState};
 
 /// Occupies a document's actor with a read that waits until the returned sender is used (or
 /// dropped): later requests queue in its mailbox meanwhile.

@@ -15,7 +15,7 @@ use super::scope::{Action, Scope};
 use super::sql::TokenRow;
 use crate::error::ApiError;
 use crate::registry::DbId;
-use crate::server::AppState;
+use crate::state::AppState;
 
 /// Where a route's resource (topic, stream path, lease resource, endpoint, blob hash) comes from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -17,7 +17,7 @@ use super::{AuthFailure, presented_token};
 use crate::error::ApiError;
 use crate::registry::DbId;
 use crate::router::RouteTag;
-use crate::server::AppState;
+use crate::state::AppState;
 
 /// Route table keyed by method (`None` = any) and path template.
 pub type RouteTable = HashMap<(Option<Method>, &'static str), RouteSpec>;

@@ -16,7 +16,7 @@ use super::access::{Access, Authorized, Route};
 use super::scope::{Action, Scope};
 use super::sql::NewToken;
 use crate::error::{ApiError, Json, Path};
-use crate::server::AppState;
+use crate::state::AppState;
 
 const ADMIN_TOKEN: Access = Access::Global(Action::AdminToken);
 

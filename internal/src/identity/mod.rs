@@ -30,7 +30,7 @@ use tower_sessions::{Expiry, Session, SessionManagerLayer};
 
 use crate::auth::{Access, AuthFailure, Authorized, Route, TokenRow};
 use crate::error::{ApiError, Json};
-use crate::server::{App, AppState};
+use crate::state::{App, AppState};
 use store::ServiceStore;
 
 /// The session cookie's name.

@@ -27,7 +27,7 @@ use super::users::{self, SignedIn};
 use super::{PRINCIPAL, WebPrincipal, now, store_error};
 use crate::config::Config;
 use crate::error::ApiError;
-use crate::server::AppState;
+use crate::state::AppState;
 
 const PENDING: &str = "oidc_pending";
 /// How long a started login may take at the provider.

@@ -15,7 +15,7 @@ use serde_json::json;
 
 use crate::auth::{Access, Action, Authorized, ResourceFrom, Route};
 use crate::error::{ApiError, Json};
-use crate::server::AppState;
+use crate::state::AppState;
 
 const ACQUIRE: Access = Access::Db {
     actions: &[Action::LeaseAcquire],

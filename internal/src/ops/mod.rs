@@ -13,7 +13,7 @@ use serde_json::json;
 
 use crate::auth::{Access, Route};
 use crate::error::{ApiError, Json, Path};
-use crate::server::AppState;
+use crate::state::AppState;
 use crate::time_fmt::rfc3339;
 
 pub fn routes() -> Vec<Route> {

@@ -28,7 +28,7 @@ use tokio::sync::mpsc;
 use crate::auth::{Access, Action, Authorized, ResourceFrom, Route};
 use crate::error::{ApiError, Json as ApiJson, Query};
 use crate::registry::DocError;
-use crate::server::AppState;
+use crate::state::AppState;
 use hub::{Delivery, Start, Subscription};
 use sql::{NewMessage, Published};
 

@@ -17,7 +17,7 @@ use super::topic;
 use crate::auth::Authorized;
 use crate::error::{ApiError, Json};
 use crate::registry::{DbId, DocError};
-use crate::server::AppState;
+use crate::state::AppState;
 
 const BATCH: usize = 500;
 const SCAN: usize = 100_000;

@@ -18,7 +18,7 @@ use super::sql::NewMessage;
 use super::{SubscriberCount, check_filters, parse_message_map, publish_messages, start_position};
 use crate::auth::{Action, Authorized};
 use crate::error::ApiError;
-use crate::server::AppState;
+use crate::state::AppState;
 
 /// Largest client frame.
 const MAX_FRAME: usize = 2 * 1024 * 1024;

@@ -24,7 +24,7 @@ use crate::auth::{Access, Action, Authorized, ResourceFrom, Route};
 use crate::error::{ApiError, Json as ApiJson};
 use crate::ops::metrics::Metrics;
 use crate::registry::DocError;
-use crate::server::AppState;
+use crate::state::AppState;
 
 const QUERY: Access = Access::Db {
     actions: &[Action::QueryRead, Action::QueryWrite, Action::QueryAdmin],

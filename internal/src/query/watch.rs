@@ -36,7 +36,7 @@ use super::exec::{self, Limits};
 use crate::auth::{Action, Authorized};
 use crate::error::{ApiError, Json as ApiJson};
 use crate::registry::{DbId, DocError, DocHandle};
-use crate::server::AppState;
+use crate::state::AppState;
 
 static NEXT_WATCH_ID: AtomicU64 = AtomicU64::new(1);
 

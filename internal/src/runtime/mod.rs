@@ -11,7 +11,7 @@ use serde_json::json;
 use crate::auth::{Access, Action, Authorized, ResourceFrom, Route};
 use crate::error::{ApiError, Json};
 use crate::registry::DbId;
-use crate::server::AppState;
+use crate::state::AppState;
 use crate::time_fmt;
 
 const QUERY_READ: Access = Access::Db {

@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::auth::{Access, Action, Authorized, ResourceFrom, Route};
 use crate::error::ApiError;
-use crate::server::AppState;
+use crate::state::AppState;
 use relay::{ChannelKey, Delivery, Family, Relay, RelayError, Reply, RequestOffer};
 
 async fn gone() -> ApiError {

@@ -338,7 +338,7 @@ async fn total_cap_refuses_every_address_and_recovers() {
 
 #[test]
 fn connection_budget_leaves_room_for_documents() {
-    use crate::server::connection_budget;
+    use crate::state::connection_budget;
     assert_eq!(connection_budget(10_000, 1_024, Some(20_000)), 10_000);
     // 1024 descriptors: 256 documents take 768, 64 are reserved.
     assert_eq!(connection_budget(10_000, 256, Some(1_024)), 192);

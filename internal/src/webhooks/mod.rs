@@ -22,7 +22,7 @@ use serde_json::{Map, Value as Json, json};
 
 use crate::auth::{Access, Action, Authorized, ResourceFrom, Route};
 use crate::error::{ApiError, Json as ApiJson};
-use crate::server::AppState;
+use crate::state::AppState;
 
 const INGEST: Access = Access::Db {
     actions: &[Action::WebhookIngest],
