@@ -1,6 +1,6 @@
 // Documents: the list (GET /api/v1/dbs), a filter, and create (POST /api/v1/db/{id}/_open).
 
-import { h, put, errorBox, loading, emptyState, fmtBytes, store } from "./dom.js";
+import { h, put, errorBox, loading, emptyState, fmtBytes, store, timeEl } from "./dom.js";
 import { api, db, dbIdProblem } from "./api.js";
 
 /** Documents this browser opened recently, per signed-in subject (non-admins cannot list). */
@@ -69,7 +69,19 @@ export function renderDocuments(root, ctx) {
         h(
           "table",
           { class: "doc-list", id: "doc-list" },
-          h("thead", null, h("tr", null, h("th", { scope: "col" }, "Document"), h("th", { scope: "col", class: "num" }, "Size"), h("th", { scope: "col" }, "State"))),
+          h(
+            "thead",
+            null,
+            h(
+              "tr",
+              null,
+              h("th", { scope: "col" }, "Document"),
+              h("th", { scope: "col", class: "num" }, "Size"),
+              h("th", { scope: "col" }, "State"),
+              h("th", { scope: "col", class: "hide-narrow" }, "Last write"),
+              h("th", { scope: "col", class: "hide-narrow" }, "Owner"),
+            ),
+          ),
           h(
             "tbody",
             null,
@@ -80,6 +92,8 @@ export function renderDocuments(root, ctx) {
                 h("td", null, h("a", { href: docHref(d.db_id) }, d.db_id)),
                 h("td", { class: "num nowrap" }, fmtBytes(d.size_bytes)),
                 h("td", { class: "nowrap" }, h("span", { class: `dot ${d.open ? "on" : "off"}`, "aria-hidden": "true" }), d.open ? "open" : "closed"),
+                h("td", { class: "nowrap muted hide-narrow" }, d.last_write_at ? timeEl(d.last_write_at, true) : "—"),
+                h("td", { class: "muted hide-narrow" }, d.owner ?? "—"),
               ),
             ),
           ),

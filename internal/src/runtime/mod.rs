@@ -92,6 +92,9 @@ async fn status(
     }))
 }
 
+/// A document file found in the data dir: id, size, last modification.
+type Found = (DbId, u64, Option<std::time::SystemTime>);
+
 #[derive(Serialize)]
 struct DbEntry {
     db_id: String,
@@ -99,6 +102,8 @@ struct DbEntry {
     open: bool,
     /// The person who created it from a web session; `null` for documents made otherwise.
     owner: Option<String>,
+    /// When its file or WAL last changed (RFC 3339).
+    last_write_at: Option<String>,
 }
 
 /// `GET /api/v1/dbs`: every document for admins (tokens and people); a signed-in person who is
@@ -111,7 +116,7 @@ async fn list(
         return Err(ApiError::forbidden("this route needs an admin token"));
     }
     let dir = state.registry.documents_dir().to_owned();
-    let found = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<(DbId, u64)>> {
+    let found = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<Found>> {
         let mut found = Vec::new();
         for entry in std::fs::read_dir(dir)? {
             let entry = entry?;
@@ -123,7 +128,20 @@ async fn list(
             else {
                 continue;
             };
-            found.push((id, entry.metadata().map_or(0, |m| m.len())));
+            let meta = entry.metadata().ok();
+            // Writes land in the WAL first: its time is the latest when it exists.
+            let wal = std::fs::metadata(entry.path().with_extension("sqlite3-wal")).ok();
+            let modified = [meta.as_ref(), wal.as_ref()]
+                .into_iter()
+                .flatten()
+                .filter_map(|m| m.modified().ok())
+                .max();
+            let size = [meta.as_ref(), wal.as_ref()]
+                .into_iter()
+                .flatten()
+                .map(std::fs::Metadata::len)
+                .sum();
+            found.push((id, size, modified));
         }
         Ok(found)
     })
@@ -132,10 +150,11 @@ async fn list(
     .map_err(ApiError::internal)?;
     let mut dbs: Vec<DbEntry> = found
         .into_iter()
-        .filter(|(id, _)| auth.sees(id.as_str()))
-        .map(|(id, size_bytes)| DbEntry {
+        .filter(|(id, _, _)| auth.sees(id.as_str()))
+        .map(|(id, size_bytes, modified)| DbEntry {
             open: state.registry.is_open(&id),
             owner: state.owners.owner(id.as_str()),
+            last_write_at: modified.map(|t| time_fmt::rfc3339(t.into())),
             db_id: id.to_string(),
             size_bytes,
         })
