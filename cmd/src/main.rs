@@ -165,6 +165,12 @@ struct ServeArgs {
     /// `claim=value` that makes a person an admin, e.g. groups=patchwork-admins.
     #[arg(long, env = "PATCHWORK_OIDC_ADMIN_CLAIM")]
     oidc_admin_claim: Option<String>,
+    /// Sync change log: versions kept at least [default: 10000].
+    #[arg(long, env = "PATCHWORK_SYNC_RETENTION_VERSIONS")]
+    sync_retention_versions: Option<u64>,
+    /// Sync change log: seconds kept at least [default: 604800].
+    #[arg(long, env = "PATCHWORK_SYNC_RETENTION_SECS")]
+    sync_retention_secs: Option<u64>,
     /// Seconds a web session lasts without use [default: 86400].
     #[arg(long, env = "PATCHWORK_SESSION_IDLE_SECS")]
     session_idle_secs: Option<u64>,
@@ -258,6 +264,8 @@ impl ServeArgs {
             max_connections_per_ip,
             session_idle_secs,
             session_absolute_secs,
+            sync_retention_versions,
+            sync_retention_secs,
             trusted_proxies
         );
         if let Some(url) = self.public_url {

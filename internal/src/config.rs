@@ -180,6 +180,10 @@ pub struct Config {
     /// `claim=value`: people whose ID token has this claim equal to (or, for a list, containing)
     /// the value are admins, e.g. `groups=patchwork-admins`.
     pub oidc_admin_claim: Option<String>,
+    /// Sync's change log keeps at least this many versions…
+    pub sync_retention_versions: u64,
+    /// …and every version younger than this many seconds (whichever keeps more).
+    pub sync_retention_secs: u64,
     /// A web session ends after this long without use.
     pub session_idle_secs: u64,
     /// A web session ends this long after sign-in, however much it is used.
@@ -231,6 +235,8 @@ impl Default for Config {
             oidc_scopes: vec!["email".into(), "profile".into()],
             oidc_admin_subjects: Vec::new(),
             oidc_admin_claim: None,
+            sync_retention_versions: 10_000,
+            sync_retention_secs: 7 * 86_400,
             session_idle_secs: 86_400,
             session_absolute_secs: 604_800,
         }

@@ -37,6 +37,7 @@ pub mod server;
 pub mod sqlite;
 pub mod state;
 pub mod streams;
+pub mod sync;
 pub mod time_fmt;
 pub mod tokens_cli;
 pub mod webhooks;

@@ -69,6 +69,11 @@ const DOCUMENT: &[Migration] = &[
         name: "0004_webhooks",
         sql: include_str!("../../migrations/document/0004_webhooks.sql"),
     },
+    Migration {
+        version: 5,
+        name: "0005_sync",
+        sql: include_str!("../../migrations/document/0005_sync.sql"),
+    },
 ];
 
 impl Schema {

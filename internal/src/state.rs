@@ -86,6 +86,8 @@ fn actor_config(config: &Config) -> ActorConfig {
         },
         mailbox_capacity: config.mailbox_capacity,
         max_batch: config.max_batch,
+        sync_keep_versions: config.sync_retention_versions,
+        sync_keep_secs: config.sync_retention_secs,
     }
 }
 

@@ -162,11 +162,11 @@ impl Authorized {
         }
     }
 
-    /// Who acts, for `created_by` and the audit log: a person's subject, or `token:{id}` (also
-    /// for a token-login session); `anonymous` on public routes.
+    /// Who acts, for `created_by` and the audit log: `oidc:{sub}` for a person, `token:{id}`
+    /// for a token (also behind a token-login session); `anonymous` on public routes.
     pub fn actor(&self) -> String {
         match (&self.web, &self.token) {
-            (Some(web), _) if web.token_id.is_none() => web.subject.clone(),
+            (Some(web), _) => web.actor(),
             (_, Some(token)) => format!("token:{}", token.meta.id),
             _ => "anonymous".to_owned(),
         }

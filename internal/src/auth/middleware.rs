@@ -34,6 +34,46 @@ fn query_token(req: &Request) -> Option<String> {
     super::query_token(req.uri().query()?)
 }
 
+/// The byte-relay routes (`stream.*` actions).
+fn relay_route(access: &Access) -> bool {
+    matches!(access, Access::Db { actions, .. }
+        if actions.iter().any(|a| matches!(a, Action::StreamRead | Action::StreamWrite)))
+}
+
+/// `true` unless this is a WebSocket upgrade whose `Origin` is not this site (the request's own
+/// `Host`, or `public_url`).
+fn same_origin_upgrade(req: &Request, app: &crate::state::App) -> bool {
+    use axum::http::header;
+    let upgrade = req
+        .headers()
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    if !upgrade {
+        return true;
+    }
+    let Some(origin) = req
+        .headers()
+        .get(header::ORIGIN)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let own = |scheme: &str| format!("{scheme}://{host}");
+    origin == own("http")
+        || origin == own("https")
+        || app
+            .config
+            .public_url
+            .as_deref()
+            .is_some_and(|u| u.trim_end_matches('/') == origin)
+}
+
 pub async fn authorize(State(layer): State<AuthLayer>, req: Request, next: Next) -> Response {
     let mut tag = None;
     let mut response = match check(&layer, req, &mut tag).await {
@@ -122,13 +162,26 @@ async fn check(
                 ApiError::from(failure)
             })?,
         None => {
-            let session = req.extensions().get::<tower_sessions::Session>().cloned();
+            // Byte-relay routes never take a session: a plain link (GET with the cookie) must
+            // not consume a queued message as someone who merely clicked it.
+            let session = req
+                .extensions()
+                .get::<tower_sessions::Session>()
+                .filter(|_| !relay_route(&spec.access))
+                .cloned();
             let resolved = match &session {
                 Some(session) => {
                     crate::identity::resolve(app, session, req.method(), req.headers()).await?
                 }
                 None => None,
             };
+            // A WebSocket is a GET, so CSRF's header check cannot guard it: a session-backed
+            // upgrade must come from a page of this site.
+            if resolved.is_some() && !same_origin_upgrade(&req, app) {
+                return Err(ApiError::forbidden(
+                    "a WebSocket from a web session must be opened by a page of this site",
+                ));
+            }
             let Some((token, principal)) = resolved else {
                 tracing::info!(path = req.uri().path(), "audit: auth failure: no token");
                 return Err(AuthFailure::Missing.into());
@@ -185,6 +238,8 @@ async fn check(
                     principal.is_admin,
                     &app.owners,
                 ));
+                // The claim created the file: `_open` reports it as created.
+                parts.extensions.insert(crate::identity::CreatedByClaim);
                 granted = true;
             }
             if !granted {

@@ -49,8 +49,9 @@ async fn list(
     auth: Authorized,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let mut tokens = state.tokens.list().await?;
-    if let Some(person) = auth.person() {
-        tokens.retain(|t| t.created_by.as_deref() == Some(person.subject.as_str()));
+    if auth.person().is_some() {
+        let me = auth.actor();
+        tokens.retain(|t| t.created_by.as_deref() == Some(me.as_str()));
     }
     Ok(Json(json!({ "tokens": tokens })))
 }
@@ -65,8 +66,10 @@ struct AuditQuery {
 /// `GET /api/v1/admin/audit?limit=` (1–1000, default 100), newest first.
 async fn audit(
     State(state): State<AppState>,
-    axum::extract::Query(query): axum::extract::Query<AuditQuery>,
+    query: Result<axum::extract::Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    let axum::extract::Query(query) =
+        query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
     let limit = query.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::bad_request(
@@ -145,13 +148,14 @@ async fn revoke(
         return Err(ApiError::not_found("no such token"));
     }
     // A person revokes only their own tokens; others' look as absent as unknown ids.
-    if let Some(person) = auth.person() {
+    if auth.person().is_some() {
+        let me = auth.actor();
         let mine = state
             .tokens
             .list()
             .await?
             .into_iter()
-            .any(|t| t.id == id && t.created_by.as_deref() == Some(person.subject.as_str()));
+            .any(|t| t.id == id && t.created_by.as_deref() == Some(me.as_str()));
         if !mine {
             return Err(ApiError::not_found("no such live token"));
         }

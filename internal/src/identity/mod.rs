@@ -39,6 +39,13 @@ pub const COOKIE: &str = "patchwork_session";
 pub const CSRF_HEADER: &str = "x-csrf-token";
 const PRINCIPAL: &str = "principal";
 
+/// Marks an `_open` whose document was created by the caller's ownership claim.
+#[derive(Clone, Copy, Debug)]
+pub struct CreatedByClaim;
+
+/// Most documents one person may own (a bound on what one sign-in can create).
+pub const MAX_DOCUMENTS_PER_PERSON: usize = 1_000;
+
 /// The path of the one route through which a signed-in non-admin acquires a document.
 pub const OPEN_ROUTE: &str = "/api/v1/db/{db_id}/_open";
 
@@ -57,6 +64,19 @@ pub struct WebPrincipal {
     pub created_at: i64,
     /// Unix seconds the idle expiry was last moved forward.
     pub touched_at: i64,
+}
+
+impl WebPrincipal {
+    /// How this person appears as `created_by` and in the audit log: `oidc:{sub}` (so no
+    /// subject can pass for a system name like `cli` or `token:{id}`), or the token's
+    /// `token:{id}` for a token-login session.
+    pub fn actor(&self) -> String {
+        if self.token_id.is_some() {
+            self.subject.clone()
+        } else {
+            format!("oidc:{}", self.subject)
+        }
+    }
 }
 
 pub fn routes() -> Vec<Route> {
@@ -203,11 +223,16 @@ pub async fn resolve(
     if session.id().is_none() {
         return Ok(None);
     }
-    let Some(mut principal) = session
-        .get::<WebPrincipal>(PRINCIPAL)
-        .await
-        .map_err(store_error)?
-    else {
+    // A record that no longer reads (e.g. written by another version) is dropped, not a 500.
+    let principal = match session.get::<WebPrincipal>(PRINCIPAL).await {
+        Ok(principal) => principal,
+        Err(e) => {
+            tracing::warn!(error = %e, "dropping a session that cannot be read");
+            session.flush().await.map_err(store_error)?;
+            None
+        }
+    };
+    let Some(mut principal) = principal else {
         return Ok(None);
     };
     let now = now();
@@ -365,7 +390,7 @@ async fn logout(
     session.flush().await.map_err(store_error)?;
     if let Some(p) = &auth.web {
         tracing::info!(subject = %p.subject, "audit: logout");
-        crate::audit::log(&state.service, &p.subject, "logout", None, None).await;
+        crate::audit::log(&state.service, &p.actor(), "logout", None, None).await;
     }
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -390,14 +415,37 @@ pub async fn claim_new_document(
     if exists {
         return Ok(false);
     }
+    if app.owners.owned_by(&principal.subject).len() >= MAX_DOCUMENTS_PER_PERSON {
+        return Err(ApiError::forbidden(format!(
+            "a person may own at most {MAX_DOCUMENTS_PER_PERSON} documents"
+        )));
+    }
     let owns = app
         .owners
         .claim(&app.service, db_id.as_str(), &principal.subject)
         .await?;
-    if owns {
-        tracing::info!(subject = %principal.subject, db_id = %db_id, "audit: document claimed");
+    if !owns {
+        return Ok(false);
     }
-    Ok(owns)
+    // The claim counts only if this request is the one that creates the file: a token that
+    // created the document meanwhile (or a failed open) takes the claim back.
+    let created = match app.registry.get(db_id).await {
+        Ok(doc) => doc.created,
+        Err(e) => {
+            app.owners
+                .unclaim(&app.service, db_id.as_str(), &principal.subject)
+                .await?;
+            return Err(e.into());
+        }
+    };
+    if !created {
+        app.owners
+            .unclaim(&app.service, db_id.as_str(), &principal.subject)
+            .await?;
+        return Ok(false);
+    }
+    tracing::info!(subject = %principal.subject, db_id = %db_id, "audit: document claimed");
+    Ok(true)
 }
 
 /// Deletes expired session rows every minute until shutdown.

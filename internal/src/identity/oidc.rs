@@ -43,8 +43,13 @@ pub struct Oidc {
     admin_subjects: Vec<String>,
     admin_claim: Option<(String, String)>,
     http: reqwest::Client,
-    metadata: Mutex<Option<CoreProviderMetadata>>,
+    /// Discovered metadata (with the provider's signing keys) and when it was fetched.
+    metadata: Mutex<Option<(std::time::Instant, CoreProviderMetadata)>>,
 }
+
+/// How long discovered metadata (and so the JWKS) is used before it is fetched again; an ID
+/// token that fails verification also drops it, so a key rotation heals at the next sign-in.
+const METADATA_TTL: std::time::Duration = std::time::Duration::from_secs(3600);
 
 impl std::fmt::Debug for Oidc {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -87,7 +92,9 @@ impl Oidc {
 
     async fn metadata(&self) -> Result<CoreProviderMetadata, ApiError> {
         let mut cached = self.metadata.lock().await;
-        if let Some(m) = cached.as_ref() {
+        if let Some((at, m)) = cached.as_ref()
+            && at.elapsed() < METADATA_TTL
+        {
             return Ok(m.clone());
         }
         let issuer = IssuerUrl::new(self.issuer.clone()).map_err(ApiError::internal)?;
@@ -102,8 +109,12 @@ impl Oidc {
                 )
                 .with_retry_after(5)
             })?;
-        *cached = Some(discovered.clone());
+        *cached = Some((std::time::Instant::now(), discovered.clone()));
         Ok(discovered)
+    }
+
+    async fn forget_metadata(&self) {
+        *self.metadata.lock().await = None;
     }
 
     /// Whether the ID token's claims make this person an admin.
@@ -205,10 +216,18 @@ pub async fn login(
         verifier: verifier.secret().clone(),
         next: local_next(query.next.as_deref()),
     };
-    // A short-lived pre-login session holds what the callback must check.
-    session.set_expiry(Some(Expiry::OnInactivity(time::Duration::seconds(
-        PENDING_SECS,
-    ))));
+    // A short-lived pre-login session holds what the callback must check (a signed-in
+    // session keeps its own expiry: a link to /auth/login must not cut it short).
+    let signed_in = session
+        .get_value(PRINCIPAL)
+        .await
+        .map_err(store_error)?
+        .is_some();
+    if !signed_in {
+        session.set_expiry(Some(Expiry::OnInactivity(time::Duration::seconds(
+            PENDING_SECS,
+        ))));
+    }
     session
         .insert(PENDING, &pending)
         .await
@@ -224,13 +243,27 @@ pub struct CallbackQuery {
     error_description: Option<String>,
 }
 
-/// `GET /auth/callback?code=&state=` → session with a new id, `302` to `next`.
+/// `GET /auth/callback?code=&state=` → session with a new id, `302` to `next`. A refused
+/// callback deletes the pre-login session server-side (its state can never be tried again).
 pub async fn callback(
     State(state): State<AppState>,
     session: Session,
     Query(query): Query<CallbackQuery>,
 ) -> Result<Response, ApiError> {
     let oidc = state.oidc.as_ref().ok_or_else(oidc_off)?;
+    let answer = complete(&state, oidc, &session, query).await?;
+    if answer.status() == StatusCode::BAD_REQUEST {
+        session.flush().await.map_err(store_error)?;
+    }
+    Ok(answer)
+}
+
+async fn complete(
+    state: &AppState,
+    oidc: &Oidc,
+    session: &Session,
+    query: CallbackQuery,
+) -> Result<Response, ApiError> {
     // Taken out at once: a replayed callback finds nothing.
     let pending: Option<Pending> = session.remove(PENDING).await.map_err(store_error)?;
     let Some(pending) = pending else {
@@ -273,7 +306,11 @@ pub async fn callback(
     let verifier = client.id_token_verifier();
     let claims = match id_token.claims(&verifier, &Nonce::new(pending.nonce)) {
         Ok(claims) => claims,
-        Err(e) => return Ok(failed(&format!("the ID token is not valid: {e}"))),
+        Err(e) => {
+            // Maybe the provider rotated its keys: fetch them again next time.
+            oidc.forget_metadata().await;
+            return Ok(failed(&format!("the ID token is not valid: {e}")));
+        }
     };
     let subject = claims.subject().as_str().to_owned();
     // Verified above; read again as JSON for the admin claim (which may be any custom claim).
@@ -312,7 +349,7 @@ pub async fn callback(
     };
     session.cycle_id().await.map_err(store_error)?;
     session.clear().await;
-    session.set_expiry(Some(super::session_expiry(&state)));
+    session.set_expiry(Some(super::session_expiry(state)));
     session
         .insert(PRINCIPAL, &principal)
         .await
@@ -320,7 +357,7 @@ pub async fn callback(
     tracing::info!(subject = %principal.subject, is_admin = principal.is_admin, "audit: OIDC login");
     crate::audit::log(
         &state.service,
-        &principal.subject,
+        &principal.actor(),
         "login",
         None,
         Some(format!("oidc, admin {}", principal.is_admin)),

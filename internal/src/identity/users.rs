@@ -108,6 +108,32 @@ impl Owners {
     }
 }
 
+impl Owners {
+    /// Takes back `subject`'s claim on `db_id` (the claim did not lead to a new document).
+    pub async fn unclaim(
+        &self,
+        service: &DocHandle,
+        db_id: &str,
+        subject: &str,
+    ) -> Result<(), DocError> {
+        let (db, who) = (db_id.to_owned(), subject.to_owned());
+        service
+            .write(move |conn| {
+                conn.execute(
+                    "DELETE FROM document_owners WHERE db_id = ?1 AND owner = ?2",
+                    params![db, who],
+                )?;
+                Ok(())
+            })
+            .await?;
+        let mut map = self.by_db.write().unwrap_or_else(|p| p.into_inner());
+        if map.get(db_id).is_some_and(|o| o == subject) {
+            map.remove(db_id);
+        }
+        Ok(())
+    }
+}
+
 /// The principal a signed-in person acts as on the one authorization path: an admin passes
 /// every check; anyone else holds every action on the documents they own, and nothing else.
 pub fn principal_row(

@@ -87,6 +87,10 @@ pub struct ActorConfig {
     pub open: OpenOptions,
     pub mailbox_capacity: usize,
     pub max_batch: usize,
+    /// Sync's change log keeps at least this many versions…
+    pub sync_keep_versions: u64,
+    /// …and every version younger than this (whichever keeps more).
+    pub sync_keep_secs: u64,
 }
 
 /// Starts an actor thread for the database at `path` and waits until the database is open and
@@ -399,6 +403,24 @@ impl Actor {
             }
             return;
         }
+        // Sync's change log: a session records this transaction's changes to user tables (its
+        // changeset is the net effect, so requests rolled back to their savepoint leave nothing).
+        let mut session = if self.track_commits {
+            match crate::sync::log::session(&self.conn) {
+                Ok(session) => Some(session),
+                Err(e) => {
+                    let _ = self.conn.execute_batch("ROLLBACK");
+                    let msg = format!("could not start the sync change log: {e}");
+                    tracing::error!(error = %e, "could not start a sync session");
+                    for job in batch {
+                        job.finish(Finish::Failed(&msg));
+                    }
+                    return;
+                }
+            }
+        } else {
+            None
+        };
         let mut written = BTreeSet::new();
         let mut announcements: Vec<Announcement> = Vec::new();
         let mut kept: Vec<Box<dyn WriteJob>> = Vec::with_capacity(batch.len());
@@ -483,13 +505,35 @@ impl Actor {
                      WHERE key IN ('commit_seq', 'last_write_at')",
                 )
                 .and_then(|mut stmt| stmt.execute((seq as i64, now_ms)));
-            if let Err(e) = bumped {
-                tracing::error!(error = %e, "could not record commit_seq");
-            } else {
-                new_seq = Some((seq, now_ms));
+            // The changeset is written under this version in the same transaction: a commit
+            // is never visible without its change log entry.
+            let logged = match (&mut session, written.is_empty()) {
+                (Some(session), false) => crate::sync::log::record(
+                    &self.conn,
+                    session,
+                    seq,
+                    now_ms / 1000,
+                    self.config.sync_keep_versions,
+                    self.config.sync_keep_secs,
+                ),
+                _ => Ok(()),
+            };
+            match bumped.map(|_| ()).and(logged) {
+                Err(e) => {
+                    tracing::error!(error = %e, "could not record commit_seq or its changeset");
+                    let _ = self.conn.execute_batch("ROLLBACK");
+                    for job in kept {
+                        job.finish(Finish::Failed(
+                            "the commit's change log could not be written",
+                        ));
+                    }
+                    return;
+                }
+                Ok(()) => new_seq = Some((seq, now_ms)),
             }
             self.take_hook_tables();
         }
+        drop(session);
         let commit_error = match self.control("COMMIT") {
             Ok(()) => None,
             Err(e) => {

@@ -22,6 +22,8 @@ fn config(
                 max_value_bytes: 16 << 20,
             },
             mailbox_capacity: mailbox,
+            sync_keep_versions: 10_000,
+            sync_keep_secs: 604_800,
             max_batch: 512,
         },
         idle_timeout: idle,

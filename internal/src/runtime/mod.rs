@@ -40,10 +40,12 @@ pub fn routes() -> Vec<Route> {
 async fn open(
     State(state): State<AppState>,
     auth: Authorized,
+    claimed: Option<axum::Extension<crate::identity::CreatedByClaim>>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let db_id = auth.db()?;
     let doc = state.registry.get(db_id).await?;
-    if doc.created {
+    let created = doc.created || claimed.is_some();
+    if created {
         crate::audit::log(
             &state.service,
             &auth.actor(),
@@ -53,9 +55,7 @@ async fn open(
         )
         .await;
     }
-    Ok(Json(
-        json!({"db_id": db_id.as_str(), "created": doc.created}),
-    ))
+    Ok(Json(json!({"db_id": db_id.as_str(), "created": created})))
 }
 
 #[derive(Serialize)]

@@ -52,16 +52,39 @@ const STREAM: Access = Access::Db {
     resource: ResourceFrom::Handler,
 };
 
+/// Relayed bodies are whatever a sender chose, served from the dashboard's origin: a relayed
+/// HTML page must not run as a page of this site (it could read a signed-in person's CSRF token
+/// and act for them), nor set or clear this site's cookies. So every relay response is
+/// sandboxed (`Content-Security-Policy: sandbox`: an opaque origin, no script), never sniffed,
+/// and loses any `Set-Cookie` / `Clear-Site-Data` a sender forwarded.
+async fn harden(mut response: Response) -> Response {
+    let h = response.headers_mut();
+    h.remove(header::SET_COOKIE);
+    h.remove("clear-site-data");
+    h.append(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("sandbox; default-src 'none'"),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    response
+}
+
 pub fn routes() -> Vec<Route> {
+    let relay = |handler| {
+        axum::routing::MethodRouter::layer(handler, axum::middleware::map_response(harden))
+    };
     let mut routes = legacy_gone_routes();
     for path in ["/public/", "/public/{*rest}"] {
-        routes.push(Route::any(path, Access::Anonymous, any(public)));
+        routes.push(Route::any(path, Access::Anonymous, relay(any(public))));
     }
     for path in ["/p/", "/p/{*rest}"] {
-        routes.push(Route::any(path, Access::Anonymous, any(p)));
+        routes.push(Route::any(path, Access::Anonymous, relay(any(p))));
     }
     for path in ["/u/{db_id}/", "/u/{db_id}/{*rest}"] {
-        routes.push(Route::any(path, STREAM, any(user)).with_query_token());
+        routes.push(Route::any(path, STREAM, relay(any(user))).with_query_token());
     }
     for kind in ["queue", "pubsub", "req", "res"] {
         let path: &'static str = match kind {
@@ -70,7 +93,7 @@ pub fn routes() -> Vec<Route> {
             "req" => "/api/v1/db/{db_id}/streams/req/{*rest}",
             _ => "/api/v1/db/{db_id}/streams/res/{*rest}",
         };
-        routes.push(Route::any(path, STREAM, any(canonical)).with_query_token());
+        routes.push(Route::any(path, STREAM, relay(any(canonical))).with_query_token());
     }
     routes
 }

@@ -274,3 +274,82 @@ async fn session_cookie_is_secure_behind_https() {
         "{attributes}"
     );
 }
+
+#[tokio::test]
+async fn relayed_pages_cannot_act_as_the_site() {
+    let server = TestServer::start().await;
+    let (cookie, _) = sign_in(&server).await;
+    // A sender relays an HTML page that would read /auth/me, and tries to plant a cookie.
+    let send = server
+        .anon(Method::POST, "/public/evil")
+        .header("content-type", "text/html")
+        .header(
+            "patch-h-set-cookie",
+            format!("{SESSION_COOKIE}=planted; Path=/"),
+        )
+        .header("patch-h-clear-site-data", "\"cookies\"")
+        .body("<script>fetch('/auth/me')</script>")
+        .send();
+    let receive = async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        request(&server, Method::GET, "/public/evil", &cookie)
+            .send()
+            .await
+            .unwrap()
+    };
+    let (sent, got) = tokio::join!(send, receive);
+    assert_eq!(sent.unwrap().status(), StatusCode::OK);
+    assert_eq!(got.status(), StatusCode::OK);
+    let csp = got
+        .headers()
+        .get_all("content-security-policy")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .collect::<Vec<_>>()
+        .join(", ");
+    assert!(csp.contains("sandbox"), "{csp}");
+    assert_eq!(got.headers()["x-content-type-options"], "nosniff");
+    assert!(got.headers().get(SET_COOKIE).is_none());
+    assert!(got.headers().get("clear-site-data").is_none());
+
+    // Relay routes take no session at all: a link cannot consume a message as a signed-in person.
+    let r = request(
+        &server,
+        Method::GET,
+        "/api/v1/db/relay/streams/queue/t/next",
+        &cookie,
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn session_websockets_must_come_from_this_site() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+    let server = TestServer::start().await;
+    let (cookie, _) = sign_in(&server).await;
+    let url = format!("ws://{}/api/v1/db/ws/events/ws", server.addr);
+    let connect = |origin: Option<String>| {
+        let mut req = url.clone().into_client_request().unwrap();
+        req.headers_mut().insert(
+            "cookie",
+            format!("{SESSION_COOKIE}={cookie}").parse().unwrap(),
+        );
+        if let Some(o) = origin {
+            req.headers_mut().insert("origin", o.parse().unwrap());
+        }
+        tokio_tungstenite::connect_async(req)
+    };
+    for origin in [Some("https://evil.example".to_owned()), None] {
+        match connect(origin.clone()).await {
+            Err(tokio_tungstenite::tungstenite::Error::Http(r)) => {
+                assert_eq!(r.status(), StatusCode::FORBIDDEN, "{origin:?}")
+            }
+            other => panic!("{origin:?}: {:?}", other.map(|_| ())),
+        }
+    }
+    let own = format!("http://{}", server.addr);
+    assert!(connect(Some(own)).await.is_ok());
+}

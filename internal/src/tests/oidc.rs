@@ -287,7 +287,7 @@ async fn people_reach_only_the_documents_they_created() {
     .unwrap();
     assert_eq!(r.status(), StatusCode::CREATED);
     let minted: Value = r.json().await.unwrap();
-    assert_eq!(minted["created_by"], "bob");
+    assert_eq!(minted["created_by"], "oidc:bob");
     for body in [
         json!({"label": "x", "scopes": [{"db_id": "ops", "action": "query.read"}]}),
         json!({"label": "x", "scopes": [{"db_id": "*", "action": "query.read"}]}),
@@ -420,11 +420,11 @@ async fn the_audit_log_records_sign_ins_tokens_and_documents() {
         seen.iter()
             .any(|(a, b, c)| a == actor && b == action && (target.is_empty() || c == target))
     };
-    assert!(has("dora", "login", ""), "{seen:?}");
-    assert!(has("dora", "document.create", "doras"), "{seen:?}");
-    assert!(has("dora", "token.create", &id), "{seen:?}");
-    assert!(has("dora", "token.revoke", &id), "{seen:?}");
-    assert!(has("dora", "logout", ""), "{seen:?}");
+    assert!(has("oidc:dora", "login", ""), "{seen:?}");
+    assert!(has("oidc:dora", "document.create", "doras"), "{seen:?}");
+    assert!(has("oidc:dora", "token.create", &id), "{seen:?}");
+    assert!(has("oidc:dora", "token.revoke", &id), "{seen:?}");
+    assert!(has("oidc:dora", "logout", ""), "{seen:?}");
     // Newest first.
     assert_eq!(seen[0].1, "logout");
     for bad in ["0", "1001", "x"] {
@@ -467,4 +467,66 @@ async fn an_id_token_for_another_nonce_starts_no_session() {
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     assert!(r.text().await.unwrap().to_lowercase().contains("nonce"));
     assert_eq!(me(&client, &server).await.0, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn a_subject_cannot_pass_for_a_system_name() {
+    let op = oidc::provider().await;
+    let server = server_for(op).await;
+    // The bootstrap admin token was created by "bootstrap"; a person whose `sub` is that word
+    // must not see or revoke it.
+    let (person, csrf) = signed_in(&server, "bootstrap").await;
+    let listed: Value = person
+        .get(server.url("/api/v1/admin/tokens"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["tokens"], json!([]), "{listed}");
+    let all: Value = server
+        .admin(reqwest::Method::GET, "/api/v1/admin/tokens")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let bootstrap_id = all["tokens"][0]["id"].as_str().unwrap().to_owned();
+    assert_eq!(all["tokens"][0]["created_by"], "bootstrap");
+    let r = person
+        .delete(server.url(&format!("/api/v1/admin/tokens/{bootstrap_id}")))
+        .header(CSRF_HEADER, &csrf)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn a_refused_callback_deletes_its_pre_login_session() {
+    let op = oidc::provider().await;
+    let server = server_for(op).await;
+    let (client, jar) = oidc::browser_client_with_jar();
+    let outcome = oidc::login(&client, &server.url(""), "replay-rex", "/ui/").await;
+    let pending = session_id(&jar, &server).expect("a pre-login session");
+    let r = client
+        .get(outcome.with_param("state", "forged"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    // Even with the old cookie put back, the genuine callback finds nothing.
+    let fresh = Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let r = fresh
+        .get(&outcome.callback_url)
+        .header("cookie", format!("{COOKIE}={pending}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
 }

@@ -1,0 +1,84 @@
+//! The change log, written by the document actor inside each group commit: a session
+//! (SQLite's session extension) attached to every user table records the transaction; its
+//! changeset is stored under the commit's version in `_patchwork_sync_changes`, in parts no
+//! larger than [`PART_BYTES`] (values are capped by `SQLITE_LIMIT_LENGTH`). Old versions are
+//! pruned in the same transaction, a bounded batch at a time.
+
+use rusqlite::session::Session;
+use rusqlite::{Connection, params};
+
+/// Largest piece of a changeset stored in one row.
+pub const PART_BYTES: usize = 512 * 1024;
+/// Most old versions deleted by one commit (pruning catches up over the next commits).
+const PRUNE_BATCH: i64 = 256;
+
+/// Whether `table` is part of sync: user tables only (not Patchwork's, not SQLite's).
+pub fn synced(table: &str) -> bool {
+    !(table.starts_with("_patchwork_") || table.starts_with("sqlite_"))
+}
+
+/// A session on every user table, present and future.
+pub fn session(conn: &Connection) -> rusqlite::Result<Session<'_>> {
+    let mut session = Session::new(conn)?;
+    session.table_filter(Some(synced));
+    session.attach(None::<&str>)?;
+    Ok(session)
+}
+
+/// Stores the session's changeset (if the transaction changed anything synced) under
+/// `version`, and prunes what retention lets go: versions that are both beyond the newest
+/// `keep_versions` and older than `keep_secs`.
+pub fn record(
+    conn: &Connection,
+    session: &mut Session<'_>,
+    version: u64,
+    now_secs: i64,
+    keep_versions: u64,
+    keep_secs: u64,
+) -> rusqlite::Result<()> {
+    if session.is_empty() {
+        return Ok(());
+    }
+    let mut changeset = Vec::new();
+    session.changeset_strm(&mut changeset)?;
+    if changeset.is_empty() {
+        return Ok(());
+    }
+    let version = i64::try_from(version).unwrap_or(i64::MAX);
+    let mut insert = conn.prepare_cached(
+        "INSERT INTO _patchwork_sync_changes (version, part, created_at, changeset)
+         VALUES (?1, ?2, ?3, ?4)",
+    )?;
+    for (part, chunk) in changeset.chunks(PART_BYTES).enumerate() {
+        insert.execute(params![version, part as i64, now_secs, chunk])?;
+    }
+    prune(conn, version, now_secs, keep_versions, keep_secs)
+}
+
+fn prune(
+    conn: &Connection,
+    newest: i64,
+    now_secs: i64,
+    keep_versions: u64,
+    keep_secs: u64,
+) -> rusqlite::Result<()> {
+    let below = newest.saturating_sub(i64::try_from(keep_versions).unwrap_or(i64::MAX));
+    let before = now_secs.saturating_sub(i64::try_from(keep_secs).unwrap_or(i64::MAX));
+    // The newest prunable version among the oldest batch; everything up to it goes.
+    let through: Option<i64> = conn
+        .prepare_cached(
+            "SELECT max(version) FROM (SELECT DISTINCT version FROM _patchwork_sync_changes
+              WHERE version <= ?1 AND created_at < ?2 ORDER BY version LIMIT ?3)",
+        )?
+        .query_row(params![below, before, PRUNE_BATCH], |r| r.get(0))?;
+    let Some(through) = through else {
+        return Ok(());
+    };
+    conn.prepare_cached("DELETE FROM _patchwork_sync_changes WHERE version <= ?1")?
+        .execute([through])?;
+    conn.prepare_cached(
+        "UPDATE _patchwork_meta SET value = max(CAST(value AS INTEGER), ?1) WHERE key = 'sync_since'",
+    )?
+    .execute([through])?;
+    Ok(())
+}
