@@ -12,5 +12,6 @@ mod runtime;
 mod security;
 mod sql_policy;
 mod streams;
+mod sync;
 mod watch;
 mod webhooks;

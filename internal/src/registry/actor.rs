@@ -494,6 +494,35 @@ impl Actor {
                 }
             }
         }
+        // The net changeset (empty when every change was rolled back); its tables count as
+        // written too (the update hook does not see `WITHOUT ROWID` tables).
+        let changeset = match session.as_mut().map(crate::sync::log::changeset) {
+            None => Ok(Vec::new()),
+            Some(Ok(cs)) => {
+                if !cs.is_empty() {
+                    match crate::sync::log::tables(&cs) {
+                        Ok(mut tables) => written.append(&mut tables),
+                        Err(e) => tracing::warn!(error = %e, "could not list a changeset's tables"),
+                    }
+                }
+                Ok(cs)
+            }
+            Some(Err(e)) => Err(e),
+        };
+        drop(session);
+        let changeset = match changeset {
+            Ok(cs) => cs,
+            Err(e) => {
+                tracing::error!(error = %e, "could not take the commit's changeset");
+                let _ = self.conn.execute_batch("ROLLBACK");
+                for job in kept {
+                    job.finish(Finish::Failed(
+                        "the commit's change log could not be written",
+                    ));
+                }
+                return;
+            }
+        };
         let mut new_seq = None;
         if self.track_commits && (!written.is_empty() || !announcements.is_empty()) {
             let seq = self.shared.commit_seq.load(Ordering::Acquire) + 1;
@@ -507,17 +536,14 @@ impl Actor {
                 .and_then(|mut stmt| stmt.execute((seq as i64, now_ms)));
             // The changeset is written under this version in the same transaction: a commit
             // is never visible without its change log entry.
-            let logged = match (&mut session, written.is_empty()) {
-                (Some(session), false) => crate::sync::log::record(
-                    &self.conn,
-                    session,
-                    seq,
-                    now_ms / 1000,
-                    self.config.sync_keep_versions,
-                    self.config.sync_keep_secs,
-                ),
-                _ => Ok(()),
-            };
+            let logged = crate::sync::log::store(
+                &self.conn,
+                &changeset,
+                seq,
+                now_ms / 1000,
+                self.config.sync_keep_versions,
+                self.config.sync_keep_secs,
+            );
             match bumped.map(|_| ()).and(logged) {
                 Err(e) => {
                     tracing::error!(error = %e, "could not record commit_seq or its changeset");
@@ -533,7 +559,6 @@ impl Actor {
             }
             self.take_hook_tables();
         }
-        drop(session);
         let commit_error = match self.control("COMMIT") {
             Ok(()) => None,
             Err(e) => {

@@ -25,22 +25,42 @@ pub fn session(conn: &Connection) -> rusqlite::Result<Session<'_>> {
     Ok(session)
 }
 
-/// Stores the session's changeset (if the transaction changed anything synced) under
-/// `version`, and prunes what retention lets go: versions that are both beyond the newest
-/// `keep_versions` and older than `keep_secs`.
-pub fn record(
+/// The transaction's net changes to user tables (empty if none).
+pub fn changeset(session: &mut Session<'_>) -> rusqlite::Result<Vec<u8>> {
+    let mut changeset = Vec::new();
+    if !session.is_empty() {
+        session.changeset_strm(&mut changeset)?;
+    }
+    Ok(changeset)
+}
+
+/// The tables a changeset touches. (SQLite's update hook, which tells the actor which tables a
+/// commit wrote, is silent for `WITHOUT ROWID` tables; the changeset is not.)
+pub fn tables(changeset: &[u8]) -> rusqlite::Result<std::collections::BTreeSet<String>> {
+    use rusqlite::fallible_streaming_iterator::FallibleStreamingIterator as _;
+    let mut out = std::collections::BTreeSet::new();
+    let mut input: &[u8] = changeset;
+    let reader: &mut dyn std::io::Read = &mut input;
+    let mut iter = rusqlite::session::ChangesetIter::start_strm(&reader)?;
+    while let Some(item) = iter.next()? {
+        let op = item.op()?;
+        if !out.contains(op.table_name()) {
+            out.insert(op.table_name().to_owned());
+        }
+    }
+    Ok(out)
+}
+
+/// Stores `changeset` under `version` and prunes what retention lets go: versions that are
+/// both beyond the newest `keep_versions` and older than `keep_secs`.
+pub fn store(
     conn: &Connection,
-    session: &mut Session<'_>,
+    changeset: &[u8],
     version: u64,
     now_secs: i64,
     keep_versions: u64,
     keep_secs: u64,
 ) -> rusqlite::Result<()> {
-    if session.is_empty() {
-        return Ok(());
-    }
-    let mut changeset = Vec::new();
-    session.changeset_strm(&mut changeset)?;
     if changeset.is_empty() {
         return Ok(());
     }

@@ -92,8 +92,8 @@ async fn status(
         .read(|conn| {
             let (version, oldest) = versions(conn)?;
             let mut stmt = conn.prepare(
-                "SELECT name, EXISTS (SELECT 1 FROM pragma_table_info(name) WHERE pk > 0)
-                   FROM sqlite_schema WHERE type = 'table' ORDER BY name",
+                "SELECT s.name, EXISTS (SELECT 1 FROM pragma_table_info(s.name) AS c WHERE c.pk > 0)
+                   FROM sqlite_schema AS s WHERE s.type = 'table' ORDER BY s.name",
             )?;
             let mut tables = Vec::new();
             let mut without_pk = Vec::new();
