@@ -166,6 +166,38 @@ impl Prepared<'_> {
     }
 }
 
+/// The classifier's refusals, without classification, kept on the connection while the value
+/// lives: for statements Patchwork prepares on a user's behalf that may fire the user's
+/// triggers (applying a pushed changeset). [`Enforcing::finish`] says what was refused.
+pub struct Enforcing<'c>(Guard<'c>);
+
+pub fn enforce(conn: &Connection) -> Enforcing<'_> {
+    let seen = Arc::new(Mutex::new(Seen {
+        running: true,
+        patchwork_savepoints: true,
+        ..Seen::default()
+    }));
+    let sink = seen.clone();
+    conn.authorizer(Some(move |ctx: AuthContext<'_>| {
+        observe(&mut sink.lock().unwrap_or_else(|p| p.into_inner()), &ctx)
+    }));
+    Enforcing(Guard { conn, seen })
+}
+
+impl Enforcing<'_> {
+    pub fn finish(self) -> Option<String> {
+        let refused = self
+            .0
+            .seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .refused
+            .take();
+        drop(self);
+        refused
+    }
+}
+
 /// Keeps the classifier's authorizer on the connection while it lives.
 struct Guard<'c> {
     conn: &'c Connection,
@@ -197,6 +229,9 @@ struct Seen {
     /// The statement is running: only read-listed PRAGMAs may still be prepared (by the
     /// `pragma_*` table-valued functions).
     running: bool,
+    /// [`enforce`]: Patchwork itself runs the statements and may use savepoints (and the
+    /// `defer_foreign_keys` that applying a changeset sets for its own transaction).
+    patchwork_savepoints: bool,
 }
 
 /// Patchwork's own names (SQLite names are case-insensitive).
@@ -214,6 +249,8 @@ fn observe(seen: &mut Seen, ctx: &AuthContext<'_>) -> Authorization {
     match ctx.action {
         AuthAction::Attach { .. } => return refuse("ATTACH is not allowed".into()),
         AuthAction::Detach { .. } => return refuse("DETACH is not allowed".into()),
+        // Patchwork's own savepoints (applying a changeset runs in one) are not the user's.
+        AuthAction::Savepoint { .. } if seen.patchwork_savepoints => {}
         AuthAction::Transaction { .. } | AuthAction::Savepoint { .. } => {
             return refuse(
                 "transaction control is not allowed; use query/batch for atomic groups".into(),
@@ -224,6 +261,10 @@ fn observe(seen: &mut Seen, ctx: &AuthContext<'_>) -> Authorization {
         {
             return refuse("load_extension is not allowed".into());
         }
+        // Applying a changeset defers foreign keys for its own transaction, and sets it back.
+        AuthAction::Pragma { pragma_name, .. }
+            if seen.patchwork_savepoints
+                && pragma_name.eq_ignore_ascii_case("defer_foreign_keys") => {}
         AuthAction::Pragma {
             pragma_name,
             pragma_value,

@@ -6,9 +6,11 @@
 //! - `GET /sync/changes?since=V[&format=changeset|json][&live=true]` → every change after V, as
 //!   one combined changeset or as JSON rows; `410 version_gone` below what is kept; `live=true`
 //!   is SSE, one `changes` event per version (`id` = version, `Last-Event-ID` resumes);
-//! - `GET /sync/snapshot` → a consistent copy of the user tables ([`snapshot`]).
+//! - `GET /sync/snapshot` → a consistent copy of the user tables ([`snapshot`]);
+//! - `POST /sync/changes` (`sync.write`) → a client's changeset applied ([`push`]).
 
 pub mod log;
+pub mod push;
 pub mod snapshot;
 
 use std::collections::HashMap;
@@ -57,6 +59,15 @@ pub fn routes() -> Vec<Route> {
             get(changes),
         )
         .with_query_token(),
+        Route::new(
+            Method::POST,
+            "/api/v1/db/{db_id}/sync/changes",
+            Access::Db {
+                actions: &[Action::SyncWrite],
+                resource: ResourceFrom::None,
+            },
+            axum::routing::post(push::push),
+        ),
         Route::new(
             Method::GET,
             "/api/v1/db/{db_id}/sync/snapshot",

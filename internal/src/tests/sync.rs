@@ -506,3 +506,241 @@ async fn without_rowid_upserts_are_logged() {
     .unwrap();
     assert_eq!(body["changes"].as_array().unwrap().len(), 2, "{body}");
 }
+
+/// A local copy at the server's current version (a snapshot), for building changesets.
+async fn local_copy(server: &TestServer, db: &str, dir: &std::path::Path) -> (Connection, i64) {
+    let r = get(server, &format!("/api/v1/db/{db}/sync/snapshot")).await;
+    let version: i64 = r.headers()["patch-version"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let path = dir.join(format!("{db}-{version}.sqlite3"));
+    std::fs::write(&path, r.bytes().await.unwrap()).unwrap();
+    (Connection::open(path).unwrap(), version)
+}
+
+/// The changeset of `edits` made to `conn`.
+fn edit(conn: &Connection, edits: &str) -> Vec<u8> {
+    let mut session = rusqlite::session::Session::new(conn).unwrap();
+    session.attach(None::<&str>).unwrap();
+    conn.execute_batch(edits).unwrap();
+    let mut out = Vec::new();
+    session.changeset_strm(&mut out).unwrap();
+    out
+}
+
+async fn push(
+    server: &TestServer,
+    db: &str,
+    policy: &str,
+    base: i64,
+    cs: Vec<u8>,
+) -> (StatusCode, Value) {
+    let r = server
+        .admin(
+            Method::POST,
+            &format!("/api/v1/db/{db}/sync/changes?on_conflict={policy}"),
+        )
+        .header("content-type", "application/vnd.sqlite3-changeset")
+        .header("patch-base-version", base.to_string())
+        .body(cs)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    (status, r.json().await.unwrap())
+}
+
+async fn rows(server: &TestServer, db: &str) -> Value {
+    exec(server, db, "SELECT id, v FROM t ORDER BY id", json!([])).await["rows"].clone()
+}
+
+#[tokio::test]
+async fn push_with_each_conflict_policy() {
+    let server = TestServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    for (db, policy) in [
+        ("pa", "abort"),
+        ("ps", "server_wins"),
+        ("pc", "client_wins"),
+    ] {
+        exec(
+            &server,
+            db,
+            "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)",
+            json!([]),
+        )
+        .await;
+        exec(
+            &server,
+            db,
+            "INSERT INTO t VALUES (1, 'a'), (2, 'b'), (4, 'd')",
+            json!([]),
+        )
+        .await;
+        let (local, base) = local_copy(&server, db, dir.path()).await;
+        // Meanwhile on the server: row 1 changed, row 2 deleted, row 4 changed.
+        exec(
+            &server,
+            db,
+            "UPDATE t SET v = 'server' WHERE id IN (1, 4)",
+            json!([]),
+        )
+        .await;
+        exec(&server, db, "DELETE FROM t WHERE id = 2", json!([])).await;
+        // Locally: row 1 changed, row 2 changed, row 3 inserted, row 4 deleted.
+        let cs = edit(
+            &local,
+            "UPDATE t SET v = 'client' WHERE id = 1; UPDATE t SET v = 'client2' WHERE id = 2;
+             INSERT INTO t VALUES (3, 'new'); DELETE FROM t WHERE id = 4;",
+        );
+        let (status, body) = push(&server, db, policy, base, cs).await;
+        eprintln!("{policy}: {status} {body}");
+        let kinds: Vec<(Value, Value)> = body["conflicts"]
+            .as_array()
+            .or(body["error"]["details"]["conflicts"].as_array())
+            .unwrap()
+            .iter()
+            .map(|c| (c["op"].clone(), c["kind"].clone()))
+            .collect();
+        match policy {
+            "abort" => {
+                assert_eq!(status, StatusCode::CONFLICT, "{body}");
+                assert_eq!(body["error"]["code"], "sync_conflict");
+                assert!(!kinds.is_empty(), "{body}");
+                assert_eq!(
+                    rows(&server, db).await,
+                    json!([[1, "server"], [4, "server"]]),
+                    "nothing applied"
+                );
+            }
+            "server_wins" => {
+                assert_eq!(status, StatusCode::OK, "{body}");
+                assert_eq!(body["applied"], json!(1), "{body}");
+                assert_eq!(kinds.len(), 3, "{body}");
+                assert_eq!(
+                    rows(&server, db).await,
+                    json!([[1, "server"], [3, "new"], [4, "server"]])
+                );
+            }
+            _ => {
+                assert_eq!(status, StatusCode::OK, "{body}");
+                assert_eq!(kinds.len(), 3, "{body}");
+                // Row 2 is gone on the server: an update of it cannot win; the delete of 4 does.
+                assert_eq!(rows(&server, db).await, json!([[1, "client"], [3, "new"]]));
+            }
+        }
+        if policy == "abort" {
+            // It stops at the first conflict, named by its column.
+            assert_eq!(
+                body["error"]["details"]["conflicts"][0]["pk"],
+                json!({"id": 1}),
+                "{body}"
+            );
+            continue;
+        }
+        assert!(
+            kinds.contains(&(json!("update"), json!("data"))),
+            "{policy}: {kinds:?}"
+        );
+        assert!(
+            kinds.contains(&(json!("update"), json!("not_found"))),
+            "{policy}: {kinds:?}"
+        );
+        assert!(
+            kinds.contains(&(json!("delete"), json!("data"))),
+            "{policy}: {kinds:?}"
+        );
+        if status == StatusCode::OK {
+            // The push is a version like any write: its changes are served to other clients.
+            let status: Value = get(&server, &format!("/api/v1/db/{db}/sync/status"))
+                .await
+                .json()
+                .await
+                .unwrap();
+            assert_eq!(status["version"], body["version"], "{policy}");
+            let after: Value = get(
+                &server,
+                &format!("/api/v1/db/{db}/sync/changes?since={base}&format=json"),
+            )
+            .await
+            .json()
+            .await
+            .unwrap();
+            assert!(
+                after["changes"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|c| c["new"]["v"] == "new"),
+                "{after}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn pushes_are_held_to_the_statement_policy() {
+    let server = TestServer::start().await;
+    let db = "pp";
+    let dir = tempfile::tempdir().unwrap();
+    exec(
+        &server,
+        db,
+        "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)",
+        json!([]),
+    )
+    .await;
+    exec(
+        &server,
+        db,
+        "CREATE TABLE u (id INTEGER PRIMARY KEY)",
+        json!([]),
+    )
+    .await;
+    let (local, base) = local_copy(&server, db, dir.path()).await;
+    let cs = edit(&local, "INSERT INTO t VALUES (1, 'x')");
+    // A trigger that would reach Patchwork's tables when the push fires it.
+    exec(
+        &server,
+        db,
+        "CREATE TRIGGER sneaky AFTER INSERT ON t BEGIN DELETE FROM _patchwork_leases; END",
+        json!([]),
+    )
+    .await;
+    let (status, body) = push(&server, db, "abort", base, cs).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(rows(&server, db).await, json!([]));
+    exec(&server, db, "DROP TRIGGER sneaky", json!([])).await;
+    // Not a changeset; empty; a base version from the future; a wrong scope.
+    for (body, base, code) in [
+        (b"not a changeset".to_vec(), base, "invalid_changeset"),
+        (Vec::new(), base, "invalid_changeset"),
+        (
+            edit(&local, "INSERT INTO u VALUES (1)"),
+            base + 1000,
+            "invalid_base_version",
+        ),
+    ] {
+        let (status, answer) = push(&server, db, "abort", base, body).await;
+        let _ = base;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+        assert_eq!(answer["error"]["code"], code, "{answer}");
+    }
+    let reader = server
+        .mint(vec![crate::testing::scope(
+            db,
+            crate::auth::Action::SyncRead,
+            None,
+        )])
+        .await;
+    let r = server
+        .anon(Method::POST, &format!("/api/v1/db/{db}/sync/changes"))
+        .bearer_auth(&reader)
+        .body(edit(&local, "INSERT INTO u VALUES (2)"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+}
