@@ -31,6 +31,26 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Copy a data dir (every document, service.db, secret.key, local blobs) into a new
+    /// directory, consistent per file; works while the server runs.
+    Backup {
+        #[arg(long, env = "PATCHWORK_DATA_DIR", default_value = "./data")]
+        data_dir: PathBuf,
+        /// Directory to create (must not exist or be empty).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Put a backup made by `patchwork backup` into a data dir (stop the server first).
+    Restore {
+        /// The backup directory.
+        #[arg(long)]
+        from: PathBuf,
+        #[arg(long, env = "PATCHWORK_DATA_DIR", default_value = "./data")]
+        data_dir: PathBuf,
+        /// Replace the data already in the data dir.
+        #[arg(long)]
+        force: bool,
+    },
     /// Print the version.
     Version,
 }
@@ -370,6 +390,18 @@ fn parse_scope(text: &str) -> anyhow::Result<Scope> {
 }
 
 #[allow(clippy::print_stdout)] // the CLI's output
+fn report_done(what: &str, report: &patchwork::backup::Report, dir: &Path) {
+    println!(
+        "{what} {} documents, {} blobs, {} bytes in {:.1} s ({})",
+        report.documents,
+        report.blobs,
+        report.bytes,
+        report.elapsed.as_secs_f64(),
+        dir.display()
+    );
+}
+
+#[allow(clippy::print_stdout)] // the CLI's output
 fn token(command: TokenCommand) -> anyhow::Result<()> {
     init_tracing(LogFormat::Text);
     match command {
@@ -451,6 +483,22 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Token { command } => token(command),
+        Command::Backup { data_dir, out } => {
+            let report = patchwork::backup::backup(&data_dir, &out, &|m| eprintln!("backup: {m}"))?;
+            report_done("backed up", &report, &out);
+            Ok(())
+        }
+        Command::Restore {
+            from,
+            data_dir,
+            force,
+        } => {
+            let report = patchwork::backup::restore(&from, &data_dir, force, &|m| {
+                eprintln!("restore: {m}")
+            })?;
+            report_done("restored", &report, &data_dir);
+            Ok(())
+        }
         Command::Serve(args) => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()?

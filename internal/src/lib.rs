@@ -21,6 +21,7 @@
 //! `error.rs` is the one JSON error shape; `audit.rs` the audit log.
 
 pub mod audit;
+pub mod backup;
 pub mod auth;
 pub mod config;
 pub mod error;
