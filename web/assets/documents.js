@@ -41,7 +41,7 @@ export function renderDocuments(root, ctx) {
     h(
       "section",
       { class: "card", "aria-labelledby": "doc-list-title" },
-      h("div", { class: "card-head" }, h("h2", { id: "doc-list-title" }, "All documents"), h("div", { class: "row" }, count, refresh)),
+      h("div", { class: "card-head" }, h("h2", { id: "doc-list-title" }, ctx.me?.is_admin ? "All documents" : "Your documents"), h("div", { class: "row" }, count, refresh)),
       h("div", { class: "field" }, filter),
       h("div", { class: "field" }, listBody),
     ),

@@ -135,6 +135,8 @@ pub struct Authorized {
     pub resource: Option<String>,
     /// Set when the caller came with a web session cookie instead of a token.
     pub web: Option<Arc<crate::identity::WebPrincipal>>,
+    /// That session's id (to notice when it ends while a stream is open).
+    pub session_id: Option<tower_sessions::session::Id>,
 }
 
 impl Authorized {
@@ -149,15 +151,29 @@ impl Authorized {
             .ok_or_else(|| ApiError::internal("db() on a route without {db_id}"))
     }
 
-    /// Resolves when the caller's token stops being valid (revoked, deleted, expired); never on
-    /// public and anonymous routes. Long-lived streams select on it and end.
-    pub fn invalidated(&self, tokens: &Arc<super::TokenStore>) -> super::Invalidated {
-        // A person's session has no token to revoke (its end is checked on its next request).
-        if self.web.as_ref().is_some_and(|w| w.token_id.is_none()) {
-            return Box::pin(std::future::pending());
+    /// Resolves when the caller stops being valid: its token is revoked, deleted or expires, or
+    /// a person's web session ends (signed out, idle or absolute expiry: checked every two
+    /// seconds); never on public and anonymous routes. Long-lived streams select on it and end.
+    pub fn invalidated(&self, app: &crate::state::App) -> super::Invalidated {
+        if let (Some(web), Some(id)) = (&self.web, self.session_id)
+            && web.token_id.is_none()
+        {
+            let sessions = app.sessions.clone();
+            let absolute = i64::try_from(app.config.session_absolute_secs).unwrap_or(i64::MAX);
+            let ends_at = web.created_at.saturating_add(absolute);
+            return Box::pin(async move {
+                use tower_sessions::SessionStore as _;
+                loop {
+                    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+                    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+                    if now >= ends_at || !matches!(sessions.load(&id).await, Ok(Some(_))) {
+                        return super::AuthFailure::SessionEnded;
+                    }
+                }
+            });
         }
         match &self.token {
-            Some(row) => tokens.until_invalid(row),
+            Some(row) => app.tokens.until_invalid(row),
             None => Box::pin(std::future::pending()),
         }
     }

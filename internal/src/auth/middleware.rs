@@ -122,6 +122,7 @@ async fn check(
         db_id: None,
         resource: None,
         web: None,
+        session_id: None,
     };
     match spec.access {
         Access::Public => return Ok((req, public)),
@@ -150,6 +151,7 @@ async fn check(
     // Without a token, a web session cookie stands for its principal (and unsafe methods need
     // its CSRF header); a token, when given, always wins.
     let mut web = None;
+    let mut session_id = None;
     let mut token = match presented {
         Some(presented) => app
             .tokens
@@ -187,6 +189,7 @@ async fn check(
                 return Err(AuthFailure::Missing.into());
             };
             web = Some(principal);
+            session_id = session.as_ref().and_then(|s| s.id());
             token
         }
     };
@@ -290,6 +293,7 @@ async fn check(
             token: Some(token),
             db_id,
             resource,
+            session_id,
             web,
         },
     ))

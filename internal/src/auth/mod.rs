@@ -40,6 +40,8 @@ pub enum AuthFailure {
     Unknown,
     Expired,
     Revoked,
+    /// A person's web session ended (signed out, expired, deleted).
+    SessionEnded,
 }
 
 impl AuthFailure {
@@ -49,6 +51,7 @@ impl AuthFailure {
             AuthFailure::Unknown => "unknown token",
             AuthFailure::Expired => "the token has expired",
             AuthFailure::Revoked => "the token has been revoked",
+            AuthFailure::SessionEnded => "the web session has ended; sign in again",
         }
     }
 
@@ -57,6 +60,7 @@ impl AuthFailure {
     pub fn ended_code(self) -> &'static str {
         match self {
             AuthFailure::Expired => "token_expired",
+            AuthFailure::SessionEnded => "session_ended",
             _ => "token_revoked",
         }
     }

@@ -420,7 +420,7 @@ async fn stream(
     let last_event_id = headers.get("last-event-id").and_then(|v| v.to_str().ok());
     let start = start_position(since_id, tail, last_event_id)?;
     let doc = state.registry.get(auth.db()?).await?;
-    let invalidated = auth.invalidated(&state.tokens);
+    let invalidated = auth.invalidated(&state);
     let (tx, mut rx) = mpsc::channel(hub::QUEUE);
     let subscription = Subscription {
         doc: (*doc).clone(),

@@ -96,7 +96,7 @@ impl Session {
         let (tx, mut rx) = mpsc::channel::<Delivery>(hub::QUEUE);
         let shutdown = self.state.shutdown.clone();
         // A revoked or expired token ends the socket: an `error` frame, then a close frame.
-        let mut invalidated = self.auth.invalidated(&self.state.tokens);
+        let mut invalidated = self.auth.invalidated(&self.state);
         let mut close: Option<CloseFrame> = None;
         let mut carried: Option<Received> = None;
         loop {

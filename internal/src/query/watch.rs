@@ -374,7 +374,7 @@ pub(super) async fn watch_route(
     };
 
     let watch_id = NEXT_WATCH_ID.fetch_add(1, Ordering::Relaxed);
-    let invalidated = auth.invalidated(&state.tokens);
+    let invalidated = auth.invalidated(&state);
     let (tx, mut rx) = mpsc::channel::<Event>(16);
     let member = Member {
         watch_id,

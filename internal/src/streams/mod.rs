@@ -332,7 +332,7 @@ impl Ctx {
     /// Resolves when the party's token stops being valid (never for anonymous parties).
     fn invalidated(&self) -> crate::auth::Invalidated {
         match &self.auth {
-            Some(auth) => auth.invalidated(&self.state.tokens),
+            Some(auth) => auth.invalidated(&self.state),
             None => Box::pin(std::future::pending()),
         }
     }

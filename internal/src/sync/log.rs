@@ -9,8 +9,10 @@ use rusqlite::{Connection, params};
 
 /// Largest piece of a changeset stored in one row.
 pub const PART_BYTES: usize = 512 * 1024;
-/// Most old versions deleted by one commit (pruning catches up over the next commits).
+/// Most old versions deleted by one pruning pass (later passes catch up).
 const PRUNE_BATCH: i64 = 256;
+/// Versions between pruning passes.
+const PRUNE_EVERY: i64 = 32;
 
 /// Whether `table` is part of sync: user tables only (not Patchwork's, not SQLite's).
 pub fn synced(table: &str) -> bool {
@@ -72,7 +74,14 @@ pub fn store(
     for (part, chunk) in changeset.chunks(PART_BYTES).enumerate() {
         insert.execute(params![version, part as i64, now_secs, chunk])?;
     }
-    prune(conn, version, now_secs, keep_versions, keep_secs)
+    // Pruning looks every PRUNE_EVERY versions, not at every commit: its query is cheap to run
+    // but not to prepare, and the statement cache is expired whenever the query API installs
+    // its authorizer.
+    // (A retention shorter than that is honoured at every commit.)
+    if version % PRUNE_EVERY == 0 || keep_versions < PRUNE_EVERY as u64 {
+        prune(conn, version, now_secs, keep_versions, keep_secs)?;
+    }
+    Ok(())
 }
 
 fn prune(

@@ -446,7 +446,7 @@ async fn live(
         }
     });
     let events = tokio_stream_from(rx);
-    let invalidated = auth.invalidated(&state.tokens);
+    let invalidated = auth.invalidated(&state);
     let events = crate::auth::until_invalid(events, invalidated, |reason| {
         Ok(Event::default()
             .event("error")

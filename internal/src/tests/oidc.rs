@@ -530,3 +530,39 @@ async fn a_refused_callback_deletes_its_pre_login_session() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
 }
+
+#[tokio::test]
+async fn a_persons_open_streams_end_when_the_session_does() {
+    let op = oidc::provider().await;
+    let server = server_for(op).await;
+    let (eve, csrf) = signed_in(&server, "eve-streams").await;
+    let r = eve
+        .post(server.url("/api/v1/db/eves/_open"))
+        .header(CSRF_HEADER, &csrf)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = eve
+        .get(server.url("/api/v1/db/eves/events/stream?topic=t&heartbeat_seconds=1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let mut stream = crate::testing::SseReader::new(r);
+    let r = eve
+        .post(server.url("/auth/logout"))
+        .header(CSRF_HEADER, &csrf)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let started = Instant::now();
+    let ended = stream
+        .next_non_heartbeat(std::time::Duration::from_secs(5))
+        .await
+        .expect("an error event");
+    assert_eq!(ended.event, "error");
+    assert_eq!(ended.json()["code"], "session_ended", "{}", ended.data);
+    assert!(started.elapsed() < std::time::Duration::from_secs(4));
+}
