@@ -40,6 +40,29 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Keep a local SQLite file in step with a document, both ways: a snapshot first, then
+    /// pulled changes and pushed local edits (state kept beside the file).
+    Sync {
+        /// The server, e.g. http://127.0.0.1:8080.
+        #[arg(long, env = "PATCHWORK_URL")]
+        url: String,
+        /// A machine token with sync.read (and sync.write to push) on the document.
+        #[arg(long, env = "PATCHWORK_TOKEN", hide_env_values = true)]
+        token: String,
+        /// The document's db_id.
+        #[arg(long)]
+        db: String,
+        /// The local SQLite file (created by the first sync).
+        #[arg(long)]
+        file: PathBuf,
+        /// What to do when a local edit and a server change touch the same row:
+        /// abort, server_wins or client_wins.
+        #[arg(long, default_value = "abort")]
+        on_conflict: String,
+        /// Stay live: apply server changes as they commit and push local edits as they appear.
+        #[arg(long)]
+        watch: bool,
+    },
     /// Put a backup made by `patchwork backup` into a data dir (stop the server first).
     Restore {
         /// The backup directory.
@@ -197,6 +220,21 @@ struct ServeArgs {
     /// Seconds a web session lasts after sign-in at most [default: 604800].
     #[arg(long, env = "PATCHWORK_SESSION_ABSOLUTE_SECS")]
     session_absolute_secs: Option<u64>,
+    /// Largest blob accepted by init-upload, in bytes [default: 5368709120].
+    #[arg(long, env = "PATCHWORK_BLOB_MAX_BYTES")]
+    blob_max_bytes: Option<u64>,
+    /// Seconds signed blob upload/read URLs stay valid [default: 900].
+    #[arg(long, env = "PATCHWORK_BLOB_URL_TTL_SECS")]
+    blob_url_ttl_secs: Option<u64>,
+    /// Seconds complete-upload (or a claim without ttl_secs) claims a blob [default: 3600].
+    #[arg(long, env = "PATCHWORK_BLOB_CLAIM_TTL_SECS")]
+    blob_claim_ttl_secs: Option<u64>,
+    /// Seconds a completed blob is safe from GC however unreferenced [default: 86400].
+    #[arg(long, env = "PATCHWORK_BLOB_GC_GRACE_SECS")]
+    blob_gc_grace_secs: Option<u64>,
+    /// Seconds between blob GC passes [default: 3600].
+    #[arg(long, env = "PATCHWORK_BLOB_GC_INTERVAL_SECS")]
+    blob_gc_interval_secs: Option<u64>,
     /// Proxy IPs whose X-Forwarded-For is believed (comma-separated).
     #[arg(long, env = "PATCHWORK_TRUSTED_PROXIES", value_delimiter = ',')]
     trusted_proxies: Option<Vec<std::net::IpAddr>>,
@@ -286,6 +324,11 @@ impl ServeArgs {
             session_absolute_secs,
             sync_retention_versions,
             sync_retention_secs,
+            blob_max_bytes,
+            blob_url_ttl_secs,
+            blob_claim_ttl_secs,
+            blob_gc_grace_secs,
+            blob_gc_interval_secs,
             trusted_proxies
         );
         if let Some(url) = self.public_url {
@@ -389,6 +432,41 @@ fn parse_scope(text: &str) -> anyhow::Result<Scope> {
     })
 }
 
+/// `patchwork sync`: progress on stderr, the outcome as one line on stdout.
+#[allow(clippy::print_stdout)] // the CLI's output
+async fn sync(
+    url: String,
+    token: String,
+    db: String,
+    file: PathBuf,
+    on_conflict: String,
+    watch: bool,
+) -> anyhow::Result<()> {
+    use patchwork::sync::client::{SyncOptions, run};
+    let mut opts = SyncOptions::new(url, token, db, file);
+    opts.on_conflict = on_conflict
+        .parse()
+        .map_err(|e| anyhow::anyhow!("--on-conflict: {e}"))?;
+    opts.watch = watch;
+    let stop = opts.stop.clone();
+    tokio::spawn(async move {
+        let _ = tokio::signal::ctrl_c().await;
+        stop.cancel();
+    });
+    let summary = run(opts, |line| eprintln!("{line}")).await?;
+    for warning in &summary.warnings {
+        eprintln!("warning: {warning}");
+    }
+    println!(
+        "in step at version {} (pulled {}, pushed {}, {} conflicts settled)",
+        summary.version,
+        summary.pulled,
+        summary.pushed,
+        summary.conflicts.len()
+    );
+    Ok(())
+}
+
 #[allow(clippy::print_stdout)] // the CLI's output
 fn report_done(what: &str, report: &patchwork::backup::Report, dir: &Path) {
     println!(
@@ -483,6 +561,17 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Token { command } => token(command),
+        Command::Sync {
+            url,
+            token,
+            db,
+            file,
+            on_conflict,
+            watch,
+        } => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+            .block_on(sync(url, token, db, file, on_conflict, watch)),
         Command::Backup { data_dir, out } => {
             let report = patchwork::backup::backup(&data_dir, &out, &|m| eprintln!("backup: {m}"))?;
             report_done("backed up", &report, &out);

@@ -663,3 +663,91 @@ async fn backup_while_serving_then_wipe_and_restore() {
     assert_eq!(count("alpha", reader.clone()).await, backed_alpha);
     drop(server);
 }
+
+#[tokio::test]
+async fn sync_cli_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(&dir.path().join("data"), &[]);
+    let token = token_lines(&server.stdout)[0].clone();
+    let c = client();
+    let exec = |sql: &str| {
+        c.post(format!("{}/api/v1/db/notes/query/exec", server.base))
+            .bearer_auth(&token)
+            .json(&serde_json::json!({ "sql": sql }))
+            .send()
+    };
+    assert_eq!(
+        exec("CREATE TABLE n (id INTEGER PRIMARY KEY, v TEXT)")
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        exec("INSERT INTO n VALUES (1, 'from the server')")
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let file = dir.path().join("notes.sqlite3");
+    let sync = || {
+        Command::new(BIN)
+            .args(["sync", "--url", &server.base, "--db", "notes", "--file"])
+            .arg(&file)
+            .env("PATCHWORK_TOKEN", &token)
+            .output()
+            .unwrap()
+    };
+    let out = sync();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("in step at version"));
+    let local = rusqlite::Connection::open(&file).unwrap();
+    let v: String = local
+        .query_row("SELECT v FROM n WHERE id = 1", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(v, "from the server");
+    local
+        .execute("INSERT INTO n VALUES (2, 'from the file')", [])
+        .unwrap();
+    drop(local);
+    let out = sync();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = exec("SELECT v FROM n WHERE id = 2")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r["rows"][0][0], "from the file");
+    // A wrong token is a clear error, not a panic.
+    let bad = Command::new(BIN)
+        .args([
+            "sync",
+            "--url",
+            &server.base,
+            "--db",
+            "notes",
+            "--token",
+            "pw_wrong_wrong",
+            "--file",
+        ])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("401"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+    drop(server);
+}

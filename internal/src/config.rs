@@ -188,6 +188,16 @@ pub struct Config {
     pub session_idle_secs: u64,
     /// A web session ends this long after sign-in, however much it is used.
     pub session_absolute_secs: u64,
+    /// Largest blob `init-upload` accepts, in bytes.
+    pub blob_max_bytes: u64,
+    /// Lifetime of the signed upload and read URLs handed out for blobs.
+    pub blob_url_ttl_secs: u64,
+    /// How long `complete-upload` (and a `claim` without `ttl_secs`) claims a blob.
+    pub blob_claim_ttl_secs: u64,
+    /// Blob GC never deletes an object completed less than this long ago.
+    pub blob_gc_grace_secs: u64,
+    /// Seconds between blob GC passes.
+    pub blob_gc_interval_secs: u64,
 }
 
 impl Default for Config {
@@ -239,6 +249,11 @@ impl Default for Config {
             sync_retention_secs: 7 * 86_400,
             session_idle_secs: 86_400,
             session_absolute_secs: 604_800,
+            blob_max_bytes: 5 * 1024 * 1024 * 1024,
+            blob_url_ttl_secs: 900,
+            blob_claim_ttl_secs: 3_600,
+            blob_gc_grace_secs: 86_400,
+            blob_gc_interval_secs: 3_600,
         }
     }
 }
@@ -291,6 +306,17 @@ impl Config {
         if self.session_idle_secs == 0 || self.session_absolute_secs == 0 {
             return Err("session_idle_secs and session_absolute_secs must be at least 1".into());
         }
+        if self.blob_max_bytes == 0
+            || self.blob_url_ttl_secs == 0
+            || self.blob_claim_ttl_secs == 0
+            || self.blob_gc_interval_secs == 0
+        {
+            return Err(
+                "blob_max_bytes, blob_url_ttl_secs, blob_claim_ttl_secs and \
+                 blob_gc_interval_secs must be at least 1"
+                    .into(),
+            );
+        }
         if let Some(url) = &self.public_url
             && !(url.starts_with("http://") || url.starts_with("https://"))
         {
@@ -340,6 +366,11 @@ impl Config {
 
     pub fn documents_dir(&self) -> PathBuf {
         self.data_dir.join("documents")
+    }
+
+    /// Where the local blob store keeps its objects (`backup` copies it recursively).
+    pub fn blobs_dir(&self) -> PathBuf {
+        self.data_dir.join("blobs")
     }
 
     /// The effective configuration as TOML, secrets redacted; printed at start.

@@ -21,8 +21,9 @@
 //! `error.rs` is the one JSON error shape; `audit.rs` the audit log.
 
 pub mod audit;
-pub mod backup;
 pub mod auth;
+pub mod backup;
+pub mod blobs;
 pub mod config;
 pub mod error;
 pub mod identity;

@@ -46,6 +46,11 @@ const SERVICE: &[Migration] = &[
         name: "0005_audit",
         sql: include_str!("../../migrations/service/0005_audit.sql"),
     },
+    Migration {
+        version: 6,
+        name: "0006_blobs",
+        sql: include_str!("../../migrations/service/0006_blobs.sql"),
+    },
 ];
 
 const DOCUMENT: &[Migration] = &[
@@ -73,6 +78,11 @@ const DOCUMENT: &[Migration] = &[
         version: 5,
         name: "0005_sync",
         sql: include_str!("../../migrations/document/0005_sync.sql"),
+    },
+    Migration {
+        version: 6,
+        name: "0006_blobs",
+        sql: include_str!("../../migrations/document/0006_blobs.sql"),
     },
 ];
 

@@ -37,6 +37,7 @@ pub fn all_routes() -> Vec<Route> {
     routes.extend(crate::pubsub::routes());
     routes.extend(crate::leases::routes());
     routes.extend(crate::webhooks::routes());
+    routes.extend(crate::blobs::routes());
     routes.extend(crate::streams::routes());
     routes.extend(crate::sync::routes());
     routes

@@ -30,6 +30,10 @@ pub async fn serve(
         state.clone(),
         Duration::from_secs(state.config.retention_sweep_seconds),
     ));
+    tokio::spawn(crate::blobs::gc::sweeper(
+        state.clone(),
+        Duration::from_secs(state.config.blob_gc_interval_secs),
+    ));
     let router = crate::router::build(state.clone());
     let stop = state.shutdown.clone();
     let settings = conn::ConnSettings {

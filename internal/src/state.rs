@@ -41,6 +41,8 @@ pub struct App {
     pub streams: crate::streams::Streams,
     /// Encrypts webhook endpoint secrets at rest (key derived from the install key).
     pub webhook_secrets: crate::webhooks::SharedSecretBox,
+    /// The blob store (local filesystem under `{data_dir}/blobs/`) and its URL signing key.
+    pub blobs: Arc<crate::blobs::Blobs>,
     pub metrics: Arc<Metrics>,
     pub started_at: OffsetDateTime,
     pub started: Instant,
@@ -159,6 +161,10 @@ impl App {
         let webhook_secrets = Arc::new(crate::webhooks::SecretBox::new(
             key.derive("patchwork 2026 webhook endpoint secrets v1"),
         ));
+        let blobs = Arc::new(
+            crate::blobs::Blobs::open(&config, key.derive("patchwork 2026 blob url signing v1"))
+                .context("opening the blob store")?,
+        );
         let sessions = crate::identity::store::ServiceStore::new(service.clone(), key.clone());
         let oidc = crate::identity::oidc::Oidc::from_config(&config)
             .context("setting up OIDC")?
@@ -186,6 +192,7 @@ impl App {
             watch_hubs: Default::default(),
             streams: crate::streams::Streams::new(&config),
             webhook_secrets,
+            blobs,
             config,
             registry,
             service,

@@ -1,6 +1,7 @@
 //! Black-box tests: the real server over TCP. Each capability adds a module here.
 
 mod auth;
+mod blobs;
 mod connections;
 mod dashboard;
 mod identity;
@@ -13,5 +14,6 @@ mod security;
 mod sql_policy;
 mod streams;
 mod sync;
+mod sync_client;
 mod watch;
 mod webhooks;

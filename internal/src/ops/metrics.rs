@@ -73,6 +73,18 @@ pub struct Metrics {
     pub connection_timeouts: Family<ReasonLabel, Counter>,
     /// Failed `accept` calls (e.g. out of file descriptors), each followed by a back-off.
     pub accept_errors: Counter,
+    /// Complete blob objects in the store, and their bytes.
+    pub blob_objects: Gauge,
+    pub blob_bytes: Gauge,
+    /// Blob upload steps by outcome (`init`, `deduplicated`, `put`, `complete`, `hash_mismatch`,
+    /// `size_mismatch`, `missing`).
+    pub blob_uploads: Family<ReasonLabel, Counter>,
+    /// Bytes received by the local data plane (signed `PUT`s) and served (object reads).
+    pub blob_bytes_received: Counter,
+    pub blob_bytes_served: Counter,
+    pub blob_gc_runs: Counter,
+    pub blob_gc_deleted: Counter,
+    pub blob_gc_deleted_bytes: Counter,
 }
 
 impl Metrics {
@@ -254,7 +266,59 @@ impl Metrics {
             "Failed accepts (e.g. out of file descriptors), each followed by a short back-off",
             accept_errors.clone(),
         );
+        let blob_objects = Gauge::default();
+        registry.register(
+            "blob_objects",
+            "Complete blob objects in the store",
+            blob_objects.clone(),
+        );
+        let blob_bytes = Gauge::default();
+        registry.register(
+            "blob_bytes",
+            "Bytes of the complete blob objects in the store",
+            blob_bytes.clone(),
+        );
+        let blob_uploads = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "blob_uploads",
+            "Blob upload steps by outcome (reason label)",
+            blob_uploads.clone(),
+        );
+        let blob_bytes_received = Counter::default();
+        registry.register(
+            "blob_received_bytes",
+            "Bytes written by signed blob uploads (local data plane)",
+            blob_bytes_received.clone(),
+        );
+        let blob_bytes_served = Counter::default();
+        registry.register(
+            "blob_served_bytes",
+            "Blob bytes served by object reads and /o/",
+            blob_bytes_served.clone(),
+        );
+        let blob_gc_runs = Counter::default();
+        registry.register("blob_gc_runs", "Blob GC passes", blob_gc_runs.clone());
+        let blob_gc_deleted = Counter::default();
+        registry.register(
+            "blob_gc_deleted",
+            "Blob objects deleted by GC",
+            blob_gc_deleted.clone(),
+        );
+        let blob_gc_deleted_bytes = Counter::default();
+        registry.register(
+            "blob_gc_deleted_bytes",
+            "Bytes of the blob objects deleted by GC",
+            blob_gc_deleted_bytes.clone(),
+        );
         Arc::new(Self {
+            blob_objects,
+            blob_bytes,
+            blob_uploads,
+            blob_bytes_received,
+            blob_bytes_served,
+            blob_gc_runs,
+            blob_gc_deleted,
+            blob_gc_deleted_bytes,
             http_connections,
             connections_refused,
             connection_timeouts,
@@ -295,6 +359,12 @@ impl Metrics {
             tracing::error!(error = %e, "metrics encoding failed");
         }
         out
+    }
+
+    pub fn blob_upload(&self, reason: &'static str) {
+        self.blob_uploads
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
     }
 
     pub fn actor_restart(&self, reason: &'static str) {

@@ -9,6 +9,7 @@
 //! - `GET /sync/snapshot` → a consistent copy of the user tables ([`snapshot`]);
 //! - `POST /sync/changes` (`sync.write`) → a client's changeset applied ([`push`]).
 
+pub mod client;
 pub mod log;
 pub mod push;
 pub mod snapshot;

@@ -96,7 +96,7 @@ async fn status_and_json_changes_follow_every_commit() {
         .json()
         .await
         .unwrap();
-    assert_eq!(status["tables"], json!(["t", "webhook_inbox"]));
+    assert_eq!(status["tables"], json!(["blobs", "t", "webhook_inbox"]));
     assert_eq!(status["tables_without_primary_key"], json!(["loose"]));
     let v0 = status["version"].as_i64().unwrap();
 
