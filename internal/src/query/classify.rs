@@ -234,6 +234,15 @@ struct Seen {
     patchwork_savepoints: bool,
 }
 
+/// User-visible tables that Patchwork itself writes (webhook deliveries, kept blobs).
+pub const WRITTEN_BY_PATCHWORK: &[&str] = &["webhook_inbox", "blobs"];
+
+fn written_by_patchwork(table: &str) -> bool {
+    WRITTEN_BY_PATCHWORK
+        .iter()
+        .any(|t| t.eq_ignore_ascii_case(table))
+}
+
 /// Patchwork's own names (SQLite names are case-insensitive).
 fn internal(name: &str) -> bool {
     name.get(..11)
@@ -318,12 +327,12 @@ fn observe(seen: &mut Seen, ctx: &AuthContext<'_>) -> Authorization {
                 });
             }
         }
-        // Patchwork inserts deliveries into `webhook_inbox` itself (without this authorizer),
-        // so a trigger there could write what the caller may not.
-        AuthAction::CreateTrigger { table_name, .. }
-            if table_name.eq_ignore_ascii_case("webhook_inbox") =>
-        {
-            return refuse("triggers on webhook_inbox are not allowed".into());
+        // Patchwork writes these user-visible tables itself (without this authorizer), so a
+        // trigger there could write what the caller may not.
+        AuthAction::CreateTrigger { table_name, .. } if written_by_patchwork(table_name) => {
+            return refuse(format!(
+                "triggers on {table_name} are not allowed (Patchwork writes it)"
+            ));
         }
         AuthAction::CreateIndex {
             index_name,
@@ -469,7 +478,7 @@ pub fn prepare<'c>(conn: &'c Connection, sql: &str) -> Result<Prepared<'c>, Clas
 
 /// What DDL must not leave behind, as a list to compare before and after it runs: objects
 /// with names reserved for Patchwork (a rename can produce one), and foreign keys into
-/// Patchwork's tables or `webhook_inbox` (Patchwork deletes there without the authorizer, so a
+/// Patchwork's tables, `webhook_inbox` or `blobs` (Patchwork deletes there without the authorizer, so a
 /// cascade would run the user's triggers unchecked, and a RESTRICT would block Patchwork).
 pub fn ddl_fingerprint(conn: &Connection) -> rusqlite::Result<Vec<String>> {
     let mut stmt = conn.prepare_cached(
@@ -478,7 +487,8 @@ pub fn ddl_fingerprint(conn: &Connection) -> rusqlite::Result<Vec<String>> {
          SELECT 'foreign key ' || t.name || ' -> ' || f.\"table\"
            FROM sqlite_schema AS t, pragma_foreign_key_list(t.name) AS f
           WHERE t.type = 'table'
-            AND (f.\"table\" LIKE '\\_patchwork\\_%' ESCAPE '\\' OR f.\"table\" LIKE 'webhook\\_inbox' ESCAPE '\\')
+            AND (f.\"table\" LIKE '\\_patchwork\\_%' ESCAPE '\\'
+                 OR f.\"table\" LIKE 'webhook\\_inbox' ESCAPE '\\' OR f.\"table\" LIKE 'blobs')
          ORDER BY 1",
     )?;
     let rows = stmt.query_map([], |r| r.get(0))?;
@@ -599,6 +609,10 @@ mod tests {
                 "CREATE TRIGGER x AFTER INSERT ON webhook_inbox \
                  BEGIN DELETE FROM _patchwork_leases; END",
                 Err("webhook_inbox"),
+            ),
+            (
+                "CREATE TRIGGER y AFTER DELETE ON blobs BEGIN DELETE FROM _patchwork_leases; END",
+                Err("Patchwork writes it"),
             ),
             (
                 "CREATE TRIGGER x AFTER INSERT ON _patchwork_messages BEGIN SELECT 1; END",
