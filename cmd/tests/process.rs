@@ -751,3 +751,65 @@ async fn sync_cli_round_trip() {
     );
     drop(server);
 }
+
+#[tokio::test]
+async fn an_acknowledged_blob_survives_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut server = start(&data, &[]);
+    let token = token_lines(&server.stdout)[0].clone();
+    let c = client();
+    let bytes: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let hash = blake3::hash(&bytes).to_hex().to_string();
+    let init: serde_json::Value = c
+        .post(format!("{}/api/v1/db/files/blobs/init-upload", server.base))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({"hash": hash, "size": bytes.len()}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let put = c
+        .put(init["upload_url"].as_str().unwrap())
+        .body(bytes.clone())
+        .send()
+        .await
+        .unwrap();
+    assert!(put.status().is_success());
+    let done = c
+        .post(format!(
+            "{}/api/v1/db/files/blobs/complete-upload",
+            server.base
+        ))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({"blob_id": init["blob_id"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(done.status(), 200);
+    let keep = c
+        .post(format!("{}/api/v1/db/files/blobs/{hash}/keep", server.base))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(keep.status(), 200);
+    // Acknowledged: now the process dies without any shutdown.
+    signal(&server.child, "KILL");
+    let _ = wait_timeout(&mut server.child, Duration::from_secs(10));
+    drop(server);
+    let server = start(&data, &[]);
+    let got = c
+        .get(format!(
+            "{}/api/v1/db/files/blobs/object/{hash}",
+            server.base
+        ))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(got.status(), 200);
+    assert_eq!(got.bytes().await.unwrap().as_ref(), bytes.as_slice());
+}
