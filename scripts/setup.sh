@@ -24,7 +24,8 @@ fi
 [ "${1:-}" = build ] && exit 0
 
 # Real test components, each installed from a package registry (never downloaded ad hoc) and
-# only when missing: the OIDC provider (npm), headless Chromium + chromedriver (apt).
+# only when missing: the OIDC provider (npm), headless Chromium + chromedriver (apt), the S3
+# server s3s-fs (crates.io).
 
 # OIDC provider for the login tests (internal/src/testing/oidc.rs starts it): npm `oidc-provider`,
 # pinned by scripts/oidc/package-lock.json. It needs Node.js >= 20.18. The machine's Node is used
@@ -66,3 +67,10 @@ if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
   apt_install chromium chromium-driver fonts-liberation
 fi
 
+
+# S3-compatible server for the S3 blob store tests (internal/src/testing/s3.rs starts it):
+# crates.io `s3s-fs` (real SigV4 and presigned-URL checks), pinned to 0.14.1 (later versions need
+# a newer rustc), built once (3–6 min on 2 cores) into the cache folder and found there.
+if [ ! -x "$TOOLS/s3s/bin/s3s-fs" ]; then
+  cargo install --locked s3s-fs@0.14.1 --features binary --root "$TOOLS/s3s"
+fi

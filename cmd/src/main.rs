@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use patchwork::auth::{NewToken, Scope};
-use patchwork::config::{Config, LogFormat, Secret, Synchronous};
+use patchwork::config::{BlobStore, Config, LogFormat, Secret, Synchronous};
 use std::io::IsTerminal as _;
 
 use tracing_subscriber::EnvFilter;
@@ -235,6 +235,30 @@ struct ServeArgs {
     /// Seconds between blob GC passes [default: 3600].
     #[arg(long, env = "PATCHWORK_BLOB_GC_INTERVAL_SECS")]
     blob_gc_interval_secs: Option<u64>,
+    /// Where blob objects are stored: local or s3 [default: local].
+    #[arg(long, env = "PATCHWORK_BLOB_STORE")]
+    blob_store: Option<BlobStore>,
+    /// S3 endpoint URL (unset: AWS for s3_region).
+    #[arg(long, env = "PATCHWORK_S3_ENDPOINT")]
+    s3_endpoint: Option<String>,
+    /// S3 bucket of the blob store.
+    #[arg(long, env = "PATCHWORK_S3_BUCKET")]
+    s3_bucket: Option<String>,
+    /// S3 region (signing region).
+    #[arg(long, env = "PATCHWORK_S3_REGION")]
+    s3_region: Option<String>,
+    /// S3 access key id.
+    #[arg(long, env = "PATCHWORK_S3_ACCESS_KEY_ID")]
+    s3_access_key_id: Option<String>,
+    /// S3 secret access key (prefer the environment variable).
+    #[arg(long, env = "PATCHWORK_S3_SECRET_ACCESS_KEY", hide_env_values = true)]
+    s3_secret_access_key: Option<String>,
+    /// Path-style S3 requests instead of virtual-hosted style [default: false].
+    #[arg(long, env = "PATCHWORK_S3_PATH_STYLE")]
+    s3_path_style: Option<bool>,
+    /// The S3 endpoint clients reach, for presigned URLs [default: s3_endpoint].
+    #[arg(long, env = "PATCHWORK_S3_PUBLIC_ENDPOINT")]
+    s3_public_endpoint: Option<String>,
     /// Proxy IPs whose X-Forwarded-For is believed (comma-separated).
     #[arg(long, env = "PATCHWORK_TRUSTED_PROXIES", value_delimiter = ',')]
     trusted_proxies: Option<Vec<std::net::IpAddr>>,
@@ -329,8 +353,24 @@ impl ServeArgs {
             blob_claim_ttl_secs,
             blob_gc_grace_secs,
             blob_gc_interval_secs,
+            blob_store,
+            s3_path_style,
             trusted_proxies
         );
+        for (field, v) in [
+            (&mut config.s3_endpoint, self.s3_endpoint),
+            (&mut config.s3_bucket, self.s3_bucket),
+            (&mut config.s3_region, self.s3_region),
+            (&mut config.s3_access_key_id, self.s3_access_key_id),
+            (&mut config.s3_public_endpoint, self.s3_public_endpoint),
+        ] {
+            if v.is_some() {
+                *field = v;
+            }
+        }
+        if let Some(v) = self.s3_secret_access_key {
+            config.s3_secret_access_key = Some(Secret::new(v));
+        }
         if let Some(url) = self.public_url {
             config.public_url = Some(url);
         }

@@ -86,6 +86,28 @@ impl std::str::FromStr for LogFormat {
     }
 }
 
+/// Where blob objects are stored.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum BlobStore {
+    /// The local filesystem under `{data_dir}/blobs/` (fsync on).
+    #[default]
+    Local,
+    /// An S3-compatible service (`s3_*` settings).
+    S3,
+}
+
+impl std::str::FromStr for BlobStore {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "local" => Ok(BlobStore::Local),
+            "s3" => Ok(BlobStore::S3),
+            other => Err(format!("blob_store must be local or s3, not {other:?}")),
+        }
+    }
+}
+
 /// Everything the service reads at start. Field names are the TOML keys; the env variable is
 /// `PATCHWORK_` + the upper-cased name.
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -198,6 +220,19 @@ pub struct Config {
     pub blob_gc_grace_secs: u64,
     /// Seconds between blob GC passes.
     pub blob_gc_interval_secs: u64,
+    /// `local` (default) or `s3`.
+    pub blob_store: BlobStore,
+    /// S3 endpoint URL (e.g. `http://127.0.0.1:9000`); unset: AWS for `s3_region`.
+    pub s3_endpoint: Option<String>,
+    pub s3_bucket: Option<String>,
+    pub s3_region: Option<String>,
+    pub s3_access_key_id: Option<String>,
+    pub s3_secret_access_key: Option<Secret>,
+    /// Path-style requests (`{endpoint}/{bucket}/{key}`) instead of virtual-hosted style.
+    pub s3_path_style: bool,
+    /// The endpoint clients reach S3 at, used for the presigned URLs handed to them (the host
+    /// is part of the signature); unset: `s3_endpoint`.
+    pub s3_public_endpoint: Option<String>,
 }
 
 impl Default for Config {
@@ -254,6 +289,14 @@ impl Default for Config {
             blob_claim_ttl_secs: 3_600,
             blob_gc_grace_secs: 86_400,
             blob_gc_interval_secs: 3_600,
+            blob_store: BlobStore::Local,
+            s3_endpoint: None,
+            s3_bucket: None,
+            s3_region: None,
+            s3_access_key_id: None,
+            s3_secret_access_key: None,
+            s3_path_style: false,
+            s3_public_endpoint: None,
         }
     }
 }
@@ -316,6 +359,36 @@ impl Config {
                  blob_gc_interval_secs must be at least 1"
                     .into(),
             );
+        }
+        if self.blob_store == BlobStore::S3 {
+            let missing: Vec<&str> = [
+                ("s3_bucket", self.s3_bucket.as_deref()),
+                ("s3_region", self.s3_region.as_deref()),
+                ("s3_access_key_id", self.s3_access_key_id.as_deref()),
+                (
+                    "s3_secret_access_key",
+                    self.s3_secret_access_key.as_ref().map(Secret::expose),
+                ),
+            ]
+            .into_iter()
+            .filter(|(_, v)| v.is_none_or(str::is_empty))
+            .map(|(k, _)| k)
+            .collect();
+            if !missing.is_empty() {
+                return Err(format!("blob_store = \"s3\" needs {}", missing.join(", ")));
+            }
+        }
+        for (key, url) in [
+            ("s3_endpoint", &self.s3_endpoint),
+            ("s3_public_endpoint", &self.s3_public_endpoint),
+        ] {
+            if let Some(url) = url
+                && !(url.starts_with("http://") || url.starts_with("https://"))
+            {
+                return Err(format!(
+                    "{key} must start with http:// or https://, not {url:?}"
+                ));
+            }
         }
         if let Some(url) = &self.public_url
             && !(url.starts_with("http://") || url.starts_with("https://"))
@@ -393,6 +466,25 @@ mod tests {
         assert!(!printed.contains("super-secret"), "{printed}");
         assert!(printed.contains("[redacted]"));
         assert!(!format!("{config:?}").contains("super-secret"));
+    }
+
+    #[test]
+    fn s3_settings_are_validated() {
+        let mut config: Config =
+            toml::from_str("blob_store = \"s3\"\ns3_bucket = \"b\"\n").unwrap();
+        let err = config.validate().unwrap_err();
+        assert!(
+            err.contains("s3_region") && err.contains("s3_secret_access_key"),
+            "{err}"
+        );
+        config.s3_region = Some("us-east-1".into());
+        config.s3_access_key_id = Some("AK".into());
+        config.s3_secret_access_key = Some(Secret::new("SK-very-secret"));
+        config.validate().unwrap();
+        assert!(!config.redacted_toml().contains("SK-very-secret"));
+        config.s3_public_endpoint = Some("s3.example.com".into());
+        assert!(config.validate().is_err());
+        assert_eq!(Config::default().blob_store, BlobStore::Local);
     }
 
     #[test]

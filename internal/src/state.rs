@@ -141,6 +141,7 @@ impl App {
         config
             .validate()
             .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+        install_crypto_provider();
         std::fs::create_dir_all(config.documents_dir())
             .with_context(|| format!("creating the data dir {}", config.data_dir.display()))?;
         let key = InstallKey::load_or_create(&config.data_dir)?;
@@ -228,6 +229,17 @@ fn raise_nofile_limit() -> Option<u64> {
 /// Each open document holds three file descriptors (database, WAL, shared memory). Caps the
 /// number of open documents so opening one never fails for lack of descriptors (256 are kept
 /// for sockets and the service database).
+/// Installs rustls's ring provider as the process default, once. The tree holds rustls with both
+/// ring (reqwest 0.12, for OIDC) and aws-lc-rs (reqwest 0.13, for S3), so rustls cannot choose on
+/// its own and a TLS client built without an explicit provider would panic. A provider already
+/// installed (by an embedding program, or an earlier `open`) is kept.
+pub fn install_crypto_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
 fn open_document_budget(configured: usize, nofile: Option<u64>) -> usize {
     let Some(limit) = nofile else {
         return configured;

@@ -2,6 +2,7 @@
 
 pub mod browser;
 pub mod oidc;
+pub mod s3;
 
 use std::net::SocketAddr;
 

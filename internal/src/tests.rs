@@ -2,6 +2,7 @@
 
 mod auth;
 mod blobs;
+mod blobs_s3;
 mod connections;
 mod dashboard;
 mod identity;

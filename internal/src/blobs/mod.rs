@@ -497,19 +497,39 @@ async fn init_upload(
         }
     }
 
-    let base = base_url(&state, &headers)?;
     let blob_id = new_blob_id();
     let now = crate::time_fmt::now_ms();
     let ttl = i64::try_from(state.config.blob_url_ttl_secs).unwrap_or(i64::MAX / 4000);
     let expires = now / 1000 + ttl;
     let expires_ms = expires * 1000;
-    let sig = state.blobs.sign(
-        Signed::Put {
-            db_id: db.as_str(),
-            blob_id: &blob_id,
-        },
-        expires,
-    );
+    // S3: a presigned PUT of the staging object (straight to the bucket); local: a signed PUT
+    // on this server.
+    let url = match state
+        .blobs
+        .presigned_put(
+            &Blobs::staging_path(&blob_id),
+            std::time::Duration::from_secs(state.config.blob_url_ttl_secs),
+            &content_type,
+        )
+        .await
+        .map_err(internal)?
+    {
+        Some(url) => url.to_string(),
+        None => {
+            let base = base_url(&state, &headers)?;
+            let sig = state.blobs.sign(
+                Signed::Put {
+                    db_id: db.as_str(),
+                    blob_id: &blob_id,
+                },
+                expires,
+            );
+            format!(
+                "{base}/api/v1/db/{db}/blobs/upload/{blob_id}?expires={expires}&sig={sig}",
+                db = db.as_str()
+            )
+        }
+    };
     let (id, d, h, ct) = (
         blob_id.clone(),
         db.as_str().to_owned(),
@@ -528,10 +548,6 @@ async fn init_upload(
         })
         .await?;
     state.metrics.blob_upload("init");
-    let url = format!(
-        "{base}/api/v1/db/{db}/blobs/upload/{blob_id}?expires={expires}&sig={sig}",
-        db = db.as_str()
-    );
     Ok((
         StatusCode::CREATED,
         Json(json!({
@@ -719,11 +735,8 @@ async fn complete_upload(
         Err(object_store::Error::NotFound { .. }) => return Err(missing()),
         Err(e) => return Err(internal(e)),
     }
-    let Some((actual, len)) = state.blobs.hash_of(&staging).await.map_err(internal)? else {
-        return Err(missing());
-    };
-    if actual != row.hash || len != row.size {
-        // Nothing is kept: neither the staged bytes nor the upload.
+    // Nothing is kept on a mismatch: neither the staged bytes nor the upload.
+    let reject = async |reason: &'static str, error: ApiError| {
         state.blobs.delete(&staging).await.map_err(internal)?;
         let id = body.blob_id.clone();
         state
@@ -733,12 +746,42 @@ async fn complete_upload(
                 Ok(())
             })
             .await?;
-        state.metrics.blob_upload("hash_mismatch");
-        return Err(ApiError::conflict(
+        state.metrics.blob_upload(reason);
+        Err::<Json<Value>, _>(error)
+    };
+    // The size first (a presigned S3 PUT cannot bind the length): a wrong-sized object is
+    // refused without reading it.
+    match state.blobs.size_of(&staging).await.map_err(internal)? {
+        None => return Err(missing()),
+        Some(len) if len != row.size => {
+            return reject(
+                "size_mismatch",
+                ApiError::conflict(
+                    "size_mismatch",
+                    format!(
+                        "the uploaded object has {len} bytes, not the declared {}; nothing was kept",
+                        row.size
+                    ),
+                )
+                .with_details(json!({"expected_size": row.size, "size": len})),
+            )
+            .await;
+        }
+        Some(_) => {}
+    }
+    let Some((actual, len)) = state.blobs.hash_of(&staging).await.map_err(internal)? else {
+        return Err(missing());
+    };
+    if actual != row.hash || len != row.size {
+        return reject(
             "hash_mismatch",
-            "the uploaded bytes do not have the declared hash; nothing was kept",
+            ApiError::conflict(
+                "hash_mismatch",
+                "the uploaded bytes do not have the declared hash; nothing was kept",
+            )
+            .with_details(json!({"expected": row.hash, "actual": actual, "size": len})),
         )
-        .with_details(json!({"expected": row.hash, "actual": actual, "size": len})));
+        .await;
     }
     let hash = row.hash.clone();
     let _lock = state.blobs.lock(&hash).await;
@@ -889,18 +932,37 @@ async fn read_url(
     load_object(&state, &hash)
         .await?
         .ok_or_else(not_found_blob)?;
-    let base = base_url(&state, &headers)?;
     let ttl = i64::try_from(state.config.blob_url_ttl_secs).unwrap_or(i64::MAX / 4000);
     let expires = crate::time_fmt::now_ms() / 1000 + ttl;
-    let sig = state.blobs.sign(
-        Signed::Get {
-            db_id: db.as_str(),
-            hash: &hash,
-        },
-        expires,
-    );
+    // S3: a presigned GET of the object (straight from the bucket); local: a signed GET on this
+    // server.
+    let url = match state
+        .blobs
+        .presigned_get(
+            &Blobs::object_path(&hash),
+            std::time::Duration::from_secs(state.config.blob_url_ttl_secs),
+        )
+        .await
+        .map_err(internal)?
+    {
+        Some(url) => url.to_string(),
+        None => {
+            let base = base_url(&state, &headers)?;
+            let sig = state.blobs.sign(
+                Signed::Get {
+                    db_id: db.as_str(),
+                    hash: &hash,
+                },
+                expires,
+            );
+            format!(
+                "{base}/api/v1/db/{}/blobs/object/{hash}?expires={expires}&sig={sig}",
+                db.as_str()
+            )
+        }
+    };
     Ok(Json(json!({
-        "url": format!("{base}/api/v1/db/{}/blobs/object/{hash}?expires={expires}&sig={sig}", db.as_str()),
+        "url": url,
         "expires_at": crate::time_fmt::from_unix_ms(expires * 1000),
     })))
 }

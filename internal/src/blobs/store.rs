@@ -1,6 +1,14 @@
 //! The object store behind the blob routes, reached only through `object_store`'s
-//! [`ObjectStore`] trait (so an S3-compatible store plugs in by configuration later), plus what
-//! the local data plane needs: URL signing, per-hash locks, the staging → final moves.
+//! [`ObjectStore`] trait: the local filesystem (default) or an S3-compatible service
+//! (`blob_store = "s3"`), plus URL signing (HMAC for the local data plane, SigV4 presigned URLs
+//! for S3), per-hash locks, the staging → final moves.
+//!
+//! With S3, clients `PUT` and `GET` the bucket directly through presigned URLs signed for
+//! `s3_public_endpoint` (the host is part of a SigV4 signature), while the server itself talks to
+//! `s3_endpoint`. A presigned `PUT` binds the method, key, expiry and `Content-Type`, but not the
+//! length (S3 query signing cannot bind `Content-Length`): the size is enforced at
+//! `complete-upload`, which streams the staged object, checks its length and BLAKE3 hash, and
+//! deletes it on a mismatch. On S3 a "move" is a server-side copy then a delete.
 //!
 //! Layout inside the store: complete objects at `objects/{hash[0..2]}/{hash}`, uploads in
 //! progress at `staging/{blob_id}`. The local store is `{data_dir}/blobs/` with fsync on: a
@@ -15,13 +23,15 @@ use bytes::Bytes;
 use futures_util::stream::BoxStream;
 use futures_util::{StreamExt, TryStreamExt};
 use hmac::{Hmac, Mac};
+use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
+use object_store::signer::{HeaderName, HeaderValue, Method, SignedUrlOptions, Signer, Url};
 use object_store::{GetOptions, GetRange, GetResultPayload, ObjectStore, ObjectStoreExt};
 use sha2::Sha256;
 use tokio::sync::{Mutex, MutexGuard};
 
-use crate::config::Config;
+use crate::config::{BlobStore, Config};
 
 /// Stripes of the per-hash lock (GC deleting an object vs. a complete or a new reference).
 const LOCK_STRIPES: usize = 64;
@@ -32,6 +42,9 @@ const READ_CHUNK: usize = 1024 * 1024;
 /// The blob store.
 pub struct Blobs {
     store: Arc<dyn ObjectStore>,
+    /// S3 only: signs the presigned URLs handed to clients (built on `s3_public_endpoint` when
+    /// set, else the same client as `store`).
+    presigner: Option<Arc<AmazonS3>>,
     sign_key: [u8; 32],
     locks: Vec<Mutex<()>>,
 }
@@ -52,8 +65,18 @@ pub enum Signed<'a> {
 }
 
 impl Blobs {
-    /// The local filesystem store under `{data_dir}/blobs/`, fsync on.
+    /// The configured store: the local filesystem under `{data_dir}/blobs/` (fsync on), or S3.
     pub fn open(config: &Config, sign_key: [u8; 32]) -> anyhow::Result<Self> {
+        if config.blob_store == BlobStore::S3 {
+            let store = Arc::new(s3_client(config, config.s3_endpoint.as_deref())?);
+            let presigner = match config.s3_public_endpoint.as_deref() {
+                Some(public) => Arc::new(s3_client(config, Some(public))?),
+                None => store.clone(),
+            };
+            let mut blobs = Self::with_store(store, sign_key);
+            blobs.presigner = Some(presigner);
+            return Ok(blobs);
+        }
         let root = config.blobs_dir();
         std::fs::create_dir_all(&root)?;
         let store = LocalFileSystem::new_with_prefix(&root)?.with_fsync(true);
@@ -63,6 +86,7 @@ impl Blobs {
     pub fn with_store(store: Arc<dyn ObjectStore>, sign_key: [u8; 32]) -> Self {
         Self {
             store,
+            presigner: None,
             sign_key,
             locks: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
         }
@@ -70,6 +94,47 @@ impl Blobs {
 
     pub fn store(&self) -> &Arc<dyn ObjectStore> {
         &self.store
+    }
+
+    /// Whether clients reach the bytes through presigned S3 URLs (else through this server).
+    pub fn presigns(&self) -> bool {
+        self.presigner.is_some()
+    }
+
+    /// A presigned S3 `PUT` of `path` valid `ttl` that binds `content_type` (the client must send
+    /// exactly that `Content-Type`). `None` for the local store.
+    pub async fn presigned_put(
+        &self,
+        path: &Path,
+        ttl: std::time::Duration,
+        content_type: &str,
+    ) -> object_store::Result<Option<Url>> {
+        let Some(signer) = &self.presigner else {
+            return Ok(None);
+        };
+        let value =
+            HeaderValue::from_str(content_type).map_err(|e| object_store::Error::Generic {
+                store: "S3",
+                source: Box::new(e),
+            })?;
+        let options = SignedUrlOptions::new()
+            .with_signed_header(HeaderName::from_static("content-type"), value);
+        signer
+            .signed_url_opts(Method::PUT, path, ttl, &options)
+            .await
+            .map(Some)
+    }
+
+    /// A presigned S3 `GET` of `path` valid `ttl`. `None` for the local store.
+    pub async fn presigned_get(
+        &self,
+        path: &Path,
+        ttl: std::time::Duration,
+    ) -> object_store::Result<Option<Url>> {
+        let Some(signer) = &self.presigner else {
+            return Ok(None);
+        };
+        signer.signed_url(Method::GET, path, ttl).await.map(Some)
     }
 
     pub fn object_path(hash: &str) -> Path {
@@ -204,6 +269,44 @@ impl Blobs {
             GetResultPayload::File(file, _) => file_stream(file, range),
             GetResultPayload::Stream(stream) => stream.map_err(std::io::Error::other).boxed(),
         }))
+    }
+}
+
+/// An S3 client for `endpoint` (unset: AWS for the region) with the configured bucket,
+/// credentials and addressing style.
+fn s3_client(config: &Config, endpoint: Option<&str>) -> anyhow::Result<AmazonS3> {
+    let bucket = config.s3_bucket.clone().unwrap_or_default();
+    let mut builder = AmazonS3Builder::new()
+        .with_region(config.s3_region.clone().unwrap_or_default())
+        .with_bucket_name(&bucket)
+        .with_access_key_id(config.s3_access_key_id.clone().unwrap_or_default())
+        .with_secret_access_key(
+            config
+                .s3_secret_access_key
+                .as_ref()
+                .map(|s| s.expose().to_owned())
+                .unwrap_or_default(),
+        )
+        .with_virtual_hosted_style_request(!config.s3_path_style);
+    if let Some(endpoint) = endpoint {
+        let endpoint = endpoint.trim_end_matches('/');
+        builder = builder
+            .with_allow_http(endpoint.starts_with("http://"))
+            .with_endpoint(if config.s3_path_style {
+                endpoint.to_owned()
+            } else {
+                virtual_hosted(endpoint, &bucket)
+            });
+    }
+    Ok(builder.build()?)
+}
+
+/// `https://host…` → `https://{bucket}.host…` (object_store wants a virtual-hosted endpoint to
+/// name the bucket already).
+fn virtual_hosted(endpoint: &str, bucket: &str) -> String {
+    match endpoint.split_once("://") {
+        Some((scheme, rest)) => format!("{scheme}://{bucket}.{rest}"),
+        None => format!("{bucket}.{endpoint}"),
     }
 }
 

@@ -900,3 +900,36 @@ async fn knowing_a_hash_does_not_let_another_document_skip_the_upload() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
 }
+
+#[tokio::test]
+async fn gc_racing_completes_never_loses_an_object() {
+    // No grace at all: only the claim a complete makes protects a fresh object.
+    let server = TestServer::start_with(|c| c.blob_gc_grace_secs = 0).await;
+    let db = "race";
+    let gc = {
+        let state = server.state.clone();
+        tokio::spawn(async move {
+            for _ in 0..200 {
+                crate::blobs::gc::run_once(&state).await.unwrap();
+                tokio::task::yield_now().await;
+            }
+        })
+    };
+    let mut hashes = Vec::new();
+    for i in 0..40 {
+        let bytes = format!("object number {i} raced against the collector").into_bytes();
+        hashes.push(upload(&server, db, &bytes, "text/plain").await);
+    }
+    gc.await.unwrap();
+    crate::blobs::gc::run_once(&server.state).await.unwrap();
+    for hash in &hashes {
+        let r = server
+            .admin(Method::GET, &format!("/api/v1/db/{db}/blobs/object/{hash}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "{hash}");
+        let body = r.bytes().await.unwrap();
+        assert_eq!(blake3::hash(&body).to_hex().to_string(), *hash);
+    }
+}
