@@ -47,6 +47,17 @@ pub struct Oidc {
     metadata: Mutex<Option<(std::time::Instant, CoreProviderMetadata)>>,
 }
 
+/// The client type `from_provider_metadata` gives (authorization endpoint set, token and user
+/// info endpoints as the metadata says).
+type RpClient = CoreClient<
+    openidconnect::EndpointSet,
+    openidconnect::EndpointNotSet,
+    openidconnect::EndpointNotSet,
+    openidconnect::EndpointNotSet,
+    openidconnect::EndpointMaybeSet,
+    openidconnect::EndpointMaybeSet,
+>;
+
 /// How long discovered metadata (and so the JWKS) is used before it is fetched again; an ID
 /// token that fails verification also drops it, so a key rotation heals at the next sign-in.
 const METADATA_TTL: std::time::Duration = std::time::Duration::from_secs(3600);
@@ -111,6 +122,16 @@ impl Oidc {
             })?;
         *cached = Some((std::time::Instant::now(), discovered.clone()));
         Ok(discovered)
+    }
+
+    /// The relying party's client for this provider (rebuilt per sign-in: it is cheap).
+    fn client(&self, metadata: CoreProviderMetadata) -> Result<RpClient, ApiError> {
+        Ok(CoreClient::from_provider_metadata(
+            metadata,
+            ClientId::new(self.client_id.clone()),
+            self.client_secret.clone().map(ClientSecret::new),
+        )
+        .set_redirect_uri(RedirectUrl::new(self.redirect_url.clone()).map_err(ApiError::internal)?))
     }
 
     async fn forget_metadata(&self) {
@@ -194,12 +215,7 @@ pub async fn login(
 ) -> Result<Response, ApiError> {
     let oidc = state.oidc.as_ref().ok_or_else(oidc_off)?;
     let metadata = oidc.metadata().await?;
-    let client = CoreClient::from_provider_metadata(
-        metadata,
-        ClientId::new(oidc.client_id.clone()),
-        oidc.client_secret.clone().map(ClientSecret::new),
-    )
-    .set_redirect_uri(RedirectUrl::new(oidc.redirect_url.clone()).map_err(ApiError::internal)?);
+    let client = oidc.client(metadata)?;
     let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
     let (url, csrf, nonce) = client
         .authorize_url(
@@ -282,12 +298,7 @@ async fn complete(
         return Ok(failed("the sign-in state does not match"));
     }
     let metadata = oidc.metadata().await?;
-    let client = CoreClient::from_provider_metadata(
-        metadata,
-        ClientId::new(oidc.client_id.clone()),
-        oidc.client_secret.clone().map(ClientSecret::new),
-    )
-    .set_redirect_uri(RedirectUrl::new(oidc.redirect_url.clone()).map_err(ApiError::internal)?);
+    let client = oidc.client(metadata)?;
     let exchange = match client.exchange_code(AuthorizationCode::new(code.clone())) {
         Ok(request) => request,
         Err(e) => return Ok(failed(&format!("the provider has no token endpoint: {e}"))),
