@@ -5,9 +5,11 @@
 //! before the pass started. References come from `service.db`'s `blob_refs` index, maintained
 //! by every API call that adds or drops a reference (so no document is opened).
 //!
-//! First slice: rows written into a document's `blobs` table by SQL (not through `keep`) are
-//! not in the index until an API call on that hash in that document syncs it; the incremental
-//! rescan of changed documents comes next.
+//! Rows written into a document's `blobs` table by SQL (not through `keep`) are not in the
+//! index, so before anything is deleted the candidates are looked up in every document's
+//! `blobs` table ([`confirm_unreferenced`]): a row found there goes into the index and saves
+//! its object. This opens every document, but only in passes that have candidates; an
+//! incremental rescan of just the documents whose `blobs` table changed is the next step.
 //!
 //! Each deletion runs under the hash's lock and re-checks the condition in the same
 //! `service.db` transaction that removes the row; `complete-upload` moves its object into place
@@ -97,6 +99,7 @@ pub async fn run_once(state: &AppState) -> Result<GcReport, ApiError> {
             Ok(rows.collect::<Result<Vec<String>, _>>()?)
         })
         .await?;
+    let candidates = confirm_unreferenced(state, candidates).await?;
     report.candidates = candidates.len();
     for hash in candidates {
         let _lock = state.blobs.lock(&hash).await;
@@ -173,4 +176,77 @@ pub async fn run_once(state: &AppState) -> Result<GcReport, ApiError> {
     state.metrics.blob_gc_runs.inc();
     refresh_gauges(state).await;
     Ok(report)
+}
+
+/// The candidates no document's `blobs` table names; a row found is put into the index (it
+/// protects its object from now on, like a `keep`).
+async fn confirm_unreferenced(
+    state: &AppState,
+    mut candidates: Vec<String>,
+) -> Result<Vec<String>, ApiError> {
+    if candidates.is_empty() {
+        return Ok(candidates);
+    }
+    let dir = state.registry.documents_dir().to_owned();
+    let ids =
+        tokio::task::spawn_blocking(move || -> std::io::Result<Vec<crate::registry::DbId>> {
+            let mut ids = Vec::new();
+            for entry in std::fs::read_dir(dir)? {
+                let name = entry?.file_name();
+                if let Some(id) = name
+                    .to_str()
+                    .and_then(|n| n.strip_suffix(".sqlite3"))
+                    .and_then(|n| crate::registry::DbId::parse(n).ok())
+                {
+                    ids.push(id);
+                }
+            }
+            Ok(ids)
+        })
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)?;
+    for id in ids {
+        if candidates.is_empty() {
+            break;
+        }
+        let doc = state.registry.get(&id).await?;
+        let wanted = candidates.clone();
+        let found: Vec<String> = doc
+            .read(move |conn| {
+                let mut found = Vec::new();
+                let mut stmt = conn.prepare_cached("SELECT 1 FROM blobs WHERE hash = ?1")?;
+                for hash in &wanted {
+                    if stmt.exists([hash])? {
+                        found.push(hash.clone());
+                    }
+                }
+                Ok(found)
+            })
+            .await?;
+        if found.is_empty() {
+            continue;
+        }
+        let db = id.to_string();
+        let kept = found.clone();
+        state
+            .service
+            .write(move |conn| {
+                for hash in &kept {
+                    super::index_add(
+                        conn,
+                        hash,
+                        &db,
+                        super::DocRef {
+                            kept: true,
+                            ..Default::default()
+                        },
+                    )?;
+                }
+                Ok(())
+            })
+            .await?;
+        candidates.retain(|h| !found.contains(h));
+    }
+    Ok(candidates)
 }

@@ -305,7 +305,12 @@ async fn load_object(state: &AppState, hash: &str) -> Result<Option<ObjectRow>, 
 }
 
 /// Adds to the service index what the document is about to hold (before the document write).
-fn index_add(conn: &Connection, hash: &str, db: &str, add: DocRef) -> rusqlite::Result<()> {
+pub(crate) fn index_add(
+    conn: &Connection,
+    hash: &str,
+    db: &str,
+    add: DocRef,
+) -> rusqlite::Result<()> {
     conn.prepare_cached(
         "INSERT INTO blob_refs (hash, db_id, kept, claimed_until_ms, published)
          VALUES (?1, ?2, ?3, ?4, ?5)

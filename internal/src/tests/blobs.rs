@@ -933,3 +933,42 @@ async fn gc_racing_completes_never_loses_an_object() {
         assert_eq!(blake3::hash(&body).to_hex().to_string(), *hash);
     }
 }
+
+#[tokio::test]
+async fn a_blob_kept_by_sql_alone_is_not_collected() {
+    let server = TestServer::start_with(|c| {
+        c.blob_gc_grace_secs = 0;
+        c.blob_claim_ttl_secs = 1;
+    })
+    .await;
+    let db = "sqlkeep";
+    let hash = upload(&server, db, b"kept by a plain INSERT", "text/plain").await;
+    // Kept through SQL, not through the keep route; then the upload's claim runs out.
+    let r = server
+        .admin(Method::POST, &format!("/api/v1/db/{db}/query/exec"))
+        .json(&json!({"sql": "INSERT INTO blobs (hash, size, content_type, created_at) VALUES (?, 22, 'text/plain', 'now')", "args": [hash]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "{}", r.text().await.unwrap());
+    tokio::time::sleep(std::time::Duration::from_millis(1_200)).await;
+    crate::blobs::gc::run_once(&server.state).await.unwrap();
+    let r = server
+        .admin(Method::GET, &format!("/api/v1/db/{db}/blobs/object/{hash}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    // And once the row goes, the next pass collects it.
+    let r = server
+        .admin(
+            Method::POST,
+            &format!("/api/v1/db/{db}/blobs/{hash}/unkeep"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let report = crate::blobs::gc::run_once(&server.state).await.unwrap();
+    assert_eq!(report.deleted, 1, "{report:?}");
+}
