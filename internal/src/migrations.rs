@@ -51,6 +51,11 @@ const SERVICE: &[Migration] = &[
         name: "0006_blobs",
         sql: include_str!("../../migrations/service/0006_blobs.sql"),
     },
+    Migration {
+        version: 7,
+        name: "0007_blob_scans",
+        sql: include_str!("../../migrations/service/0007_blob_scans.sql"),
+    },
 ];
 
 const DOCUMENT: &[Migration] = &[

@@ -5,11 +5,11 @@
 //! before the pass started. References come from `service.db`'s `blob_refs` index, maintained
 //! by every API call that adds or drops a reference (so no document is opened).
 //!
-//! Rows written into a document's `blobs` table by SQL (not through `keep`) are not in the
-//! index, so before anything is deleted the candidates are looked up in every document's
-//! `blobs` table ([`confirm_unreferenced`]): a row found there goes into the index and saves
-//! its object. This opens every document, but only in passes that have candidates; an
-//! incremental rescan of just the documents whose `blobs` table changed is the next step.
+//! Rows written into a document's `blobs` table by SQL (not through `keep`) reach the index by
+//! an incremental rescan ([`rescan_changed`]) at the start of each pass: a document whose files
+//! changed since its last scan (or never scanned) has its `blobs` rows added to the index; the
+//! others are not opened. The rescan only adds (a row SQL deleted keeps its object until a
+//! route drops the reference: a leak, never a loss).
 //!
 //! Each deletion runs under the hash's lock and re-checks the condition in the same
 //! `service.db` transaction that removes the row; `complete-upload` moves its object into place
@@ -33,6 +33,8 @@ pub struct GcReport {
     /// Uploads past their URL's expiry by more than another URL lifetime, removed with their
     /// staged bytes.
     pub stale_uploads: usize,
+    /// Documents whose `blobs` table was read into the index this pass.
+    pub rescanned: usize,
 }
 
 /// The condition for deleting object `o`, with `?2` = now (ms) and `?3` = the pass's cutoff (ms).
@@ -84,7 +86,10 @@ pub async fn run_once(state: &AppState) -> Result<GcReport, ApiError> {
     let grace_ms =
         i64::try_from(state.config.blob_gc_grace_secs.saturating_mul(1000)).unwrap_or(i64::MAX / 2);
     let cutoff = started.saturating_sub(grace_ms);
-    let mut report = GcReport::default();
+    let mut report = GcReport {
+        rescanned: rescan_changed(state).await?,
+        ..GcReport::default()
+    };
 
     let candidates: Vec<String> = state
         .service
@@ -99,7 +104,6 @@ pub async fn run_once(state: &AppState) -> Result<GcReport, ApiError> {
             Ok(rows.collect::<Result<Vec<String>, _>>()?)
         })
         .await?;
-    let candidates = confirm_unreferenced(state, candidates).await?;
     report.candidates = candidates.len();
     for hash in candidates {
         let _lock = state.blobs.lock(&hash).await;
@@ -178,61 +182,69 @@ pub async fn run_once(state: &AppState) -> Result<GcReport, ApiError> {
     Ok(report)
 }
 
-/// The candidates no document's `blobs` table names; a row found is put into the index (it
-/// protects its object from now on, like a `keep`).
-async fn confirm_unreferenced(
-    state: &AppState,
-    mut candidates: Vec<String>,
-) -> Result<Vec<String>, ApiError> {
-    if candidates.is_empty() {
-        return Ok(candidates);
-    }
+/// Reads the `blobs` rows of every document changed since its last scan into the index.
+async fn rescan_changed(state: &AppState) -> Result<usize, ApiError> {
     let dir = state.registry.documents_dir().to_owned();
-    let ids =
-        tokio::task::spawn_blocking(move || -> std::io::Result<Vec<crate::registry::DbId>> {
-            let mut ids = Vec::new();
-            for entry in std::fs::read_dir(dir)? {
-                let name = entry?.file_name();
-                if let Some(id) = name
-                    .to_str()
-                    .and_then(|n| n.strip_suffix(".sqlite3"))
-                    .and_then(|n| crate::registry::DbId::parse(n).ok())
-                {
-                    ids.push(id);
-                }
-            }
-            Ok(ids)
-        })
-        .await
-        .map_err(ApiError::internal)?
-        .map_err(ApiError::internal)?;
-    for id in ids {
-        if candidates.is_empty() {
-            break;
+    // (db_id, last modification of its file or WAL, Unix ms)
+    let docs = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<(String, i64)>> {
+        let mut docs = Vec::new();
+        for entry in std::fs::read_dir(dir)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let Some(id) = name
+                .to_str()
+                .and_then(|n| n.strip_suffix(".sqlite3"))
+                .filter(|n| crate::registry::DbId::parse(n).is_ok())
+            else {
+                continue;
+            };
+            let wal = std::fs::metadata(entry.path().with_extension("sqlite3-wal")).ok();
+            let modified = [entry.metadata().ok(), wal]
+                .into_iter()
+                .flatten()
+                .filter_map(|m| m.modified().ok())
+                .max()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(i64::MAX, |d| {
+                    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+                });
+            docs.push((id.to_owned(), modified));
         }
-        let doc = state.registry.get(&id).await?;
-        let wanted = candidates.clone();
-        let found: Vec<String> = doc
-            .read(move |conn| {
-                let mut found = Vec::new();
-                let mut stmt = conn.prepare_cached("SELECT 1 FROM blobs WHERE hash = ?1")?;
-                for hash in &wanted {
-                    if stmt.exists([hash])? {
-                        found.push(hash.clone());
-                    }
-                }
-                Ok(found)
-            })
-            .await?;
-        if found.is_empty() {
+        Ok(docs)
+    })
+    .await
+    .map_err(ApiError::internal)?
+    .map_err(ApiError::internal)?;
+    let scanned: std::collections::HashMap<String, i64> = state
+        .service
+        .read(|conn| {
+            let mut stmt = conn.prepare("SELECT db_id, scanned_ms FROM blob_scans")?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .await?;
+    let mut count = 0;
+    for (db, modified) in docs {
+        // A file time can trail the write it records a little: a second of slack.
+        if scanned.get(&db).is_some_and(|&at| modified < at - 1_000) {
             continue;
         }
-        let db = id.to_string();
-        let kept = found.clone();
+        let Ok(id) = crate::registry::DbId::parse(&db) else {
+            continue;
+        };
+        let started = crate::time_fmt::now_ms();
+        let doc = state.registry.get(&id).await?;
+        let hashes: Vec<String> = doc
+            .read(|conn| {
+                let mut stmt = conn.prepare_cached("SELECT hash FROM blobs")?;
+                let rows = stmt.query_map([], |r| r.get(0))?;
+                Ok(rows.collect::<Result<_, _>>()?)
+            })
+            .await?;
         state
             .service
             .write(move |conn| {
-                for hash in &kept {
+                for hash in hashes.iter().filter(|h| super::is_hash(h)) {
                     super::index_add(
                         conn,
                         hash,
@@ -243,10 +255,15 @@ async fn confirm_unreferenced(
                         },
                     )?;
                 }
+                conn.execute(
+                    "INSERT INTO blob_scans (db_id, scanned_ms) VALUES (?1, ?2)
+                     ON CONFLICT (db_id) DO UPDATE SET scanned_ms = ?2",
+                    params![db, started],
+                )?;
                 Ok(())
             })
             .await?;
-        candidates.retain(|h| !found.contains(h));
+        count += 1;
     }
-    Ok(candidates)
+    Ok(count)
 }

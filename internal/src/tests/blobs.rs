@@ -972,3 +972,32 @@ async fn a_blob_kept_by_sql_alone_is_not_collected() {
     let report = crate::blobs::gc::run_once(&server.state).await.unwrap();
     assert_eq!(report.deleted, 1, "{report:?}");
 }
+
+#[tokio::test]
+async fn gc_rescans_only_documents_that_changed() {
+    let server = TestServer::start().await;
+    for db in ["inc-a", "inc-b", "inc-c"] {
+        let r = server
+            .admin(Method::POST, &format!("/api/v1/db/{db}/_open"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+    let first = crate::blobs::gc::run_once(&server.state).await.unwrap();
+    assert!(first.rescanned >= 3, "{first:?}");
+    // Files settle (a second of slack on file times).
+    tokio::time::sleep(std::time::Duration::from_millis(1_200)).await;
+    let settled = crate::blobs::gc::run_once(&server.state).await.unwrap();
+    let quiet = crate::blobs::gc::run_once(&server.state).await.unwrap();
+    assert_eq!(quiet.rescanned, 0, "settled {settled:?}, then {quiet:?}");
+    let r = server
+        .admin(Method::POST, "/api/v1/db/inc-b/query/exec")
+        .json(&json!({"sql": "CREATE TABLE touched (x)"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let after = crate::blobs::gc::run_once(&server.state).await.unwrap();
+    assert_eq!(after.rescanned, 1, "{after:?}");
+}
