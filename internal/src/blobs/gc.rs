@@ -182,15 +182,33 @@ pub async fn run_once(state: &AppState) -> Result<GcReport, ApiError> {
     Ok(report)
 }
 
+/// Longest a file's modification time can trail the clock (a coarse kernel clock tick), in ms.
+const FILE_CLOCK_MS: i64 = 50;
+
+/// The latest modification time of a document's file or WAL (Unix ms; `i64::MAX` if unknown,
+/// which always counts as changed).
+fn modified_ms(dir: &std::path::Path, db: &str) -> i64 {
+    let main = dir.join(format!("{db}.sqlite3"));
+    let wal = dir.join(format!("{db}.sqlite3-wal"));
+    [std::fs::metadata(main).ok(), std::fs::metadata(wal).ok()]
+        .into_iter()
+        .flatten()
+        .filter_map(|m| m.modified().ok())
+        .max()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(i64::MAX, |d| {
+            i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+        })
+}
+
 /// Reads the `blobs` rows of every document changed since its last scan into the index.
 async fn rescan_changed(state: &AppState) -> Result<usize, ApiError> {
     let dir = state.registry.documents_dir().to_owned();
     // (db_id, last modification of its file or WAL, Unix ms)
     let docs = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<(String, i64)>> {
         let mut docs = Vec::new();
-        for entry in std::fs::read_dir(dir)? {
-            let entry = entry?;
-            let name = entry.file_name();
+        for entry in std::fs::read_dir(&dir)? {
+            let name = entry?.file_name();
             let Some(id) = name
                 .to_str()
                 .and_then(|n| n.strip_suffix(".sqlite3"))
@@ -198,17 +216,7 @@ async fn rescan_changed(state: &AppState) -> Result<usize, ApiError> {
             else {
                 continue;
             };
-            let wal = std::fs::metadata(entry.path().with_extension("sqlite3-wal")).ok();
-            let modified = [entry.metadata().ok(), wal]
-                .into_iter()
-                .flatten()
-                .filter_map(|m| m.modified().ok())
-                .max()
-                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                .map_or(i64::MAX, |d| {
-                    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-                });
-            docs.push((id.to_owned(), modified));
+            docs.push((id.to_owned(), modified_ms(&dir, id)));
         }
         Ok(docs)
     })
@@ -225,15 +233,29 @@ async fn rescan_changed(state: &AppState) -> Result<usize, ApiError> {
         .await?;
     let mut count = 0;
     for (db, modified) in docs {
-        // A file time can trail the write it records a little: a second of slack.
-        if scanned.get(&db).is_some_and(|&at| modified < at - 1_000) {
+        // Unchanged since the scan: its files carry the time stamp the scan saw.
+        if scanned.get(&db) == Some(&modified) {
             continue;
         }
         let Ok(id) = crate::registry::DbId::parse(&db) else {
             continue;
         };
-        let started = crate::time_fmt::now_ms();
+        // Opening a document may itself write its WAL: its file times are read after the open,
+        // and only once they are older than a file-clock tick (so any write after this read
+        // gets a later stamp); the scan is recorded under those times.
         let doc = state.registry.get(&id).await?;
+        let docs_dir = state.registry.documents_dir().to_owned();
+        let name = db.clone();
+        let seen = tokio::task::spawn_blocking(move || {
+            let mut seen = modified_ms(&docs_dir, &name);
+            if crate::time_fmt::now_ms().saturating_sub(seen) < FILE_CLOCK_MS {
+                std::thread::sleep(Duration::from_millis(FILE_CLOCK_MS as u64));
+                seen = modified_ms(&docs_dir, &name);
+            }
+            seen
+        })
+        .await
+        .map_err(ApiError::internal)?;
         let hashes: Vec<String> = doc
             .read(|conn| {
                 let mut stmt = conn.prepare_cached("SELECT hash FROM blobs")?;
@@ -258,7 +280,7 @@ async fn rescan_changed(state: &AppState) -> Result<usize, ApiError> {
                 conn.execute(
                     "INSERT INTO blob_scans (db_id, scanned_ms) VALUES (?1, ?2)
                      ON CONFLICT (db_id) DO UPDATE SET scanned_ms = ?2",
-                    params![db, started],
+                    params![db, seen],
                 )?;
                 Ok(())
             })
