@@ -226,6 +226,10 @@ struct ServeArgs {
     /// Seconds signed blob upload/read URLs stay valid [default: 900].
     #[arg(long, env = "PATCHWORK_BLOB_URL_TTL_SECS")]
     blob_url_ttl_secs: Option<u64>,
+    /// Uploads larger than this many bytes are also offered in parts of this size (S3 multipart
+    /// with presigned parts; >= 5 MiB) [default: 67108864].
+    #[arg(long, env = "PATCHWORK_BLOB_PART_BYTES")]
+    blob_part_bytes: Option<u64>,
     /// Seconds complete-upload (or a claim without ttl_secs) claims a blob [default: 3600].
     #[arg(long, env = "PATCHWORK_BLOB_CLAIM_TTL_SECS")]
     blob_claim_ttl_secs: Option<u64>,
@@ -350,6 +354,7 @@ impl ServeArgs {
             sync_retention_secs,
             blob_max_bytes,
             blob_url_ttl_secs,
+            blob_part_bytes,
             blob_claim_ttl_secs,
             blob_gc_grace_secs,
             blob_gc_interval_secs,

@@ -9,6 +9,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+/// S3's smallest part (all but the last) and largest part of a multipart upload.
+const MIN_PART_BYTES: u64 = 5 * 1024 * 1024;
+const MAX_PART_BYTES: u64 = 5 * 1024 * 1024 * 1024;
+
 /// A secret value: never printed by `Debug`, serialized as `"[redacted]"`.
 #[derive(Clone, Deserialize, PartialEq, Eq)]
 #[serde(transparent)]
@@ -214,6 +218,9 @@ pub struct Config {
     pub blob_max_bytes: u64,
     /// Lifetime of the signed upload and read URLs handed out for blobs.
     pub blob_url_ttl_secs: u64,
+    /// Uploads larger than this are also offered in parts of this size (S3 multipart with
+    /// presigned parts; at least 5 MiB, S3's smallest part).
+    pub blob_part_bytes: u64,
     /// How long `complete-upload` (and a `claim` without `ttl_secs`) claims a blob.
     pub blob_claim_ttl_secs: u64,
     /// Blob GC never deletes an object completed less than this long ago.
@@ -286,6 +293,7 @@ impl Default for Config {
             session_absolute_secs: 604_800,
             blob_max_bytes: 5 * 1024 * 1024 * 1024,
             blob_url_ttl_secs: 900,
+            blob_part_bytes: 64 * 1024 * 1024,
             blob_claim_ttl_secs: 3_600,
             blob_gc_grace_secs: 86_400,
             blob_gc_interval_secs: 3_600,
@@ -359,6 +367,11 @@ impl Config {
                  blob_gc_interval_secs must be at least 1"
                     .into(),
             );
+        }
+        if !(MIN_PART_BYTES..=MAX_PART_BYTES).contains(&self.blob_part_bytes) {
+            return Err(format!(
+                "blob_part_bytes must be from {MIN_PART_BYTES} (5 MiB) to {MAX_PART_BYTES} (5 GiB)"
+            ));
         }
         if self.blob_store == BlobStore::S3 {
             let missing: Vec<&str> = [

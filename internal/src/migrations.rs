@@ -56,6 +56,11 @@ const SERVICE: &[Migration] = &[
         name: "0007_blob_scans",
         sql: include_str!("../../migrations/service/0007_blob_scans.sql"),
     },
+    Migration {
+        version: 8,
+        name: "0008_blob_parts",
+        sql: include_str!("../../migrations/service/0008_blob_parts.sql"),
+    },
 ];
 
 const DOCUMENT: &[Migration] = &[

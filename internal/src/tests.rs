@@ -1,6 +1,7 @@
 //! Black-box tests: the real server over TCP. Each capability adds a module here.
 
 mod auth;
+mod blob_parts;
 mod blobs;
 mod blobs_s3;
 mod connections;

@@ -11,13 +11,23 @@
 //! others are not opened. The rescan only adds (a row SQL deleted keeps its object until a
 //! route drops the reference: a leak, never a loss).
 //!
-//! Each deletion runs under the hash's lock and re-checks the condition in the same
-//! `service.db` transaction that removes the row; `complete-upload` moves its object into place
-//! and records it under the same lock, refreshing `completed_ms`. So an object completed during
-//! a pass (after its start) is never deleted by it.
+//! Deletions run in batches of hashes that share a lock stripe: under that stripe's lock, one
+//! `service.db` transaction re-checks the condition and removes the rows, then one batch delete
+//! removes the objects (S3 `DeleteObjects`; a store without bulk delete deletes them one by one).
+//! `complete-upload` moves its object into place and records it under the same lock, refreshing
+//! `completed_ms`. So an object completed during a pass (after its start) is never deleted by it.
+//!
+//! A crash between the rows and the objects leaves files without rows (and a crash inside
+//! `complete-upload` can leave staged files without an upload): the orphan sweep
+//! ([`sweep_orphans`], the first pass and every [`ORPHAN_SWEEP_EVERY`]th) lists the store and
+//! deletes them, under the same locks and re-checks.
 
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use futures_util::TryStreamExt;
+use object_store::path::Path;
 use rusqlite::{OptionalExtension, params};
 
 use super::Blobs;
@@ -35,7 +45,15 @@ pub struct GcReport {
     pub stale_uploads: usize,
     /// Documents whose `blobs` table was read into the index this pass.
     pub rescanned: usize,
+    /// Files without a row (objects, staged uploads, parts) removed by the orphan sweep.
+    pub orphans: usize,
 }
+
+/// Hashes per `service.db` transaction and batch delete (S3's `DeleteObjects` takes 1,000).
+const DELETE_BATCH: usize = 1000;
+
+/// The orphan sweep lists the whole store: it runs on the first pass and then every this many.
+pub const ORPHAN_SWEEP_EVERY: u64 = 24;
 
 /// The condition for deleting object `o`, with `?2` = now (ms) and `?3` = the pass's cutoff (ms).
 const UNREFERENCED: &str = "o.completed_ms < ?3
@@ -105,52 +123,68 @@ pub async fn run_once(state: &AppState) -> Result<GcReport, ApiError> {
         })
         .await?;
     report.candidates = candidates.len();
+    let mut by_stripe: BTreeMap<usize, Vec<String>> = BTreeMap::new();
     for hash in candidates {
-        let _lock = state.blobs.lock(&hash).await;
-        let h = hash.clone();
-        let deleted: Option<i64> = state
-            .service
-            .write(move |conn| {
-                let now = crate::time_fmt::now_ms();
-                let size: Option<i64> = conn
-                    .prepare_cached(&format!(
+        by_stripe
+            .entry(Blobs::stripe(&hash))
+            .or_default()
+            .push(hash);
+    }
+    for (stripe, hashes) in by_stripe {
+        for batch in hashes.chunks(DELETE_BATCH) {
+            let _lock = state.blobs.lock_stripe(stripe).await;
+            let batch = batch.to_vec();
+            let deleted: Vec<(String, i64)> = state
+                .service
+                .write(move |conn| {
+                    let now = crate::time_fmt::now_ms();
+                    let mut deleted = Vec::new();
+                    let mut delete = conn.prepare_cached(&format!(
                         "DELETE FROM blob_objects AS o WHERE o.hash = ?1 AND {UNREFERENCED}
                          RETURNING size"
-                    ))?
-                    .query_row(params![h, now, cutoff], |r| r.get(0))
-                    .optional()?;
-                if size.is_some() {
-                    conn.execute("DELETE FROM blob_refs WHERE hash = ?1", [&h])?;
-                }
-                Ok(size)
-            })
-            .await?;
-        let Some(size) = deleted else { continue };
-        state
-            .blobs
-            .delete(&Blobs::object_path(&hash))
-            .await
-            .map_err(ApiError::internal)?;
-        report.deleted += 1;
-        report.deleted_bytes += size as u64;
-        state.metrics.blob_gc_deleted.inc();
-        state.metrics.blob_gc_deleted_bytes.inc_by(size as u64);
+                    ))?;
+                    let mut unref = conn.prepare_cached("DELETE FROM blob_refs WHERE hash = ?1")?;
+                    for hash in batch {
+                        let size: Option<i64> = delete
+                            .query_row(params![hash, now, cutoff], |r| r.get(0))
+                            .optional()?;
+                        if let Some(size) = size {
+                            unref.execute([&hash])?;
+                            deleted.push((hash, size));
+                        }
+                    }
+                    Ok(deleted)
+                })
+                .await?;
+            state
+                .blobs
+                .delete_many(deleted.iter().map(|(h, _)| Blobs::object_path(h)).collect())
+                .await
+                .map_err(ApiError::internal)?;
+            for (_, size) in deleted {
+                report.deleted += 1;
+                report.deleted_bytes += size as u64;
+                state.metrics.blob_gc_deleted.inc();
+                state.metrics.blob_gc_deleted_bytes.inc_by(size as u64);
+            }
+        }
     }
 
     // Uploads nobody completed: gone one URL lifetime after their URL expired.
     let ttl_ms =
         i64::try_from(state.config.blob_url_ttl_secs.saturating_mul(1000)).unwrap_or(i64::MAX / 2);
     let stale_before = started.saturating_sub(ttl_ms);
-    let stale: Vec<String> = state
+    let stale: Vec<(String, Option<String>)> = state
         .service
         .read(move |conn| {
-            let mut stmt =
-                conn.prepare("SELECT blob_id FROM blob_uploads WHERE expires_ms < ?1")?;
-            let rows = stmt.query_map([stale_before], |r| r.get(0))?;
-            Ok(rows.collect::<Result<Vec<String>, _>>()?)
+            let mut stmt = conn
+                .prepare("SELECT blob_id, multipart_id FROM blob_uploads WHERE expires_ms < ?1")?;
+            let rows = stmt.query_map([stale_before], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
         .await?;
-    for blob_id in stale {
+    for (blob_id, multipart_id) in stale {
+        super::discard_parts(state, &blob_id, multipart_id.as_deref()).await?;
         state
             .blobs
             .delete(&Blobs::staging_path(&blob_id))
@@ -177,9 +211,127 @@ pub async fn run_once(state: &AppState) -> Result<GcReport, ApiError> {
             Ok(())
         })
         .await?;
+    if state
+        .blobs
+        .gc_passes
+        .fetch_add(1, Ordering::Relaxed)
+        .is_multiple_of(ORPHAN_SWEEP_EVERY)
+    {
+        report.orphans = sweep_orphans(state).await?;
+    }
     state.metrics.blob_gc_runs.inc();
     refresh_gauges(state).await;
     Ok(report)
+}
+
+/// Deletes what the store holds without a row: objects with no `blob_objects` row, and staged
+/// uploads, parts or half-verified files with no `blob_uploads` row and older than an upload
+/// URL's lifetime. Objects are re-checked under their stripe's lock (a complete moves its object
+/// into place and records it under that lock). The number of files deleted.
+pub async fn sweep_orphans(state: &AppState) -> Result<usize, ApiError> {
+    let store = state.blobs.store().clone();
+    let ttl_ms =
+        i64::try_from(state.config.blob_url_ttl_secs.saturating_mul(1000)).unwrap_or(i64::MAX / 2);
+    let staged_before = crate::time_fmt::now_ms().saturating_sub(ttl_ms);
+    let mut deleted = 0;
+
+    // Objects: `objects/{xx}/{hash}`.
+    let listed: Vec<String> = store
+        .list(Some(&Path::from("objects")))
+        .try_filter_map(|meta| async move {
+            Ok(meta
+                .location
+                .filename()
+                .filter(|name| super::is_hash(name))
+                .map(str::to_owned))
+        })
+        .try_collect()
+        .await
+        .map_err(ApiError::internal)?;
+    let mut by_stripe: BTreeMap<usize, Vec<String>> = BTreeMap::new();
+    for hash in listed {
+        by_stripe
+            .entry(Blobs::stripe(&hash))
+            .or_default()
+            .push(hash);
+    }
+    for (stripe, hashes) in by_stripe {
+        for batch in hashes.chunks(DELETE_BATCH) {
+            let _lock = state.blobs.lock_stripe(stripe).await;
+            let batch = batch.to_vec();
+            let orphans: Vec<String> = state
+                .service
+                .read(move |conn| {
+                    let mut known =
+                        conn.prepare_cached("SELECT 1 FROM blob_objects WHERE hash = ?1")?;
+                    let mut orphans = Vec::new();
+                    for hash in batch {
+                        if !known.exists([&hash])? {
+                            orphans.push(hash);
+                        }
+                    }
+                    Ok(orphans)
+                })
+                .await?;
+            deleted += state
+                .blobs
+                .delete_many(orphans.iter().map(|h| Blobs::object_path(h)).collect())
+                .await
+                .map_err(ApiError::internal)?;
+        }
+    }
+
+    // Staged uploads and parts: `staging/{blob_id}[.{nonce}]`, `parts/{blob_id}/{part}`.
+    let mut staged: Vec<(String, Path)> = Vec::new();
+    for prefix in ["staging", "parts"] {
+        let found: Vec<(String, Path)> = store
+            .list(Some(&Path::from(prefix)))
+            .try_filter_map(|meta| async move {
+                let old = meta.last_modified.timestamp_millis() < staged_before;
+                let blob_id = meta
+                    .location
+                    .parts()
+                    .nth(1)
+                    .and_then(|p| p.as_ref().get(..35).map(str::to_owned))
+                    .filter(|id| super::is_blob_id(id));
+                Ok(blob_id.filter(|_| old).map(|id| (id, meta.location)))
+            })
+            .try_collect()
+            .await
+            .map_err(ApiError::internal)?;
+        staged.extend(found);
+    }
+    let ids: HashSet<String> = staged.iter().map(|(id, _)| id.clone()).collect();
+    let live: HashSet<String> = state
+        .service
+        .read(move |conn| {
+            let mut stmt = conn.prepare_cached("SELECT 1 FROM blob_uploads WHERE blob_id = ?1")?;
+            let mut live = HashSet::new();
+            for id in ids {
+                if stmt.exists([&id])? {
+                    live.insert(id);
+                }
+            }
+            Ok(live)
+        })
+        .await?;
+    let (orphans, ids): (Vec<Path>, HashSet<String>) = staged
+        .into_iter()
+        .filter(|(id, _)| !live.contains(id))
+        .map(|(id, path)| (path, id))
+        .unzip();
+    deleted += state
+        .blobs
+        .delete_many(orphans)
+        .await
+        .map_err(ApiError::internal)?;
+    for id in ids {
+        state
+            .blobs
+            .remove_empty_dir(&Blobs::parts_prefix(&id))
+            .await;
+    }
+    Ok(deleted)
 }
 
 /// Longest a file's modification time can trail the clock (a coarse kernel clock tick), in ms.

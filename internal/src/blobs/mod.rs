@@ -1,9 +1,10 @@
-//! Blobs (issue 13, first slice: the local filesystem store): content-addressed uploads through
-//! signed URLs, verification on complete, references (keep, claim, publish) with per-document
-//! isolation, signed reads, public objects and GC.
+//! Blobs: content-addressed uploads through signed URLs (whole or in parts), verification on
+//! complete, references (keep, claim, publish) with per-document isolation, signed reads, public
+//! objects and GC, on the local filesystem or S3 (see [`store`]).
 //!
 //! - `POST /blobs/init-upload` → a signed `PUT /blobs/upload/{blob_id}?expires=&sig=` on this
-//!   server (the signature is the credential), or `200 complete` when the object exists.
+//!   server (the signature is the credential; with S3 a presigned S3 `PUT`), plus signed part
+//!   URLs for objects over `blob_part_bytes`; or `200 complete` when the object exists.
 //! - The `PUT` streams the body into the staging object `staging/{blob_id}` (never buffered
 //!   whole) and insists on exactly the declared size.
 //! - `POST /blobs/complete-upload` streams the staged object through BLAKE3; equal → moved to
@@ -160,7 +161,7 @@ fn validate_hash(s: &str) -> Result<(), ApiError> {
     }
 }
 
-fn is_blob_id(s: &str) -> bool {
+pub(crate) fn is_blob_id(s: &str) -> bool {
     s.len() == 35
         && s.starts_with("bu_")
         && s[3..]
@@ -435,11 +436,39 @@ struct UploadRow {
     hash: String,
     size: u64,
     content_type: Option<String>,
+    /// 0: offered as one `PUT` only.
+    part_size: u64,
+    /// S3's multipart upload id.
+    multipart_id: Option<String>,
+}
+
+impl UploadRow {
+    fn part_count(&self) -> u32 {
+        part_count(self.size, self.part_size)
+    }
+
+    /// The byte length of part `part` (1-based), `None` when there is no such part.
+    fn part_len(&self, part: u32) -> Option<u64> {
+        if part == 0 || part > self.part_count() {
+            return None;
+        }
+        let offset = u64::from(part - 1) * self.part_size;
+        Some(self.part_size.min(self.size - offset))
+    }
+}
+
+fn part_count(size: u64, part_size: u64) -> u32 {
+    if part_size == 0 {
+        0
+    } else {
+        u32::try_from(size.div_ceil(part_size)).unwrap_or(u32::MAX)
+    }
 }
 
 fn upload_row(conn: &Connection, blob_id: &str) -> rusqlite::Result<Option<UploadRow>> {
     conn.prepare_cached(
-        "SELECT db_id, hash, size, content_type FROM blob_uploads WHERE blob_id = ?1",
+        "SELECT db_id, hash, size, content_type, part_size, multipart_id
+         FROM blob_uploads WHERE blob_id = ?1",
     )?
     .query_row([blob_id], |r| {
         Ok(UploadRow {
@@ -447,9 +476,36 @@ fn upload_row(conn: &Connection, blob_id: &str) -> rusqlite::Result<Option<Uploa
             hash: r.get(1)?,
             size: r.get::<_, i64>(2)? as u64,
             content_type: r.get(3)?,
+            part_size: r.get::<_, i64>(4)? as u64,
+            multipart_id: r.get(5)?,
         })
     })
     .optional()
+}
+
+/// S3's most parts in one multipart upload.
+const MAX_PARTS: u64 = 10_000;
+
+/// Drops what a multipart upload left behind: the S3 multipart upload (its parts cost storage
+/// until aborted) or the local part files.
+pub(crate) async fn discard_parts(
+    state: &AppState,
+    blob_id: &str,
+    multipart_id: Option<&str>,
+) -> Result<(), ApiError> {
+    match multipart_id {
+        Some(id) => state
+            .blobs
+            .abort_multipart(&Blobs::staging_path(blob_id), id)
+            .await
+            .map_err(internal),
+        None => state
+            .blobs
+            .delete_prefix(&Blobs::parts_prefix(blob_id))
+            .await
+            .map(|_| ())
+            .map_err(internal),
+    }
 }
 
 async fn init_upload(
@@ -535,41 +591,112 @@ async fn init_upload(
             )
         }
     };
-    let (id, d, h, ct) = (
+    // Large objects are also offered in parts (sent in any order, in parallel, each retried
+    // alone): S3 multipart with a presigned `UploadPart` per part, or signed part `PUT`s here.
+    let part_size = if size > state.config.blob_part_bytes {
+        state.config.blob_part_bytes.max(size.div_ceil(MAX_PARTS))
+    } else {
+        0
+    };
+    let multipart_id = if part_size > 0 {
+        state
+            .blobs
+            .create_multipart(&Blobs::staging_path(&blob_id), &content_type)
+            .await
+            .map_err(internal)?
+    } else {
+        None
+    };
+    let mut parts = Vec::new();
+    for part in 1..=part_count(size, part_size) {
+        let offset = u64::from(part - 1) * part_size;
+        let url = match &multipart_id {
+            Some(id) => state
+                .blobs
+                .presigned_part(
+                    &Blobs::staging_path(&blob_id),
+                    id,
+                    part,
+                    std::time::Duration::from_secs(state.config.blob_url_ttl_secs),
+                )
+                .await
+                .map_err(internal)?
+                .map(|u| u.to_string())
+                .unwrap_or_default(),
+            None => {
+                let sig = state.blobs.sign(
+                    Signed::PutPart {
+                        db_id: db.as_str(),
+                        blob_id: &blob_id,
+                        part,
+                    },
+                    expires,
+                );
+                format!(
+                    "{base}/api/v1/db/{db}/blobs/upload/{blob_id}?part={part}&expires={expires}&sig={sig}",
+                    base = base_url(&state, &headers)?,
+                    db = db.as_str()
+                )
+            }
+        };
+        parts.push(json!({
+            "part_number": part,
+            "url": url,
+            "method": "PUT",
+            "offset": offset,
+            "size": part_size.min(size - offset),
+        }));
+    }
+    let (id, d, h, ct, mp) = (
         blob_id.clone(),
         db.as_str().to_owned(),
         hash.clone(),
         content_type.clone(),
+        multipart_id.clone(),
     );
     state
         .service
         .write(move |conn| {
             conn.execute(
-                "INSERT INTO blob_uploads (blob_id, db_id, hash, size, content_type, created_ms, expires_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![id, d, h, size as i64, ct, now, expires_ms],
+                "INSERT INTO blob_uploads (blob_id, db_id, hash, size, content_type, created_ms,
+                     expires_ms, part_size, multipart_id)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                params![
+                    id,
+                    d,
+                    h,
+                    size as i64,
+                    ct,
+                    now,
+                    expires_ms,
+                    part_size as i64,
+                    mp
+                ],
             )?;
             Ok(())
         })
         .await?;
     state.metrics.blob_upload("init");
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({
-            "blob_id": blob_id,
-            "upload_url": url,
-            "method": "PUT",
-            "headers": {"content-type": content_type},
-            "expires_at": crate::time_fmt::from_unix_ms(expires_ms),
-        })),
-    )
-        .into_response())
+    let mut answer = json!({
+        "blob_id": blob_id,
+        "upload_url": url,
+        "method": "PUT",
+        "headers": {"content-type": content_type},
+        "expires_at": crate::time_fmt::from_unix_ms(expires_ms),
+    });
+    if !parts.is_empty() {
+        answer["part_size"] = json!(part_size);
+        answer["parts"] = Value::Array(parts);
+    }
+    Ok((StatusCode::CREATED, Json(answer)).into_response())
 }
 
 #[derive(Deserialize)]
 struct SigQuery {
     expires: Option<String>,
     sig: Option<String>,
+    /// A multipart upload's part number (1-based).
+    part: Option<String>,
 }
 
 fn bad_signature() -> ApiError {
@@ -607,19 +734,32 @@ async fn upload(
     Query(q): Query<SigQuery>,
     headers: HeaderMap,
     body: Body,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let db = DbId::parse(&db_id)?;
     if !is_blob_id(&blob_id) {
         return Err(bad_signature());
     }
-    check_signature(
-        &state,
-        Signed::Put {
+    let part = match q.part.as_deref() {
+        None => None,
+        Some(p) => Some(
+            p.parse::<u32>()
+                .ok()
+                .filter(|p| *p >= 1)
+                .ok_or_else(bad_signature)?,
+        ),
+    };
+    let signed = match part {
+        None => Signed::Put {
             db_id: db.as_str(),
             blob_id: &blob_id,
         },
-        &q,
-    )?;
+        Some(part) => Signed::PutPart {
+            db_id: db.as_str(),
+            blob_id: &blob_id,
+            part,
+        },
+    };
+    check_signature(&state, signed, &q)?;
     let id = blob_id.clone();
     let row = state
         .service
@@ -627,7 +767,14 @@ async fn upload(
         .await?
         .filter(|r| r.db_id == db.as_str())
         .ok_or_else(|| ApiError::not_found("no such upload (completed, or cleaned up)"))?;
-    let size = row.size;
+    let (size, target) = match part {
+        None => (row.size, Blobs::staging_path(&blob_id)),
+        Some(part) => (
+            row.part_len(part)
+                .ok_or_else(|| ApiError::not_found("no such part of this upload"))?,
+            Blobs::part_path(&blob_id, part),
+        ),
+    };
     if let Some(len) = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -637,11 +784,51 @@ async fn upload(
         state.metrics.blob_upload("size_mismatch");
         return Err(size_error(size));
     }
-    let staging = Blobs::staging_path(&blob_id);
+    stream_to(&state, &target, body, size).await?;
+    // Completed (or cleaned up) while this body streamed in: what it staged is nobody's.
+    let id = blob_id.clone();
+    if state
+        .service
+        .read(move |conn| Ok(upload_row(conn, &id)?))
+        .await?
+        .is_none()
+    {
+        state.blobs.delete(&target).await.map_err(internal)?;
+        return Err(ApiError::not_found(
+            "no such upload (completed, or cleaned up)",
+        ));
+    }
+    Ok(match part {
+        None => {
+            state.metrics.blob_upload("put");
+            Json(json!({"blob_id": blob_id, "size": size})).into_response()
+        }
+        Some(part) => {
+            state.metrics.blob_upload("part");
+            // The local store does not need a part's ETag back (the parts are its own files);
+            // one is answered so that clients treat both stores alike.
+            let etag = format!("\"part-{part}\"");
+            (
+                [(header::ETAG, etag.clone())],
+                Json(json!({"blob_id": blob_id, "part_number": part, "size": size, "etag": etag})),
+            )
+                .into_response()
+        }
+    })
+}
+
+/// Streams `body` into the object at `path`, insisting on exactly `size` bytes (`400` and
+/// nothing written otherwise). Never holds more than a few chunks.
+async fn stream_to(
+    state: &AppState,
+    path: &object_store::path::Path,
+    body: Body,
+    size: u64,
+) -> Result<(), ApiError> {
     let multipart = state
         .blobs
         .store()
-        .put_multipart(&staging)
+        .put_multipart(path)
         .await
         .map_err(internal)?;
     let mut writer = WriteMultipart::new_with_chunk_size(multipart, PUT_CHUNK);
@@ -674,27 +861,62 @@ async fn upload(
         return Err(e);
     }
     writer.finish().await.map_err(internal)?;
-    // Completed (or cleaned up) while this body streamed in: what it staged is nobody's.
-    let id = blob_id.clone();
-    if state
-        .service
-        .read(move |conn| Ok(upload_row(conn, &id)?))
-        .await?
-        .is_none()
-    {
-        state.blobs.delete(&staging).await.map_err(internal)?;
-        return Err(ApiError::not_found(
-            "no such upload (completed, or cleaned up)",
-        ));
-    }
-    state.metrics.blob_upload("put");
-    Ok(Json(json!({"blob_id": blob_id, "size": size})))
+    Ok(())
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct CompleteBody {
     blob_id: String,
+    /// Sent in parts: every part, with the `ETag` its `PUT` answered.
+    parts: Option<Vec<PartBody>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PartBody {
+    part_number: u32,
+    etag: String,
+}
+
+fn invalid_parts(message: impl Into<String>) -> ApiError {
+    ApiError::bad_request("invalid_parts", message)
+}
+
+/// The parts' ETags in part order, checked against the upload: every part exactly once.
+fn part_etags(row: &UploadRow, mut parts: Vec<PartBody>) -> Result<Vec<String>, ApiError> {
+    let count = row.part_count();
+    if count == 0 {
+        return Err(invalid_parts(
+            "this upload was not offered in parts: complete it without `parts`",
+        ));
+    }
+    parts.sort_by_key(|p| p.part_number);
+    if parts.len() != count as usize
+        || parts
+            .iter()
+            .zip(1..)
+            .any(|(p, expected)| p.part_number != expected)
+    {
+        return Err(invalid_parts(format!(
+            "`parts` must list every part 1 to {count} exactly once"
+        )));
+    }
+    parts
+        .into_iter()
+        .map(|p| {
+            let ok = !p.etag.is_empty()
+                && p.etag.len() <= 256
+                && p.etag.bytes().all(|b| (0x20..0x7f).contains(&b));
+            if ok {
+                Ok(p.etag)
+            } else {
+                Err(invalid_parts(
+                    "each etag is the ETag header its part's PUT answered",
+                ))
+            }
+        })
+        .collect()
 }
 
 async fn complete_upload(
@@ -717,12 +939,6 @@ async fn complete_upload(
         .filter(|r| r.db_id == db.as_str())
         .ok_or_else(|| ApiError::not_found("no such upload in this document"))?;
     auth.resource(Action::BlobUpload, &row.hash)?;
-    // The staged object is first moved to a name of this request's own, so the bytes hashed
-    // are exactly the bytes moved into place: a `PUT` racing this complete writes a new
-    // `staging/{blob_id}` (object_store replaces files by rename, never in place).
-    let mut nonce = [0u8; 8];
-    rand::rng().fill_bytes(&mut nonce);
-    let staging = Blobs::verifying_path(&body.blob_id, &hex::encode(nonce));
     let missing = || {
         state.metrics.blob_upload("missing");
         ApiError::conflict(
@@ -730,6 +946,52 @@ async fn complete_upload(
             "nothing has been uploaded for this blob_id",
         )
     };
+    // Sent in parts: they become `staging/{blob_id}` first, then everything goes on as for a
+    // single `PUT`. Sent whole: a multipart upload offered alongside is dropped.
+    match body.parts {
+        Some(parts) => {
+            let etags = part_etags(&row, parts)?;
+            let staging = Blobs::staging_path(&body.blob_id);
+            match &row.multipart_id {
+                Some(id) => match state.blobs.complete_multipart(&staging, id, etags).await {
+                    Ok(()) => {}
+                    Err(object_store::Error::NotFound { .. }) => return Err(missing()),
+                    Err(e) => {
+                        state.metrics.blob_upload("parts_refused");
+                        return Err(ApiError::conflict(
+                            "parts_refused",
+                            format!("the object store refused the parts: {e}"),
+                        ));
+                    }
+                },
+                None => {
+                    if let Some(part) = state
+                        .blobs
+                        .assemble_parts(&body.blob_id, row.part_count())
+                        .await
+                        .map_err(internal)?
+                    {
+                        state.metrics.blob_upload("missing");
+                        return Err(ApiError::conflict(
+                            "upload_missing",
+                            format!("part {part} has not been uploaded"),
+                        ));
+                    }
+                    discard_parts(&state, &body.blob_id, None).await?;
+                }
+            }
+        }
+        None if row.part_count() > 0 => {
+            discard_parts(&state, &body.blob_id, row.multipart_id.as_deref()).await?;
+        }
+        None => {}
+    }
+    // The staged object is first moved to a name of this request's own, so the bytes hashed
+    // are exactly the bytes moved into place: a `PUT` racing this complete writes a new
+    // `staging/{blob_id}` (object_store replaces files by rename, never in place).
+    let mut nonce = [0u8; 8];
+    rand::rng().fill_bytes(&mut nonce);
+    let staging = Blobs::verifying_path(&body.blob_id, &hex::encode(nonce));
     match state
         .blobs
         .store()

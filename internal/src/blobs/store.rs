@@ -11,7 +11,9 @@
 //! deletes it on a mismatch. On S3 a "move" is a server-side copy then a delete.
 //!
 //! Layout inside the store: complete objects at `objects/{hash[0..2]}/{hash}`, uploads in
-//! progress at `staging/{blob_id}`. The local store is `{data_dir}/blobs/` with fsync on: a
+//! progress at `staging/{blob_id}` (on the local store, the parts of a multipart upload at
+//! `parts/{blob_id}/{part:05}`, concatenated into `staging/{blob_id}` at `complete-upload`; on S3
+//! the multipart upload targets `staging/{blob_id}` itself). The local store is `{data_dir}/blobs/` with fsync on: a
 //! staged object is written to a temporary file, `sync_all`ed and renamed into place with its
 //! directory fsynced, and the move to `objects/` fsyncs the directory again, so an acknowledged
 //! `PUT` or `complete-upload` survives a crash.
@@ -25,9 +27,13 @@ use futures_util::{StreamExt, TryStreamExt};
 use hmac::{Hmac, Mac};
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::local::LocalFileSystem;
+use object_store::multipart::{MultipartStore, PartId};
 use object_store::path::Path;
 use object_store::signer::{HeaderName, HeaderValue, Method, SignedUrlOptions, Signer, Url};
-use object_store::{GetOptions, GetRange, GetResultPayload, ObjectStore, ObjectStoreExt};
+use object_store::{
+    Attribute, Attributes, GetOptions, GetRange, GetResultPayload, ObjectStore, ObjectStoreExt,
+    PutMultipartOptions, WriteMultipart,
+};
 use sha2::Sha256;
 use tokio::sync::{Mutex, MutexGuard};
 
@@ -42,11 +48,17 @@ const READ_CHUNK: usize = 1024 * 1024;
 /// The blob store.
 pub struct Blobs {
     store: Arc<dyn ObjectStore>,
+    /// S3 only: the same client as `store`, for the multipart calls `ObjectStore` lacks.
+    s3: Option<Arc<AmazonS3>>,
+    /// Local store only: its root directory (emptied part directories are removed).
+    local_root: Option<std::path::PathBuf>,
     /// S3 only: signs the presigned URLs handed to clients (built on `s3_public_endpoint` when
     /// set, else the same client as `store`).
     presigner: Option<Arc<AmazonS3>>,
     sign_key: [u8; 32],
     locks: Vec<Mutex<()>>,
+    /// GC passes run since start (the orphan sweep runs every so many).
+    pub gc_passes: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Blobs {
@@ -60,8 +72,20 @@ impl std::fmt::Debug for Blobs {
 /// What a signature covers: the method, the document and the blob (upload id or hash).
 #[derive(Clone, Copy)]
 pub enum Signed<'a> {
-    Put { db_id: &'a str, blob_id: &'a str },
-    Get { db_id: &'a str, hash: &'a str },
+    Put {
+        db_id: &'a str,
+        blob_id: &'a str,
+    },
+    /// One part (1-based) of a multipart upload.
+    PutPart {
+        db_id: &'a str,
+        blob_id: &'a str,
+        part: u32,
+    },
+    Get {
+        db_id: &'a str,
+        hash: &'a str,
+    },
 }
 
 impl Blobs {
@@ -73,22 +97,28 @@ impl Blobs {
                 Some(public) => Arc::new(s3_client(config, Some(public))?),
                 None => store.clone(),
             };
-            let mut blobs = Self::with_store(store, sign_key);
+            let mut blobs = Self::with_store(store.clone(), sign_key);
+            blobs.s3 = Some(store);
             blobs.presigner = Some(presigner);
             return Ok(blobs);
         }
         let root = config.blobs_dir();
         std::fs::create_dir_all(&root)?;
         let store = LocalFileSystem::new_with_prefix(&root)?.with_fsync(true);
-        Ok(Self::with_store(Arc::new(store), sign_key))
+        let mut blobs = Self::with_store(Arc::new(store), sign_key);
+        blobs.local_root = Some(root);
+        Ok(blobs)
     }
 
     pub fn with_store(store: Arc<dyn ObjectStore>, sign_key: [u8; 32]) -> Self {
         Self {
             store,
+            s3: None,
+            local_root: None,
             presigner: None,
             sign_key,
             locks: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
+            gc_passes: Default::default(),
         }
     }
 
@@ -137,6 +167,169 @@ impl Blobs {
         signer.signed_url(Method::GET, path, ttl).await.map(Some)
     }
 
+    /// S3: starts a multipart upload of `path` whose object will have `content_type`; its
+    /// upload id. `None` for the local store (parts are files under [`Self::parts_prefix`]).
+    pub async fn create_multipart(
+        &self,
+        path: &Path,
+        content_type: &str,
+    ) -> object_store::Result<Option<String>> {
+        let Some(s3) = &self.s3 else {
+            return Ok(None);
+        };
+        let options = PutMultipartOptions {
+            attributes: Attributes::from_iter([(Attribute::ContentType, content_type.to_owned())]),
+            ..Default::default()
+        };
+        s3.create_multipart_opts(path, options).await.map(Some)
+    }
+
+    /// A presigned S3 `UploadPart` (`part` is 1-based) of multipart upload `upload_id`.
+    pub async fn presigned_part(
+        &self,
+        path: &Path,
+        upload_id: &str,
+        part: u32,
+        ttl: std::time::Duration,
+    ) -> object_store::Result<Option<Url>> {
+        let Some(signer) = &self.presigner else {
+            return Ok(None);
+        };
+        let options = SignedUrlOptions::new().with_query([
+            ("partNumber", part.to_string()),
+            ("uploadId", upload_id.to_owned()),
+        ]);
+        signer
+            .signed_url_opts(Method::PUT, path, ttl, &options)
+            .await
+            .map(Some)
+    }
+
+    /// S3: completes multipart upload `upload_id` of `path` from the parts' ETags in order.
+    pub async fn complete_multipart(
+        &self,
+        path: &Path,
+        upload_id: &str,
+        etags: Vec<String>,
+    ) -> object_store::Result<()> {
+        let Some(s3) = &self.s3 else {
+            return Err(object_store::Error::NotImplemented {
+                operation: "complete_multipart on the local store".into(),
+                implementer: "Blobs".into(),
+            });
+        };
+        let parts = etags
+            .into_iter()
+            .map(|content_id| PartId { content_id })
+            .collect();
+        s3.complete_multipart(path, &upload_id.to_owned(), parts)
+            .await
+            .map(|_| ())
+    }
+
+    /// S3: abandons multipart upload `upload_id` (its parts stop costing storage). An upload
+    /// already gone is not an error.
+    pub async fn abort_multipart(&self, path: &Path, upload_id: &str) -> object_store::Result<()> {
+        let Some(s3) = &self.s3 else {
+            return Ok(());
+        };
+        match s3.abort_multipart(path, &upload_id.to_owned()).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Local store: where part `part` (1-based) of upload `blob_id` is staged.
+    pub fn part_path(blob_id: &str, part: u32) -> Path {
+        Path::from(format!("parts/{blob_id}/{part:05}"))
+    }
+
+    pub fn parts_prefix(blob_id: &str) -> Path {
+        Path::from(format!("parts/{blob_id}"))
+    }
+
+    /// Local store: concatenates parts `1..=count` of `blob_id` into `staging/{blob_id}`,
+    /// streaming (nothing held whole). `Ok(Some(n))`: part `n` is missing and nothing was
+    /// written.
+    pub async fn assemble_parts(
+        &self,
+        blob_id: &str,
+        count: u32,
+    ) -> object_store::Result<Option<u32>> {
+        for part in 1..=count {
+            if self
+                .size_of(&Self::part_path(blob_id, part))
+                .await?
+                .is_none()
+            {
+                return Ok(Some(part));
+            }
+        }
+        let upload = self
+            .store
+            .put_multipart(&Self::staging_path(blob_id))
+            .await?;
+        let mut writer = WriteMultipart::new_with_chunk_size(upload, 8 * READ_CHUNK);
+        for part in 1..=count {
+            let Some(mut chunks) = self.read(&Self::part_path(blob_id, part), None).await? else {
+                writer.abort().await?;
+                return Ok(Some(part));
+            };
+            while let Some(chunk) = chunks.next().await {
+                let chunk = chunk.map_err(|e| object_store::Error::Generic {
+                    store: "parts",
+                    source: Box::new(e),
+                })?;
+                writer.wait_for_capacity(2).await?;
+                writer.put(chunk);
+            }
+        }
+        writer.finish().await?;
+        Ok(None)
+    }
+
+    /// Deletes every object under `prefix` (in batches; see [`Self::delete_many`]), and on the
+    /// local store the then empty directory.
+    pub async fn delete_prefix(&self, prefix: &Path) -> object_store::Result<usize> {
+        let paths: Vec<Path> = self
+            .store
+            .list(Some(prefix))
+            .map_ok(|meta| meta.location)
+            .try_collect()
+            .await?;
+        let deleted = self.delete_many(paths).await?;
+        self.remove_empty_dir(prefix).await;
+        Ok(deleted)
+    }
+
+    /// Local store: removes the directory `prefix` if it is empty (a part that arrived
+    /// meanwhile keeps it; the orphan sweep gets it later). Nothing on S3.
+    pub async fn remove_empty_dir(&self, prefix: &Path) {
+        if let Some(root) = &self.local_root {
+            let _ = tokio::fs::remove_dir(root.join(prefix.as_ref())).await;
+        }
+    }
+
+    /// Deletes `paths` through the store's batch delete (S3 `DeleteObjects`, up to 1,000 keys
+    /// a request; stores without one, like the local filesystem, delete them one by one a few
+    /// at a time). Objects already gone are not an error. The number deleted.
+    pub async fn delete_many(&self, paths: Vec<Path>) -> object_store::Result<usize> {
+        if paths.is_empty() {
+            return Ok(0);
+        }
+        let locations = futures_util::stream::iter(paths.into_iter().map(Ok)).boxed();
+        let mut results = self.store.delete_stream(locations);
+        let mut deleted = 0;
+        while let Some(result) = results.next().await {
+            match result {
+                Ok(_) => deleted += 1,
+                Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(deleted)
+    }
+
     pub fn object_path(hash: &str) -> Path {
         Path::from(format!("objects/{}/{hash}", &hash[..2]))
     }
@@ -152,8 +345,16 @@ impl Blobs {
 
     /// Serializes, per hash, GC's delete against a complete or a new reference to that hash.
     pub async fn lock(&self, hash: &str) -> MutexGuard<'_, ()> {
-        let stripe = usize::from_str_radix(&hash[..2], 16).unwrap_or(0) % LOCK_STRIPES;
-        self.locks[stripe].lock().await
+        self.lock_stripe(Self::stripe(hash)).await
+    }
+
+    /// The lock stripe of `hash`: GC takes one stripe for a whole batch of its hashes.
+    pub fn stripe(hash: &str) -> usize {
+        usize::from_str_radix(&hash[..2], 16).unwrap_or(0) % LOCK_STRIPES
+    }
+
+    pub async fn lock_stripe(&self, stripe: usize) -> MutexGuard<'_, ()> {
+        self.locks[stripe % LOCK_STRIPES].lock().await
     }
 
     fn mac(&self, what: Signed<'_>, expires: i64) -> Hmac<Sha256> {
@@ -161,6 +362,11 @@ impl Blobs {
             .expect("HMAC takes any key length");
         let text = match what {
             Signed::Put { db_id, blob_id } => format!("PUT\n{db_id}\n{blob_id}\n{expires}"),
+            Signed::PutPart {
+                db_id,
+                blob_id,
+                part,
+            } => format!("PUTPART\n{db_id}\n{blob_id}\n{part}\n{expires}"),
             Signed::Get { db_id, hash } => format!("GET\n{db_id}\n{hash}\n{expires}"),
         };
         mac.update(text.as_bytes());
