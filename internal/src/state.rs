@@ -90,6 +90,8 @@ fn actor_config(config: &Config) -> ActorConfig {
         max_batch: config.max_batch,
         sync_keep_versions: config.sync_retention_versions,
         sync_keep_secs: config.sync_retention_secs,
+        on_open: Some(crate::query::classify::install),
+        on_close: Some(crate::query::classify::uninstall),
     }
 }
 

@@ -6,15 +6,28 @@
 //! PRAGMAs are default-deny ([`pragma_access`]): the document's connection is shared by every
 //! client and by Patchwork, and many PRAGMAs act *while being prepared* (`hard_heap_limit`,
 //! `query_only`, `synchronous`, …), so the decision is the authorizer's, at prepare time, and a
-//! refused PRAGMA never runs. The same authorizer stays on until the statement has run (it is
-//! taken off when the [`Prepared`] is finished or dropped): a table-valued `pragma_*` function
-//! prepares its PRAGMA only while the statement steps. (Installing an authorizer expires every
-//! prepared statement of the connection, so it is installed once per statement, not twice.)
+//! refused PRAGMA never runs. The same rules stay on until the statement has run (until the
+//! [`Prepared`] is finished or dropped): a table-valued `pragma_*` function prepares its PRAGMA
+//! only while the statement steps.
+//!
+//! The authorizer is installed **once per document connection** ([`install`], by the actor that
+//! owns it): installing or removing an authorizer expires every prepared statement of the
+//! connection, which made every request re-prepare Patchwork's own statements too. Between user
+//! statements it allows everything (Patchwork's own statements, which are not the user's). User
+//! statements come from the connection's statement cache: a cached statement is not compiled
+//! again, so the authorizer is not asked again, and its classification comes from a map filled
+//! when it was compiled ([`Policy::classified`]). Both are dropped whenever the schema may have
+//! changed (a statement of class [`Class::Admin`] ran, or SQLite re-prepared a statement), so a
+//! classification is never older than the schema it was made under. A connection without the
+//! installed policy (tests, tools) gets the authorizer for the statement's lifetime, as before.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 
 use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
-use rusqlite::{Connection, Statement};
+use rusqlite::{CachedStatement, Connection, Statement, StatementStatus};
 
 use crate::auth::Action;
 
@@ -137,9 +150,52 @@ pub enum Change {
 /// Tables a statement reads, lower-cased (views are expanded by SQLite into their tables).
 pub type ReadSet = std::collections::BTreeSet<String>;
 
+/// A user statement, compiled now or taken from the connection's statement cache.
+pub enum Stmt<'c> {
+    Fresh(Statement<'c>),
+    Cached(CachedStatement<'c>),
+}
+
+impl<'c> std::ops::Deref for Stmt<'c> {
+    type Target = Statement<'c>;
+    fn deref(&self) -> &Statement<'c> {
+        match self {
+            Stmt::Fresh(s) => s,
+            Stmt::Cached(s) => s,
+        }
+    }
+}
+
+impl<'c> std::ops::DerefMut for Stmt<'c> {
+    fn deref_mut(&mut self) -> &mut Statement<'c> {
+        match self {
+            Stmt::Fresh(s) => s,
+            Stmt::Cached(s) => s,
+        }
+    }
+}
+
+impl Stmt<'_> {
+    /// Keeps a statement that was refused out of the cache.
+    fn discard(self) {
+        if let Stmt::Cached(s) = self {
+            s.discard();
+        }
+    }
+}
+
+/// What classification found out about a statement (kept for cached statements).
+#[derive(Clone, Debug)]
+struct Classified {
+    class: Class,
+    reads: ReadSet,
+    change: Option<Change>,
+    ddl: bool,
+}
+
 /// A prepared, classified statement.
 pub struct Prepared<'c> {
-    pub stmt: Statement<'c>,
+    pub stmt: Stmt<'c>,
     pub class: Class,
     /// For watch invalidation.
     pub reads: ReadSet,
@@ -147,21 +203,26 @@ pub struct Prepared<'c> {
     /// DDL that could reach Patchwork's state in ways the authorizer does not show (a rename to
     /// a `_patchwork_` name, a foreign key into Patchwork's tables): checked after it runs.
     pub ddl: bool,
+    /// SQLite's count of automatic re-compilations of the statement when it was handed out
+    /// (a re-compilation while it runs means the schema changed under a cached statement).
+    reprepares: i32,
     guard: Guard<'c>,
 }
 
 impl Prepared<'_> {
-    /// Takes the authorizer off; says why SQLite was refused something while the statement
-    /// ran, if it was.
-    pub fn finish(self) -> Option<String> {
-        let refused = self
-            .guard
-            .seen
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .refused
-            .take();
+    /// Ends the statement's rules; says why SQLite was refused something while the statement
+    /// ran, if it was. After a statement that may have changed the schema (or was itself
+    /// re-compiled by SQLite), the cached statements and classifications are dropped.
+    pub fn finish(mut self) -> Option<String> {
+        let refused = self.guard.take_refused();
+        let recompiled = self.stmt.get_status(StatementStatus::RePrepare) != self.reprepares;
+        let conn = self.guard.conn;
+        let policy = self.guard.policy.clone();
+        let schema_may_change = self.class == Class::Admin || recompiled;
         drop(self);
+        if schema_may_change && let Some(policy) = policy {
+            policy.forget(conn);
+        }
         refused
     }
 }
@@ -172,42 +233,180 @@ impl Prepared<'_> {
 pub struct Enforcing<'c>(Guard<'c>);
 
 pub fn enforce(conn: &Connection) -> Enforcing<'_> {
-    let seen = Arc::new(Mutex::new(Seen {
-        running: true,
-        patchwork_savepoints: true,
-        ..Seen::default()
-    }));
-    let sink = seen.clone();
-    conn.authorizer(Some(move |ctx: AuthContext<'_>| {
-        observe(&mut sink.lock().unwrap_or_else(|p| p.into_inner()), &ctx)
-    }));
-    Enforcing(Guard { conn, seen })
+    Enforcing(Guard::start(
+        conn,
+        Seen {
+            running: true,
+            patchwork_savepoints: true,
+            ..Seen::default()
+        },
+    ))
 }
 
 impl Enforcing<'_> {
-    pub fn finish(self) -> Option<String> {
-        let refused = self
-            .0
-            .seen
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .refused
-            .take();
-        drop(self);
-        refused
+    pub fn finish(mut self) -> Option<String> {
+        self.0.take_refused()
     }
 }
 
-/// Keeps the classifier's authorizer on the connection while it lives.
+/// The classifier's authorizer, installed once on a document's connection (see the module
+/// docs). Lives in a thread-local of the actor thread that owns the connection.
+pub struct Policy {
+    /// The connection it is installed on (its `sqlite3*`, compared, never dereferenced).
+    handle: usize,
+    /// `Some` while a user statement is being prepared or runs: what the authorizer saw.
+    /// `None`: Patchwork's own statements, everything allowed.
+    seen: Arc<Mutex<Option<Seen>>>,
+    /// Classifications of the user statements compiled since the last [`Policy::forget`], by
+    /// SQL text; consulted only for statements that come from the statement cache.
+    classified: RefCell<HashMap<Box<str>, Classified>>,
+}
+
+/// Most classifications remembered (the statement cache holds far fewer statements).
+const CLASSIFIED_CAPACITY: usize = 256;
+
+thread_local! {
+    static POLICY: RefCell<Option<Rc<Policy>>> = const { RefCell::new(None) };
+}
+
+#[allow(unsafe_code)]
+fn handle_of(conn: &Connection) -> usize {
+    // SAFETY: only reads the connection's pointer value, which identifies it; never used to
+    // reach SQLite.
+    unsafe { conn.handle() as usize }
+}
+
+/// Installs the classifier's authorizer on `conn` for good and makes it this thread's policy.
+/// Called by the actor thread that owns a document's connection, once, right after opening it.
+pub fn install(conn: &Connection) {
+    let seen: Arc<Mutex<Option<Seen>>> = Arc::default();
+    let sink = seen.clone();
+    conn.authorizer(Some(move |ctx: AuthContext<'_>| {
+        match sink.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+            Some(seen) => observe(seen, &ctx),
+            None => Authorization::Allow,
+        }
+    }));
+    let policy = Rc::new(Policy {
+        handle: handle_of(conn),
+        seen,
+        classified: RefCell::default(),
+    });
+    POLICY.with(|p| *p.borrow_mut() = Some(policy));
+}
+
+/// Forgets this thread's policy (its connection is closing).
+pub fn uninstall() {
+    POLICY.with(|p| *p.borrow_mut() = None);
+}
+
+/// The installed policy of `conn`, if `conn` is this thread's document connection.
+fn policy_of(conn: &Connection) -> Option<Rc<Policy>> {
+    let handle = handle_of(conn);
+    POLICY.with(|p| {
+        p.borrow()
+            .as_ref()
+            .filter(|policy| policy.handle == handle)
+            .cloned()
+    })
+}
+
+impl Policy {
+    /// Drops every cached statement and classification: the schema may have changed.
+    fn forget(&self, conn: &Connection) {
+        self.classified.borrow_mut().clear();
+        conn.flush_prepared_statement_cache();
+    }
+
+    fn remember(&self, sql: &str, classified: &Classified) {
+        let mut map = self.classified.borrow_mut();
+        if map.len() >= CLASSIFIED_CAPACITY {
+            map.clear();
+        }
+        map.insert(sql.into(), classified.clone());
+    }
+}
+
+/// Drops `conn`'s cached statements and classifications, if it has the installed policy: for
+/// Patchwork code that changes a document's schema itself.
+pub fn schema_changed(conn: &Connection) {
+    if let Some(policy) = policy_of(conn) {
+        policy.forget(conn);
+    }
+}
+
+/// The classifier's rules on the connection while it lives: the installed policy switched to
+/// a user statement, or (no policy) an authorizer installed for this statement alone.
 struct Guard<'c> {
     conn: &'c Connection,
-    seen: Arc<Mutex<Seen>>,
+    seen: Arc<Mutex<Option<Seen>>>,
+    policy: Option<Rc<Policy>>,
+}
+
+impl<'c> Guard<'c> {
+    fn start(conn: &'c Connection, seen: Seen) -> Self {
+        match policy_of(conn) {
+            Some(policy) => {
+                *policy.seen.lock().unwrap_or_else(|p| p.into_inner()) = Some(seen);
+                Guard {
+                    conn,
+                    seen: policy.seen.clone(),
+                    policy: Some(policy),
+                }
+            }
+            None => {
+                let shared = Arc::new(Mutex::new(Some(seen)));
+                let sink = shared.clone();
+                conn.authorizer(Some(move |ctx: AuthContext<'_>| {
+                    match sink.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+                        Some(seen) => observe(seen, &ctx),
+                        None => Authorization::Allow,
+                    }
+                }));
+                Guard {
+                    conn,
+                    seen: shared,
+                    policy: None,
+                }
+            }
+        }
+    }
+
+    /// What the authorizer saw so far, leaving a fresh record marked running.
+    fn take_seen(&self) -> Seen {
+        let mut shared = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let seen = shared.take().unwrap_or_default();
+        *shared = Some(Seen {
+            running: true,
+            patchwork_savepoints: seen.patchwork_savepoints,
+            ..Seen::default()
+        });
+        seen
+    }
+
+    /// Starts a new record (a statement compiled again).
+    fn reset(&self) {
+        *self.seen.lock().unwrap_or_else(|p| p.into_inner()) = Some(Seen::default());
+    }
+
+    fn take_refused(&mut self) -> Option<String> {
+        self.seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_mut()
+            .and_then(|s| s.refused.take())
+    }
 }
 
 impl Drop for Guard<'_> {
     fn drop(&mut self) {
-        self.conn
-            .authorizer(None::<fn(AuthContext<'_>) -> Authorization>);
+        match &self.policy {
+            Some(_) => *self.seen.lock().unwrap_or_else(|p| p.into_inner()) = None,
+            None => {
+                self.conn
+                    .authorizer(None::<fn(AuthContext<'_>) -> Authorization>);
+            }
+        }
     }
 }
 
@@ -414,21 +613,61 @@ fn observe(seen: &mut Seen, ctx: &AuthContext<'_>) -> Authorization {
     Authorization::Allow
 }
 
-/// Prepares `sql` (exactly one statement) and classifies it.
+/// Prepares `sql` (exactly one statement) and classifies it: from the statement cache when
+/// the connection has the installed policy, else compiled afresh under a temporary authorizer.
 pub fn prepare<'c>(conn: &'c Connection, sql: &str) -> Result<Prepared<'c>, ClassifyError> {
-    let seen = Arc::new(Mutex::new(Seen::default()));
-    let sink = seen.clone();
-    conn.authorizer(Some(move |ctx: AuthContext<'_>| {
-        observe(&mut sink.lock().unwrap_or_else(|p| p.into_inner()), &ctx)
-    }));
-    let guard = Guard { conn, seen };
-    let prepared = conn.prepare(sql);
-    let mut seen = {
-        let mut shared = guard.seen.lock().unwrap_or_else(|p| p.into_inner());
-        let seen = std::mem::take(&mut *shared);
-        shared.running = true;
-        seen
+    let guard = Guard::start(conn, Seen::default());
+    let Some(policy) = guard.policy.clone() else {
+        let prepared = conn.prepare(sql).map(Stmt::Fresh);
+        let (stmt, classified) = classify_compiled(conn, sql, prepared, guard.take_seen())?;
+        return Ok(finish_prepare(stmt, classified, guard));
     };
+    let prepared = conn.prepare_cached(sql).map(Stmt::Cached);
+    let seen = guard.take_seen();
+    // A statement from the cache was not compiled now: the authorizer was not asked.
+    if seen.events == 0
+        && seen.refused.is_none()
+        && let Ok(stmt) = prepared
+    {
+        let known = policy.classified.borrow().get(sql).cloned();
+        if let Some(classified) = known {
+            return Ok(finish_prepare(stmt, classified, guard));
+        }
+        // Cached but no longer classified (the map was cleared): compile it again. (Only
+        // whitespace and comments also get here, and are refused as empty below.)
+        stmt.discard();
+        guard.reset();
+        let fresh = conn.prepare(sql).map(Stmt::Fresh);
+        let (stmt, classified) = classify_compiled(conn, sql, fresh, guard.take_seen())?;
+        policy.remember(sql, &classified);
+        return Ok(finish_prepare(stmt, classified, guard));
+    }
+    let (stmt, classified) = classify_compiled(conn, sql, prepared, seen)?;
+    policy.remember(sql, &classified);
+    Ok(finish_prepare(stmt, classified, guard))
+}
+
+fn finish_prepare<'c>(stmt: Stmt<'c>, c: Classified, guard: Guard<'c>) -> Prepared<'c> {
+    let reprepares = stmt.get_status(StatementStatus::RePrepare);
+    Prepared {
+        stmt,
+        class: c.class,
+        reads: c.reads,
+        change: c.change,
+        ddl: c.ddl,
+        reprepares,
+        guard,
+    }
+}
+
+/// Classifies a statement just compiled from what the authorizer saw while compiling it.
+/// A refused statement never reaches the statement cache.
+fn classify_compiled<'c>(
+    conn: &Connection,
+    sql: &str,
+    prepared: rusqlite::Result<Stmt<'c>>,
+    mut seen: Seen,
+) -> Result<(Stmt<'c>, Classified), ClassifyError> {
     let stmt = match prepared {
         Ok(stmt) => stmt,
         Err(_) if seen.refused.is_some() => {
@@ -438,6 +677,7 @@ pub fn prepare<'c>(conn: &'c Connection, sql: &str) -> Result<Prepared<'c>, Clas
         Err(e) => return Err(ClassifyError::Sql(e)),
     };
     if let Some(why) = seen.refused.take() {
+        stmt.discard();
         return Err(ClassifyError::Refused(why));
     }
     let readonly = stmt.readonly();
@@ -445,17 +685,23 @@ pub fn prepare<'c>(conn: &'c Connection, sql: &str) -> Result<Prepared<'c>, Clas
     // for which it asks the authorizer nothing (every real statement asks at least once, but
     // VACUUM, which is not read-only).
     if seen.events == 0 && readonly {
+        stmt.discard();
         return Err(ClassifyError::Empty);
     }
     // VACUUM is invisible to the authorizer (its INTO expression is not): look at the compiled
     // program of whatever writes nothing the authorizer saw.
-    if !readonly
-        && !seen.data_write
-        && !seen.schema
-        && !seen.admin_pragma
-        && vacuums_into(conn, sql)?
-    {
-        return Err(ClassifyError::Refused("VACUUM INTO is not allowed".into()));
+    if !readonly && !seen.data_write && !seen.schema && !seen.admin_pragma {
+        match vacuums_into(conn, sql) {
+            Ok(false) => {}
+            Ok(true) => {
+                stmt.discard();
+                return Err(ClassifyError::Refused("VACUUM INTO is not allowed".into()));
+            }
+            Err(e) => {
+                stmt.discard();
+                return Err(e);
+            }
+        }
     }
     let class = if seen.admin_pragma {
         Class::Admin
@@ -466,14 +712,15 @@ pub fn prepare<'c>(conn: &'c Connection, sql: &str) -> Result<Prepared<'c>, Clas
     } else {
         Class::Write
     };
-    Ok(Prepared {
+    Ok((
         stmt,
-        class,
-        reads: seen.reads,
-        change: seen.change,
-        ddl: seen.ddl,
-        guard,
-    })
+        Classified {
+            class,
+            reads: seen.reads,
+            change: seen.change,
+            ddl: seen.ddl,
+        },
+    ))
 }
 
 /// What DDL must not leave behind, as a list to compare before and after it runs: objects
@@ -635,14 +882,24 @@ mod tests {
             ("SELEC 1", Err("syntax")),
             ("  -- nothing here", Err("empty")),
         ];
-        for (sql, want) in cases {
-            let got = classify(&conn, sql);
-            match (want, &got) {
-                (Ok(c), Ok(g)) => assert_eq!(c, g, "{sql}"),
-                (Err(needle), Err(e)) => assert!(e.contains(needle), "{sql}: {e}"),
-                _ => panic!("{sql}: want {want:?}, got {got:?}"),
+        // With an authorizer per statement, then with the installed one: each statement twice
+        // (compiled, then from the statement cache) and the whole table twice more.
+        for round in 0..4 {
+            if round == 1 {
+                install(&conn);
+            }
+            for (sql, want) in cases {
+                let got = classify(&conn, sql);
+                match (want, &got) {
+                    (Ok(c), Ok(g)) => assert_eq!(c, g, "{sql} (round {round})"),
+                    (Err(needle), Err(e)) => {
+                        assert!(e.contains(needle), "{sql} (round {round}): {e}")
+                    }
+                    _ => panic!("{sql} (round {round}): want {want:?}, got {got:?}"),
+                }
             }
         }
+        uninstall();
         // Nothing was executed by classifying.
         let n: i64 = conn
             .query_row(

@@ -159,15 +159,9 @@ fn run_inner(
     limits: &Limits,
     budget: &mut usize,
 ) -> Result<Json, DocError> {
-    let ncols = stmt.column_count();
     forget_last_insert_rowid(conn);
     let mut out = Map::new();
-    if ncols > 0 {
-        let columns: Vec<Json> = stmt
-            .column_names()
-            .into_iter()
-            .map(|c| Json::String(c.to_owned()))
-            .collect();
+    if stmt.column_count() > 0 {
         let mut rows = Vec::new();
         let mut truncated = false;
         let mut raw = stmt.raw_query();
@@ -180,6 +174,9 @@ fn run_inner(
                 // A write with RETURNING still runs to completion; extra rows are not returned.
                 continue;
             }
+            // Counted on the running program: a cached statement is recompiled by its first
+            // step if the schema changed since it was compiled.
+            let ncols = row.as_ref().column_count();
             let mut cells = Vec::with_capacity(ncols);
             let mut size = 2;
             for i in 0..ncols {
@@ -197,6 +194,13 @@ fn run_inner(
             *budget -= size;
             rows.push(Json::Array(cells));
         }
+        drop(raw);
+        // After the first step, so the names are the running program's too.
+        let columns: Vec<Json> = stmt
+            .column_names()
+            .into_iter()
+            .map(|c| Json::String(c.to_owned()))
+            .collect();
         out.insert("columns".into(), Json::Array(columns));
         out.insert("row_count".into(), json!(rows.len()));
         out.insert("rows".into(), Json::Array(rows));

@@ -9,6 +9,9 @@ pub mod exec;
 pub mod value;
 pub mod watch;
 
+#[cfg(test)]
+mod policy_fuzz;
+
 use std::time::Duration;
 
 use axum::extract::State;

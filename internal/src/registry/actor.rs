@@ -91,6 +91,10 @@ pub struct ActorConfig {
     pub sync_keep_versions: u64,
     /// …and every version younger than this (whichever keeps more).
     pub sync_keep_secs: u64,
+    /// Runs on the actor thread right after a document's connection is opened, and `on_close`
+    /// before it closes (the SQL classifier's authorizer is installed once per connection).
+    pub on_open: Option<fn(&Connection)>,
+    pub on_close: Option<fn()>,
 }
 
 /// Starts an actor thread for the database at `path` and waits until the database is open and
@@ -123,6 +127,11 @@ pub(crate) async fn spawn(
                     return;
                 }
             };
+            if schema == Schema::Document
+                && let Some(on_open) = config.on_open
+            {
+                on_open(&conn);
+            }
             let mut actor = match Actor::new(
                 conn,
                 schema,
@@ -145,6 +154,9 @@ pub(crate) async fn spawn(
             }
             let _ = ready_tx.send(Ok(created));
             actor.run(rx);
+            if let Some(on_close) = config.on_close {
+                on_close();
+            }
             sqlite::checkpoint(&actor.conn);
             if let Some(g) = &gauge {
                 g.dec();

@@ -25,6 +25,8 @@ fn config(
             sync_keep_versions: 10_000,
             sync_keep_secs: 604_800,
             max_batch: 512,
+            on_open: None,
+            on_close: None,
         },
         idle_timeout: idle,
         max_open,

@@ -75,8 +75,7 @@ pub fn store(
         insert.execute(params![version, part as i64, now_secs, chunk])?;
     }
     // Pruning looks every PRUNE_EVERY versions, not at every commit: its query is cheap to run
-    // but not to prepare, and the statement cache is expired whenever the query API installs
-    // its authorizer.
+    // but not to prepare, and a user's DDL empties the statement cache.
     // (A retention shorter than that is honoured at every commit.)
     if version % PRUNE_EVERY == 0 || keep_versions < PRUNE_EVERY as u64 {
         prune(conn, version, now_secs, keep_versions, keep_secs)?;
