@@ -25,7 +25,7 @@ fi
 
 # Real test components, each installed from a package registry (never downloaded ad hoc) and
 # only when missing: the OIDC provider (npm), headless Chromium + chromedriver (apt), the S3
-# server s3s-fs (crates.io).
+# server s3s-fs (crates.io), and the OpenAPI validator (PyPI).
 
 # OIDC provider for the login tests (internal/src/testing/oidc.rs starts it): npm `oidc-provider`,
 # pinned by scripts/oidc/package-lock.json. It needs Node.js >= 20.18. The machine's Node is used
@@ -58,6 +58,17 @@ if [ ! -d scripts/oidc/node_modules/oidc-provider ] \
   || [ "$(cat "$oidc_stamp" 2>/dev/null || true)" != "$oidc_lock_hash" ]; then
   npm ci --no-audit --no-fund --prefix scripts/oidc
   echo "$oidc_lock_hash" >"$oidc_stamp"
+fi
+
+# OpenAPI validator for the `/openapi.json` test (internal/src/tests/openapi.rs runs it with
+# python3): PyPI's `openapi-spec-validator`, pinned, installed once into the cache folder (a
+# version change reinstalls it).
+OPENAPI_VALIDATOR=0.9.0
+if [ ! -d "$TOOLS/openapi-validator/openapi_spec_validator-$OPENAPI_VALIDATOR.dist-info" ]; then
+  rm -rf "$TOOLS/openapi-validator"
+  python3 -m pip install --quiet --disable-pip-version-check --no-warn-conflicts \
+    --target "$TOOLS/openapi-validator" \
+    "openapi-spec-validator==$OPENAPI_VALIDATOR"
 fi
 
 # Headless Chromium for the dashboard's browser tests (internal/src/testing/browser.rs drives it

@@ -10,12 +10,15 @@ use crate::registry::DocHandle;
 use crate::time_fmt::rfc3339;
 
 /// One audit event as stored and listed.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = AuditEvent)]
 pub struct Event {
     pub at: String,
     pub actor: String,
     pub action: String,
+    #[schema(required)]
     pub target: Option<String>,
+    #[schema(required)]
     pub detail: Option<String>,
 }
 

@@ -98,16 +98,26 @@ impl ApiError {
     }
 }
 
-#[derive(Serialize)]
-struct Body<'a> {
+// The wire form of an [`ApiError`]. Its schema is the OpenAPI document's `Error`, derived here
+// so the documented shape is the one actually written (doc comments become its descriptions).
+/// Every error answer: `{"error": {"code", "message", "details"?}}`.
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = Error)]
+pub(crate) struct Body<'a> {
     error: Inner<'a>,
 }
 
-#[derive(Serialize)]
-struct Inner<'a> {
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = ErrorDetail)]
+pub(crate) struct Inner<'a> {
+    /// A stable snake_case code, e.g. `invalid_db_id`, `forbidden`, `lease_held`.
+    #[schema(examples("not_found"))]
     code: &'a str,
+    /// A human sentence.
     message: &'a str,
+    /// Machine-readable specifics, when the error has any (e.g. `index` in a batch).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
     details: Option<&'a Value>,
 }
 

@@ -25,27 +25,44 @@ use crate::error;
 use crate::ops::metrics::{HttpLabels, RouteLabel};
 use crate::state::AppState;
 
+/// Every capability's routes under the name of the module that declares them (the OpenAPI
+/// document's tags come from these names, so a route is always filed under its own module).
+pub fn capabilities() -> Vec<(&'static str, Vec<Route>)> {
+    vec![
+        ("ops", crate::ops::routes()),
+        ("runtime", crate::runtime::routes()),
+        ("auth", crate::auth::routes::routes()),
+        ("identity", crate::identity::routes()),
+        ("query", crate::query::routes()),
+        ("pubsub", crate::pubsub::routes()),
+        ("leases", crate::leases::routes()),
+        ("webhooks", crate::webhooks::routes()),
+        ("blobs", crate::blobs::routes()),
+        ("streams", crate::streams::routes()),
+        ("sync", crate::sync::routes()),
+    ]
+}
+
 /// Every route of the service, each with its declared access. The router is built from this list
-/// only, and the authorization matrix test walks it.
+/// only, and the authorization matrix test and the OpenAPI document walk it.
 pub fn all_routes() -> Vec<Route> {
-    let mut routes = Vec::new();
-    routes.extend(crate::ops::routes());
-    routes.extend(crate::runtime::routes());
-    routes.extend(crate::auth::routes::routes());
-    routes.extend(crate::identity::routes());
-    routes.extend(crate::query::routes());
-    routes.extend(crate::pubsub::routes());
-    routes.extend(crate::leases::routes());
-    routes.extend(crate::webhooks::routes());
-    routes.extend(crate::blobs::routes());
-    routes.extend(crate::streams::routes());
-    routes.extend(crate::sync::routes());
-    routes
+    capabilities()
+        .into_iter()
+        .flat_map(|(_, routes)| routes)
+        .collect()
 }
 
 /// The declarations alone (for tests and documentation).
 pub fn route_table() -> Vec<RouteSpec> {
     all_routes().into_iter().map(|r| r.spec).collect()
+}
+
+/// The declarations with their capability's name, in declaration order.
+pub fn tagged_route_table() -> Vec<(&'static str, RouteSpec)> {
+    capabilities()
+        .into_iter()
+        .flat_map(|(tag, routes)| routes.into_iter().map(move |r| (tag, r.spec)))
+        .collect()
 }
 
 pub fn build(state: AppState) -> Router {
@@ -79,16 +96,24 @@ pub fn build(state: AppState) -> Router {
     let layered = ServiceBuilder::new()
         .layer(CatchPanicLayer::custom(error::panic_response))
         .layer(SetRequestIdLayer::x_request_id(RequestIds::default()))
-        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
-            let id = req
-                .extensions()
-                .get::<RequestId>()
-                .and_then(|id| id.header_value().to_str().ok())
-                .unwrap_or("-");
-            // The path only: query strings may carry `access_token`.
-            tracing::info_span!("request", request_id = %id,
-                method = %req.method(), path = %req.uri().path())
-        }))
+        // The request span is at DEBUG: an enabled span formats its fields when it is created,
+        // which cost every request thousands of instructions for context that only failures
+        // need. Failures (5xx) are logged with their request id, method and path by
+        // `track_metrics`; `PATCHWORK_LOG=debug` brings the span back around every event.
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(|req: &Request| {
+                    let id = req
+                        .extensions()
+                        .get::<RequestId>()
+                        .and_then(|id| id.header_value().to_str().ok())
+                        .unwrap_or("-");
+                    // The path only: query strings may carry `access_token`.
+                    tracing::debug_span!("request", request_id = %id,
+                        method = %req.method(), path = %req.uri().path())
+                })
+                .on_failure(()),
+        )
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(middleware::from_fn_with_state(state, track_metrics))
         .layer(DefaultBodyLimit::max(max_body))
@@ -118,6 +143,9 @@ fn method_label(method: &axum::http::Method) -> &'static str {
 async fn track_metrics(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let start = Instant::now();
     let method = method_label(req.method());
+    // Kept (reference-counted clones) for the log line of a failure.
+    let request_id = req.headers().get("x-request-id").cloned();
+    let uri = req.uri().clone();
     // `/api/v1/db//...` names no document and so matches no route: `404`, whatever the token.
     // (Checked here rather than in a layer of its own: every layer costs each request a boxed
     // future and another poll.)
@@ -130,6 +158,19 @@ async fn track_metrics(State(state): State<AppState>, req: Request, next: Next) 
         .extensions()
         .get::<RouteTag>()
         .map_or("unmatched", |t| t.0);
+    if response.status().is_server_error() {
+        tracing::error!(
+            request_id = request_id
+                .as_ref()
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-"),
+            method,
+            // The path only: query strings may carry `access_token`.
+            path = uri.path(),
+            status = response.status().as_u16(),
+            "request failed"
+        );
+    }
     let metrics = &state.metrics;
     metrics
         .http_latency

@@ -9,6 +9,7 @@ mod dashboard;
 mod identity;
 mod leases;
 mod oidc;
+mod openapi;
 mod pubsub;
 mod query;
 mod runtime;

@@ -34,8 +34,9 @@ fn query_token(req: &Request) -> Option<String> {
     super::query_token(req.uri().query()?)
 }
 
-/// The byte-relay routes (`stream.*` actions).
-fn relay_route(access: &Access) -> bool {
+/// The byte-relay routes (`stream.*` actions). They never take a web session (also what the
+/// OpenAPI document's security requirements say, from this same rule).
+pub(crate) fn relay_route(access: &Access) -> bool {
     matches!(access, Access::Db { actions, .. }
         if actions.iter().any(|a| matches!(a, Action::StreamRead | Action::StreamWrite)))
 }

@@ -84,14 +84,19 @@ async fn audit(
     Ok(Json(json!({ "events": events })))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct CreateBody {
+#[schema(as = NewTokenBody)]
+pub(crate) struct CreateBody {
+    /// 1 to 120 characters.
     label: String,
+    /// Only an admin may create an admin token.
     #[serde(default)]
     is_admin: bool,
+    /// RFC 3339, in the future; none: the token does not expire.
     #[serde(default)]
     expires_at: Option<String>,
+    /// At least one for a non-admin token.
     #[serde(default)]
     scopes: Vec<Scope>,
 }

@@ -68,6 +68,20 @@ impl Serialize for Action {
     }
 }
 
+/// In the OpenAPI document: one of the action names, listed from [`Action::ALL`] so the schema
+/// cannot fall behind the enum.
+impl utoipa::PartialSchema for Action {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .enum_values(Some(Action::ALL.iter().map(|a| a.as_str())))
+            .description(Some("An action a scope grants; none implies another."))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Action {}
+
 impl<'de> Deserialize<'de> for Action {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
@@ -77,7 +91,7 @@ impl<'de> Deserialize<'de> for Action {
 
 /// One grant: `action` on `db_id` (or every document with `*`), optionally only for resources
 /// starting with `resource_prefix`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Scope {
     pub db_id: String,

@@ -11,7 +11,7 @@ use crate::config::Secret;
 use crate::time_fmt::rfc3339;
 
 /// A token as stored (no secret, no hash).
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct TokenMeta {
     pub id: String,
     pub label: String,
@@ -20,9 +20,13 @@ pub struct TokenMeta {
     pub created_at: String,
     /// Who made it: a person's subject, `token:{id}`, `cli`, `bootstrap` or `env` (`None` for
     /// tokens made before this was recorded).
+    #[schema(required)]
     pub created_by: Option<String>,
+    #[schema(required)]
     pub expires_at: Option<String>,
+    #[schema(required)]
     pub last_used_at: Option<String>,
+    #[schema(required)]
     pub revoked_at: Option<String>,
 }
 

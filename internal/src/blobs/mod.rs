@@ -422,11 +422,15 @@ where
 // ---------------------------------------------------------------------------------------------
 // Upload
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct InitBody {
+#[schema(as = InitUploadBody)]
+pub(crate) struct InitBody {
+    /// BLAKE3 of the content: 64 lowercase hex characters.
     hash: String,
+    /// Bytes, 0 to `blob_max_bytes`.
     size: i64,
+    /// A printable `type/subtype` of at most 255 bytes; default `application/octet-stream`.
     content_type: Option<String>,
 }
 
@@ -864,17 +868,19 @@ async fn stream_to(
     Ok(())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct CompleteBody {
+#[schema(as = CompleteUploadBody)]
+pub(crate) struct CompleteBody {
     blob_id: String,
     /// Sent in parts: every part, with the `ETag` its `PUT` answered.
     parts: Option<Vec<PartBody>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct PartBody {
+#[schema(as = CompletedPart)]
+pub(crate) struct PartBody {
     part_number: u32,
     etag: String,
 }
@@ -1447,9 +1453,10 @@ async fn serve(
 // ---------------------------------------------------------------------------------------------
 // References
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct ClaimBody {
+pub(crate) struct ClaimBody {
+    /// 1 to 2592000 (30 days); default `blob_claim_ttl_secs`.
     ttl_secs: Option<i64>,
 }
 

@@ -285,9 +285,10 @@ pub async fn resolve(
     Ok(Some((token, Arc::new(principal))))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct TokenLoginBody {
+pub(crate) struct TokenLoginBody {
+    /// An admin machine token.
     token: String,
 }
 

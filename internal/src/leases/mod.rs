@@ -102,12 +102,15 @@ fn validate_ttl(state: &AppState, ttl: i64) -> Result<(), ApiError> {
     Ok(())
 }
 
-#[derive(Debug, Serialize)]
-struct LeaseGrant {
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct LeaseGrant {
     resource: String,
     owner: String,
+    /// Grows by one per acquisition and never goes back: send it as `Patch-Fence`.
     fence: i64,
+    /// `pwl_…`, needed to renew and release (stored only as a hash).
     lease_token: String,
+    /// RFC 3339, by the server's clock.
     expires_at: String,
 }
 
@@ -154,11 +157,14 @@ fn not_holder() -> ApiError {
     )
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct AcquireBody {
+pub(crate) struct AcquireBody {
+    /// 1 to 256 of `A-Z a-z 0-9 . _ / : -`.
     resource: String,
+    /// 1 to 256 bytes.
     owner: String,
+    /// 1 to `lease_max_ttl_secs` (3600).
     ttl_seconds: i64,
 }
 
@@ -210,9 +216,9 @@ async fn acquire(
     Ok(Json(grant))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct RenewBody {
+pub(crate) struct RenewBody {
     resource: String,
     owner: String,
     lease_token: String,
@@ -254,9 +260,9 @@ async fn renew(
     Ok(Json(grant))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct ReleaseBody {
+pub(crate) struct ReleaseBody {
     resource: String,
     owner: String,
     lease_token: String,

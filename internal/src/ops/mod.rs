@@ -1,7 +1,10 @@
-//! Operations endpoints: `/healthz`, `/readyz`, `/status`, `/metrics`, and the embedded
-//! dashboard's static files. None needs a token.
+//! Operations endpoints: `/healthz`, `/readyz`, `/status`, `/metrics`, the API reference
+//! (`/openapi.json` and its HTML rendering `/docs`, both generated from the route table), and the
+//! embedded dashboard's static files. None needs a token.
 
+pub mod docs_html;
 pub mod metrics;
+pub mod openapi;
 
 use std::time::Duration;
 
@@ -23,6 +26,8 @@ pub fn routes() -> Vec<Route> {
         public("/readyz", get(readyz)),
         public("/status", get(status)),
         public("/metrics", get(render_metrics)),
+        public("/openapi.json", get(openapi::serve)),
+        public("/docs", get(docs_html::serve)),
         // The dashboard: `/` and `/ui` lead to `/ui/`; its pages are hash routes (`/ui/#/…`).
         public("/", get(|| async { Redirect::temporary("/ui/") })),
         public("/ui", get(|| async { Redirect::permanent("/ui/") })),

@@ -58,8 +58,8 @@ async fn open(
     Ok(Json(json!({"db_id": db_id.as_str(), "created": created})))
 }
 
-#[derive(Serialize)]
-struct DocStatus {
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct DocStatus {
     db_id: String,
     open: bool,
     size_bytes: u64,
@@ -67,6 +67,8 @@ struct DocStatus {
     page_count: i64,
     watches: usize,
     subscribers: usize,
+    /// RFC 3339, or `null` before the first write since the document was opened.
+    #[schema(required)]
     last_write_at: Option<String>,
 }
 
@@ -95,14 +97,17 @@ async fn status(
 /// A document file found in the data dir: id, size, last modification.
 type Found = (DbId, u64, Option<std::time::SystemTime>);
 
-#[derive(Serialize)]
-struct DbEntry {
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct DbEntry {
     db_id: String,
+    /// The main file and the WAL.
     size_bytes: u64,
     open: bool,
     /// The person who created it from a web session; `null` for documents made otherwise.
+    #[schema(required)]
     owner: Option<String>,
     /// When its file or WAL last changed (RFC 3339).
+    #[schema(required)]
     last_write_at: Option<String>,
 }
 

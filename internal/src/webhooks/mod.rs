@@ -293,15 +293,22 @@ async fn ingest(
     Ok((StatusCode::CREATED, axum::Json(json!({"id": id}))).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct ConfigBody {
+#[schema(as = WebhookConfigBody)]
+pub(crate) struct ConfigBody {
+    /// `github`, `stripe` or `hmac-sha256`.
+    #[schema(examples("github", "stripe", "hmac-sha256"))]
     scheme: String,
+    /// 1 to 1024 bytes; stored encrypted, never shown again.
     secret: String,
+    /// An invalid or missing signature is refused (`401`) instead of recorded as invalid.
     #[serde(default)]
     enforce: bool,
+    /// hmac-sha256 only; default `X-Signature`.
     #[serde(default)]
     signature_header: Option<String>,
+    /// Each delivery also stores a durable message on this topic.
     #[serde(default)]
     publish_topic: Option<String>,
 }
