@@ -8,6 +8,8 @@
 //!           [--duration S] [--concurrency P] [--db DB_ID] [--timeout-ms MS]
 //! loadtests publish-ws --url URL --token T [--concurrency C] [--window W] [--payload-bytes N]
 //!           [--duration S] [--warmup S] [--db DB_ID] [--timeout-ms MS]
+//! loadtests publish-nats --url nats://127.0.0.1:PORT [--concurrency C] [--window W]
+//!           [--payload-bytes N] [--duration S] [--warmup S] [--timeout-ms MS]
 //! ```
 //!
 //! Prints a human table, then the same numbers as one JSON object on the last
@@ -18,6 +20,7 @@
 #![allow(clippy::print_stdout)]
 
 mod driver;
+mod natspub;
 mod pubsub;
 mod scenarios;
 mod sse;
@@ -52,10 +55,12 @@ const MAX_TIMEOUT_MS: u64 = 600_000;
     after_help = scenarios_help()
 )]
 struct Args {
-    /// Scenario to run, or `watch-fanout` / `sse-fanout` / `publish-ws` (see below).
+    /// Scenario to run, or `watch-fanout` / `sse-fanout` / `publish-ws` / `publish-nats` (see
+    /// below).
     scenario: String,
 
-    /// Base URL of the server; must be loopback (127.0.0.0/8, localhost, [::1]).
+    /// Base URL of the server; must be loopback (127.0.0.0/8, localhost, [::1]); `http://`,
+    /// or `nats://` for publish-nats (a NATS server with JetStream).
     #[arg(long)]
     url: String,
 
@@ -69,7 +74,7 @@ struct Args {
     token: String,
 
     /// Number of concurrent workers (each keeps one keep-alive connection busy) [default: 16;
-    /// sse-fanout: publishes in flight at most, default 32; publish-ws: WebSocket
+    /// sse-fanout: publishes in flight at most, default 32; publish-ws / publish-nats:
     /// connections, default 16].
     #[arg(long)]
     concurrency: Option<usize>,
@@ -114,11 +119,12 @@ struct Args {
     #[arg(long)]
     server_pid: Option<u32>,
 
-    /// publish-ws only: publishes in flight per connection (default 64).
+    /// publish-ws / publish-nats only: publishes in flight per connection (default 64; 1 for
+    /// publish-nats; 1 waits for each ack before sending the next).
     #[arg(long)]
     window: Option<usize>,
 
-    /// publish-ws only: payload size in bytes, before base64 (default 1024).
+    /// publish-ws / publish-nats only: payload size in bytes, before base64 (default 1024).
     #[arg(long)]
     payload_bytes: Option<usize>,
 }
@@ -145,6 +151,14 @@ fn scenarios_help() -> String {
         wspub::NAME,
         wspub::ABOUT
     ));
+    out.push_str(&format!(
+        "\n  {} {}\n               (--url nats://…; --concurrency = connections, --window W \
+         (default 1), --payload-bytes N; creates the stream {} on {})",
+        natspub::NAME,
+        natspub::ABOUT,
+        natspub::STREAM,
+        natspub::SUBJECTS
+    ));
     out
 }
 
@@ -159,6 +173,8 @@ struct Config {
     fanout: Option<FanoutConfig>,
     /// Set for `publish-ws`.
     wspub: Option<WsPubConfig>,
+    /// Set for `publish-nats` (same settings as `publish-ws`).
+    natspub: Option<WsPubConfig>,
     target: Target,
     token: String,
     db: String,
@@ -179,10 +195,26 @@ struct Target {
 /// Accepts only `http://` URLs whose host is in 127.0.0.0/8, `localhost` or
 /// `[::1]`, with no user info, query or fragment.
 fn check_url(raw: &str) -> anyhow::Result<Target> {
+    check_url_with_scheme(raw, "http", 80)
+}
+
+/// [`check_url`] for `nats://` (`publish-nats`), which also refuses a path.
+fn check_nats_url(raw: &str) -> anyhow::Result<Target> {
+    let t = check_url_with_scheme(raw, "nats", natspub::DEFAULT_PORT)?;
+    let path = t.base.splitn(4, '/').nth(3).unwrap_or("");
+    ensure!(
+        path.is_empty(),
+        "refusing --url {raw:?}: a nats:// URL has no path"
+    );
+    Ok(t)
+}
+
+/// The loopback rule of [`check_url`] for URLs of `scheme` (default port `default_port`).
+fn check_url_with_scheme(raw: &str, scheme: &str, default_port: u16) -> anyhow::Result<Target> {
     let refuse = |why: &str| {
         anyhow::anyhow!(
             "refusing --url {raw:?}: {why}; load may only target loopback \
-             (127.0.0.0/8, localhost or [::1]) over http://"
+             (127.0.0.0/8, localhost or [::1]) over {scheme}://"
         )
     };
     if raw.contains('#') {
@@ -192,9 +224,9 @@ fn check_url(raw: &str) -> anyhow::Result<Target> {
         .parse()
         .map_err(|e| refuse(&format!("not a URL ({e})")))?;
     match uri.scheme_str() {
-        Some("http") => {}
+        Some(s) if s == scheme => {}
         Some(other) => return Err(refuse(&format!("scheme {other:?} is not supported"))),
-        None => return Err(refuse("missing http:// scheme")),
+        None => return Err(refuse(&format!("missing {scheme}:// scheme"))),
     }
     let authority = uri.authority().ok_or_else(|| refuse("missing host"))?;
     if authority.as_str().contains('@') {
@@ -220,10 +252,10 @@ fn check_url(raw: &str) -> anyhow::Result<Target> {
     if !loopback {
         return Err(refuse(&format!("host {host:?} is not loopback")));
     }
-    let port = authority.port_u16().unwrap_or(80);
+    let port = authority.port_u16().unwrap_or(default_port);
     let path = uri.path().trim_end_matches('/');
     Ok(Target {
-        base: format!("http://{}{}", authority.as_str(), path),
+        base: format!("{scheme}://{}{}", authority.as_str(), path),
         host: bare.to_ascii_lowercase(),
         port,
     })
@@ -263,6 +295,7 @@ fn validate(args: Args) -> anyhow::Result<Config> {
     let is_watch = args.scenario == watch::NAME;
     let is_fanout = args.scenario == pubsub::NAME;
     let is_wspub = args.scenario == wspub::NAME;
+    let is_nats = args.scenario == natspub::NAME;
     ensure!(
         is_watch || (args.watches.is_none() && args.writes.is_none()),
         "--watches and --writes only apply to {}",
@@ -275,11 +308,13 @@ fn validate(args: Args) -> anyhow::Result<Config> {
         pubsub::NAME
     );
     ensure!(
-        is_wspub || (args.window.is_none() && args.payload_bytes.is_none()),
-        "--window and --payload-bytes only apply to {}",
-        wspub::NAME
+        is_wspub || is_nats || (args.window.is_none() && args.payload_bytes.is_none()),
+        "--window and --payload-bytes only apply to {} and {}",
+        wspub::NAME,
+        natspub::NAME
     );
     let mut wspub = None;
+    let mut natspub = None;
     let (scenario, watch, fanout) = if is_watch {
         let watches = args.watches.unwrap_or(watch::DEFAULT_WATCHES);
         let writes = args.writes.unwrap_or(watch::DEFAULT_WRITES);
@@ -339,15 +374,36 @@ fn validate(args: Args) -> anyhow::Result<Config> {
         });
         let publish = scenarios::find("publish").context("the publish scenario is missing")?;
         (publish, None, None)
+    } else if is_nats {
+        let window = args.window.unwrap_or(natspub::DEFAULT_WINDOW);
+        let payload_bytes = args.payload_bytes.unwrap_or(wspub::DEFAULT_PAYLOAD_BYTES);
+        ensure!(
+            (1..=wspub::MAX_WINDOW).contains(&window),
+            "--window must be between 1 and {}",
+            wspub::MAX_WINDOW
+        );
+        ensure!(
+            payload_bytes <= natspub::MAX_PAYLOAD_BYTES,
+            "--payload-bytes must be at most {}",
+            natspub::MAX_PAYLOAD_BYTES
+        );
+        natspub = Some(WsPubConfig {
+            window,
+            payload_bytes,
+        });
+        // Only for the shape of `Config`: nothing is sent to Patchwork.
+        let publish = scenarios::find("publish").context("the publish scenario is missing")?;
+        (publish, None, None)
     } else {
         let scenario = scenarios::find(&args.scenario).ok_or_else(|| {
             anyhow::anyhow!(
-                "unknown scenario {:?}; known: {}, {}, {}, {}",
+                "unknown scenario {:?}; known: {}, {}, {}, {}, {}",
                 args.scenario,
                 scenarios::names().join(", "),
                 watch::NAME,
                 pubsub::NAME,
-                wspub::NAME
+                wspub::NAME,
+                natspub::NAME
             )
         })?;
         (scenario, None, None)
@@ -357,7 +413,11 @@ fn validate(args: Args) -> anyhow::Result<Config> {
     } else {
         DEFAULT_CONCURRENCY
     });
-    let target = check_url(&args.url)?;
+    let target = if is_nats {
+        check_nats_url(&args.url)?
+    } else {
+        check_url(&args.url)?
+    };
     ensure!(
         (1..=MAX_CONCURRENCY).contains(&concurrency),
         "--concurrency must be between 1 and {MAX_CONCURRENCY}"
@@ -378,7 +438,8 @@ fn validate(args: Args) -> anyhow::Result<Config> {
                 .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)),
         "--db must be 1-128 characters of [A-Za-z0-9._-]"
     );
-    if scenario.auth {
+    // A NATS server here has no authentication.
+    if scenario.auth && !is_nats {
         ensure!(
             !args.token.is_empty(),
             "scenario {} needs --token (or PATCHWORK_TOKEN)",
@@ -394,6 +455,7 @@ fn validate(args: Args) -> anyhow::Result<Config> {
         watch,
         fanout,
         wspub,
+        natspub,
         target,
         token: args.token,
         db: args.db,
@@ -494,6 +556,9 @@ async fn run(cfg: Config) -> anyhow::Result<ExitCode> {
     }
     if let Some(wc) = cfg.wspub {
         return wspub::run(cfg, wc).await;
+    }
+    if let Some(nc) = cfg.natspub {
+        return natspub::run(cfg, nc).await;
     }
     let ctx = Arc::new(Ctx::new(
         cfg.target.base.clone(),
@@ -945,6 +1010,104 @@ mod tests {
                 ],
                 "only apply",
             ),
+        ] {
+            let err = match args(&bad) {
+                Ok(_) => panic!("{bad:?} was accepted"),
+                Err(e) => e.to_string(),
+            };
+            assert!(err.contains(needle), "{bad:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn publish_ws_window_1_waits_for_each_ack() {
+        let url = "http://127.0.0.1:1";
+        let c = args(&["publish-ws", "--url", url, "--token", "t", "--window", "1"]).unwrap();
+        assert_eq!(
+            c.wspub,
+            Some(WsPubConfig {
+                window: 1,
+                payload_bytes: 1024
+            })
+        );
+    }
+
+    #[test]
+    fn publish_nats_parses() {
+        let url = "nats://127.0.0.1:4222";
+        // No token: the NATS server has no authentication.
+        let c = args(&["publish-nats", "--url", url]).unwrap();
+        assert!(c.wspub.is_none() && c.watch.is_none() && c.fanout.is_none());
+        assert_eq!(
+            c.natspub,
+            Some(WsPubConfig {
+                window: 1,
+                payload_bytes: 1024
+            })
+        );
+        assert_eq!(c.run.concurrency, 16);
+        assert_eq!(c.target.base, url);
+        assert_eq!(c.target.port, 4222);
+        let c = args(&[
+            "publish-nats",
+            "--url",
+            "nats://localhost",
+            "--concurrency",
+            "4",
+            "--window",
+            "8",
+            "--payload-bytes",
+            "0",
+            "--warmup",
+            "1",
+        ])
+        .unwrap();
+        assert_eq!(
+            c.natspub,
+            Some(WsPubConfig {
+                window: 8,
+                payload_bytes: 0
+            })
+        );
+        assert_eq!(c.target.port, 4222);
+        assert_eq!(c.run.concurrency, 4);
+        assert!(
+            args(&["publish-ws", "--url", "http://127.0.0.1:1", "--token", "t"])
+                .unwrap()
+                .natspub
+                .is_none()
+        );
+        let nats = |extra: &[&'static str]| {
+            let mut v = vec!["publish-nats", "--url", url];
+            v.extend_from_slice(extra);
+            v
+        };
+        for (bad, needle) in [
+            (
+                vec!["publish-nats", "--url", "nats://10.0.0.1:4222"],
+                "refusing",
+            ),
+            (
+                vec!["publish-nats", "--url", "nats://demo.nats.io"],
+                "refusing",
+            ),
+            (
+                vec!["publish-nats", "--url", "nats://user@127.0.0.1"],
+                "refusing",
+            ),
+            (
+                vec!["publish-nats", "--url", "http://127.0.0.1:4222"],
+                "refusing",
+            ),
+            (vec!["publish-nats", "--url", "127.0.0.1:4222"], "refusing"),
+            (
+                vec!["publish-nats", "--url", "nats://127.0.0.1:4222/x"],
+                "no path",
+            ),
+            (vec!["publish-ws", "--url", url, "--token", "t"], "refusing"),
+            (nats(&["--window", "0"]), "--window"),
+            (nats(&["--payload-bytes", "1048577"]), "--payload-bytes"),
+            (nats(&["--rate", "5"]), "only apply"),
         ] {
             let err = match args(&bad) {
                 Ok(_) => panic!("{bad:?} was accepted"),

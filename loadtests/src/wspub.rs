@@ -54,11 +54,11 @@ pub const DEFAULT_PAYLOAD_BYTES: usize = 1024;
 pub const MAX_PAYLOAD_BYTES: usize = 1024 * 1024;
 
 /// Connections being opened at once.
-const OPEN_PARALLELISM: usize = 64;
+pub const OPEN_PARALLELISM: usize = 64;
 /// How long outstanding acks are waited for after the timed phase.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long closing a socket may take.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Settings of the mode (the rest comes from the common flags).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -208,47 +208,61 @@ fn new_histogram() -> Histogram<u64> {
     Histogram::new(3).expect("3 significant figures is valid")
 }
 
-fn record(h: &mut Histogram<u64>, d: Duration) {
+pub fn record(h: &mut Histogram<u64>, d: Duration) {
     let micros = u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1);
     if h.record(micros).is_err() {
         h.saturating_record(micros);
     }
 }
 
-/// The fixed timeline shared by every connection.
+/// The fixed timeline shared by every connection (also by `publish-nats`' publishers).
 #[derive(Clone, Copy)]
-struct Timeline {
+pub struct Timeline {
     /// End of the warm-up: acks from here on are counted.
-    start: Instant,
+    pub start: Instant,
     /// End of the timed phase: no frame is sent after this.
-    deadline: Instant,
+    pub deadline: Instant,
     /// Outstanding acks are not waited for after this.
-    drain_until: Instant,
+    pub drain_until: Instant,
     /// Per-publish (and per-send) time limit.
-    timeout: Duration,
+    pub timeout: Duration,
+}
+
+impl Timeline {
+    /// Warm-up from now, then the timed phase, then at most [`DRAIN_TIMEOUT`] of drain.
+    pub fn starting_now(warmup: Duration, duration: Duration, timeout: Duration) -> Self {
+        let start = Instant::now() + warmup;
+        let deadline = start + duration;
+        Self {
+            start,
+            deadline,
+            drain_until: deadline + DRAIN_TIMEOUT,
+            timeout,
+        }
+    }
 }
 
 /// Numbers of one connection, or of all of them once merged.
-struct Stats {
+pub struct Stats {
     /// Ack latency (µs) of every counted ack.
-    hist: Histogram<u64>,
+    pub hist: Histogram<u64>,
     /// Acks read during the timed phase.
-    acked: u64,
+    pub acked: u64,
     /// Acks read at any time.
-    acks_total: u64,
+    pub acks_total: u64,
     /// Acks read after the timed phase (drain).
-    acks_after_deadline: u64,
-    /// Frames sent, warm-up included.
-    sent: u64,
+    pub acks_after_deadline: u64,
+    /// Frames (publishes) sent, warm-up included.
+    pub sent: u64,
     /// Acks that said `duplicate: true` (none expected: no dedupe key is sent).
-    duplicates: u64,
+    pub duplicates: u64,
     /// When the last connection finished (drained or failed).
-    finished: Option<Instant>,
-    errors: ErrorLog,
+    pub finished: Option<Instant>,
+    pub errors: ErrorLog,
 }
 
 impl Stats {
-    fn new() -> Self {
+    pub fn new() -> Self {
         Self {
             hist: new_histogram(),
             acked: 0,
@@ -261,7 +275,7 @@ impl Stats {
         }
     }
 
-    fn merge(&mut self, other: Self) {
+    pub fn merge(&mut self, other: Self) {
         // Both auto-resize, so adding cannot fail.
         let _ = self.hist.add(&other.hist);
         self.acked += other.acked;
@@ -538,17 +552,17 @@ async fn connection(
 // ---------------------------------------------------------------------------------------------
 // The benchmark
 
-struct Outcome {
-    stats: Stats,
+pub struct Outcome {
+    pub stats: Stats,
     /// Connections that opened.
-    open: usize,
-    open_s: f64,
+    pub open: usize,
+    pub open_s: f64,
     /// From the end of the timed phase until the last connection finished.
-    drain_s: f64,
+    pub drain_s: f64,
 }
 
 /// Time allowed for opening every connection.
-fn open_timeout(connections: usize) -> Duration {
+pub fn open_timeout(connections: usize) -> Duration {
     Duration::from_secs(30)
         + Duration::from_millis(20) * u32::try_from(connections).unwrap_or(u32::MAX)
 }
@@ -594,8 +608,8 @@ pub async fn run(cfg: Config, wc: WsPubConfig) -> anyhow::Result<ExitCode> {
     for (kind, sample) in &outcome.stats.errors.samples {
         eprintln!("loadtests: first {kind} error: {sample}");
     }
-    let j = report(&cfg, wc, &outcome);
-    print_table(&j, &outcome);
+    let j = report(NAME, &cfg, wc, &outcome);
+    print_table(NAME, &j, &outcome);
     // The JSON object is always the last line of stdout.
     println!("{j}");
     if outcome.stats.acked == 0 {
@@ -671,14 +685,8 @@ async fn phases(cfg: &Config, wc: WsPubConfig) -> anyhow::Result<Outcome> {
     }
 
     // 2. Warm-up and the timed phase, then the drain.
-    let start = Instant::now() + cfg.run.warmup;
-    let deadline = start + cfg.run.duration;
-    let tl = Timeline {
-        start,
-        deadline,
-        drain_until: deadline + DRAIN_TIMEOUT,
-        timeout: cfg.timeout,
-    };
+    let tl = Timeline::starting_now(cfg.run.warmup, cfg.run.duration, cfg.timeout);
+    let deadline = tl.deadline;
     if !cfg.run.warmup.is_zero() {
         eprintln!("loadtests: warming up for {:?}", cfg.run.warmup);
     }
@@ -709,7 +717,8 @@ async fn phases(cfg: &Config, wc: WsPubConfig) -> anyhow::Result<Outcome> {
     })
 }
 
-fn report(cfg: &Config, wc: WsPubConfig, o: &Outcome) -> serde_json::Value {
+/// The JSON report of `publish-ws`, and of `publish-nats` (`name`), which has the same fields.
+pub fn report(name: &str, cfg: &Config, wc: WsPubConfig, o: &Outcome) -> serde_json::Value {
     let s = &o.stats;
     let secs = cfg.run.duration.as_secs_f64();
     let rate = round(s.acked as f64 / secs, 1);
@@ -721,7 +730,7 @@ fn report(cfg: &Config, wc: WsPubConfig, o: &Outcome) -> serde_json::Value {
         }
     };
     serde_json::json!({
-        "scenario": NAME,
+        "scenario": name,
         "concurrency": cfg.run.concurrency,
         "window": wc.window,
         "payload_bytes": wc.payload_bytes,
@@ -747,10 +756,11 @@ fn report(cfg: &Config, wc: WsPubConfig, o: &Outcome) -> serde_json::Value {
     })
 }
 
-fn print_table(j: &serde_json::Value, o: &Outcome) {
+/// The human table of [`report`].
+pub fn print_table(name: &str, j: &serde_json::Value, o: &Outcome) {
     let num = |key: &str, decimals: usize| format!("{:.decimals$}", j[key].as_f64().unwrap_or(0.0));
     let cols = [
-        ("scenario", NAME.to_owned()),
+        ("scenario", name.to_owned()),
         ("connections", j["concurrency"].to_string()),
         ("window", j["window"].to_string()),
         ("payload_B", j["payload_bytes"].to_string()),
@@ -765,7 +775,7 @@ fn print_table(j: &serde_json::Value, o: &Outcome) {
     ];
     crate::print_columns(&cols);
     println!(
-        "{} of {} connections open; {} frames sent, {} acknowledged ({} after the timed phase, \
+        "{} of {} connections open; {} publishes sent, {} acknowledged ({} after the timed phase, \
          drained in {:.2} s)",
         o.open,
         j["concurrency"],
