@@ -125,7 +125,7 @@ pub enum MigrationError {
     Sqlite(#[from] rusqlite::Error),
 }
 
-fn current_version(conn: &Connection) -> Result<i64, rusqlite::Error> {
+pub(crate) fn current_version(conn: &Connection) -> Result<i64, rusqlite::Error> {
     conn.query_row("SELECT max(version) FROM _patchwork_migrations", [], |r| {
         r.get::<_, Option<i64>>(0)
     })

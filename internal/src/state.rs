@@ -18,7 +18,9 @@ use crate::auth::{InstallKey, TokenStore, sql as token_sql};
 use crate::config::Config;
 use crate::migrations::{MigrationError, Schema};
 use crate::ops::metrics::Metrics;
-use crate::registry::{ActorConfig, DocError, DocHandle, Registry, RegistryConfig, spawn_actor};
+use crate::registry::{
+    ActorConfig, ConnectionHooks, DocError, DocHandle, Registry, RegistryConfig, spawn_actor,
+};
 use crate::sqlite::OpenOptions;
 
 /// Everything a request handler can reach.
@@ -90,10 +92,17 @@ fn actor_config(config: &Config) -> ActorConfig {
         max_batch: config.max_batch,
         sync_keep_versions: config.sync_retention_versions,
         sync_keep_secs: config.sync_retention_secs,
-        on_open: Some(crate::query::classify::install),
-        on_close: Some(crate::query::classify::uninstall),
+        hooks: Some(&CONNECTION_HOOKS),
     }
 }
+
+/// The SQL classifier's authorizer is installed once per document connection, and its cache of
+/// classifications goes with the connection's statement cache.
+static CONNECTION_HOOKS: ConnectionHooks = ConnectionHooks {
+    opened: crate::query::classify::install,
+    shrink: crate::query::classify::schema_changed,
+    closing: crate::query::classify::uninstall,
+};
 
 /// Opens `service.db` on its own actor thread. Used by the server and by the offline CLI.
 pub(crate) async fn open_service(
@@ -187,6 +196,7 @@ impl App {
                 actor: actor_config(&config),
                 idle_timeout: config.idle_timeout(),
                 max_open,
+                shrink_after: crate::registry::SHRINK_AFTER,
             },
             metrics.clone(),
         );

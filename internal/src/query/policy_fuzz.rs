@@ -98,7 +98,7 @@ fn statement(rng: &mut Rng, depth: usize) -> String {
     let c = rng.pick(COLUMNS);
     let v = rng.pick(VALUES);
     let sql = match rng.below(if depth > 1 { 22 } else { 26 }) {
-        0 | 1 | 2 => format!("SELECT {c} FROM {t} WHERE x = {v}"),
+        0..=2 => format!("SELECT {c} FROM {t} WHERE x = {v}"),
         3 => format!("SELECT {v}, {v} UNION ALL SELECT {c}, 1 FROM {t}"),
         4 => format!("INSERT INTO {t} (x, y) VALUES ({v}, {v}) RETURNING *"),
         5 => format!("REPLACE INTO {t} VALUES ({v}, {v}, {v})"),
@@ -116,7 +116,7 @@ fn statement(rng: &mut Rng, depth: usize) -> String {
                 ),
             }
         }
-        10 => format!("CREATE TABLE IF NOT EXISTS c (x, y, id INTEGER PRIMARY KEY)"),
+        10 => "CREATE TABLE IF NOT EXISTS c (x, y, id INTEGER PRIMARY KEY)".to_owned(),
         11 => format!("CREATE VIEW IF NOT EXISTS vb AS SELECT {c} FROM {t}"),
         12 => format!(
             "CREATE TRIGGER IF NOT EXISTS tr{} AFTER INSERT ON {t} BEGIN INSERT INTO b (k, v) \

@@ -36,8 +36,23 @@ pub(crate) enum Command {
     /// The database's size figures (`_status`), answered from what the actor already knows
     /// where it can.
     Stats(oneshot::Sender<Result<DocStats, DocError>>),
+    /// The document has been idle a while: give back the memory its connection holds.
+    Shrink,
     /// Finish what is queued before this message, checkpoint, close.
     Close,
+}
+
+/// What the layers above the registry do with a document's connection at its turning points
+/// (the SQL classifier installs its authorizer once per connection and keeps a cache of
+/// classifications). Functions, so the registry does not depend on those layers.
+#[derive(Debug)]
+pub struct ConnectionHooks {
+    /// Right after the connection opened, on the actor thread.
+    pub opened: fn(&Connection),
+    /// When the document has been idle a while (after the connection's own caches shrank).
+    pub shrink: fn(&Connection),
+    /// Right before the connection closes, on the actor thread.
+    pub closing: fn(),
 }
 
 /// How a write request's transaction ended.
@@ -91,10 +106,8 @@ pub struct ActorConfig {
     pub sync_keep_versions: u64,
     /// …and every version younger than this (whichever keeps more).
     pub sync_keep_secs: u64,
-    /// Runs on the actor thread right after a document's connection is opened, and `on_close`
-    /// before it closes (the SQL classifier's authorizer is installed once per connection).
-    pub on_open: Option<fn(&Connection)>,
-    pub on_close: Option<fn()>,
+    /// Called at a document connection's turning points.
+    pub hooks: Option<&'static ConnectionHooks>,
 }
 
 /// Starts an actor thread for the database at `path` and waits until the database is open and
@@ -120,6 +133,14 @@ pub(crate) async fn spawn(
         .spawn(move || {
             let _exit = OnExit(Some(on_exit));
             let created = !path.exists();
+            if created && schema == Schema::Document {
+                // A copy of a migrated template instead of running every migration: creating a
+                // document costs a file write instead of dozens of statements. On failure the
+                // open below creates and migrates it the usual way.
+                if let Err(e) = super::template::materialize(&path, config.open) {
+                    tracing::warn!(error = %e, "creating a document from the template failed");
+                }
+            }
             let conn = match sqlite::open(&path, schema, config.open) {
                 Ok(conn) => conn,
                 Err(e) => {
@@ -128,9 +149,9 @@ pub(crate) async fn spawn(
                 }
             };
             if schema == Schema::Document
-                && let Some(on_open) = config.on_open
+                && let Some(hooks) = config.hooks
             {
-                on_open(&conn);
+                (hooks.opened)(&conn);
             }
             let mut actor = match Actor::new(
                 conn,
@@ -154,8 +175,8 @@ pub(crate) async fn spawn(
             }
             let _ = ready_tx.send(Ok(created));
             actor.run(rx);
-            if let Some(on_close) = config.on_close {
-                on_close();
+            if let Some(hooks) = config.hooks {
+                (hooks.closing)();
             }
             sqlite::checkpoint(&actor.conn);
             if let Some(g) = &gauge {
@@ -322,6 +343,7 @@ impl Actor {
                 Command::Stats(reply) => {
                     let _ = reply.send(self.stats());
                 }
+                Command::Shrink => self.shrink(),
                 Command::Write(job) => {
                     let mut batch = vec![job];
                     while batch.len() < self.config.max_batch {
@@ -351,7 +373,7 @@ impl Actor {
                                 let _ = reply.send(self.stats());
                             }
                             Command::Write(job) => self.commit_batch(vec![job]),
-                            Command::Close => {}
+                            Command::Shrink | Command::Close => {}
                         }
                     }
                     return;
@@ -366,6 +388,21 @@ impl Actor {
         let conn = &self.conn;
         if catch_unwind(AssertUnwindSafe(|| f(conn))).is_err() {
             self.recovered_from_panic();
+        }
+    }
+
+    /// Gives back what an idle connection holds: SQLite's page cache (`sqlite3_db_release_memory`:
+    /// every page not in use, which is all of them between requests) and the prepared
+    /// statements. The next request reads its pages from the OS page cache again.
+    fn shrink(&mut self) {
+        if let Err(e) = self.conn.release_memory() {
+            tracing::debug!(error = %e, "releasing a document's memory failed");
+        }
+        self.conn.flush_prepared_statement_cache();
+        if self.track_commits
+            && let Some(hooks) = self.config.hooks
+        {
+            (hooks.shrink)(&self.conn);
         }
     }
 

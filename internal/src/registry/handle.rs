@@ -160,6 +160,12 @@ impl DocHandle {
         rx.await.map_err(|_| DocError::Aborted)?
     }
 
+    /// Asks the actor to give back its connection's memory (see `Command::Shrink`), if its
+    /// mailbox has room; never waits. Whether it was asked.
+    pub(crate) fn try_shrink(&self) -> bool {
+        self.inner.tx.try_send(Command::Shrink).is_ok()
+    }
+
     /// The document's page count, page size and WAL size, from its actor (ordered after what
     /// is already queued).
     pub async fn stats(&self) -> Result<DocStats, DocError> {

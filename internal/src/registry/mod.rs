@@ -11,6 +11,7 @@ mod actor;
 mod db_id;
 mod events;
 mod handle;
+mod template;
 #[cfg(test)]
 mod tests;
 mod trim;
@@ -25,7 +26,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{OnceCell, watch};
 
 pub(crate) use actor::spawn as spawn_actor;
-pub use actor::{ActorConfig, DocStats};
+pub use actor::{ActorConfig, ConnectionHooks, DocStats};
 pub use db_id::{DbId, InvalidDbId};
 pub use events::{Announcement, ChangeEvent};
 pub use handle::{DocError, DocHandle};
@@ -40,6 +41,10 @@ pub struct RegistryConfig {
     pub actor: ActorConfig,
     pub idle_timeout: Duration,
     pub max_open: usize,
+    /// An open document unused this long gives back its connection's memory (page cache,
+    /// prepared statements); it stays open, and its next request reads its pages from the OS
+    /// page cache again. ([`SHRINK_AFTER`] in the server.)
+    pub shrink_after: Duration,
 }
 
 /// Cheap to clone; all clones share one map.
@@ -71,7 +76,13 @@ struct Entry {
     last_used: AtomicU64,
     /// The first guard after a creating open reports `created: true`, later ones `false`.
     created_reported: AtomicBool,
+    /// Shrunk since it was last used (see [`RegistryConfig::shrink_after`]).
+    shrunk: AtomicBool,
 }
+
+/// The server's [`RegistryConfig::shrink_after`]: long enough that a document in steady use
+/// never pays for it, short enough that thousands of open, quiet documents stay light.
+pub const SHRINK_AFTER: Duration = Duration::from_secs(10);
 
 /// A document in use. Derefs to its [`DocHandle`]; while it lives the document is not evicted.
 pub struct DocGuard {
@@ -121,7 +132,7 @@ impl Registry {
             live,
         });
         let weak = Arc::downgrade(&inner);
-        let period = (inner.config.idle_timeout / 4)
+        let period = (inner.config.idle_timeout.min(inner.config.shrink_after) / 4)
             .clamp(Duration::from_millis(50), Duration::from_secs(5));
         tokio::spawn(sweep_idle(weak, period));
         Self { inner }
@@ -154,6 +165,7 @@ impl Registry {
                             active: AtomicUsize::new(0),
                             last_used: AtomicU64::new(0),
                             created_reported: AtomicBool::new(false),
+                            shrunk: AtomicBool::new(false),
                         });
                         state.docs.insert(id.clone(), entry.clone());
                         entry
@@ -161,6 +173,7 @@ impl Registry {
                 };
                 entry.active.fetch_add(1, Ordering::AcqRel);
                 entry.last_used.store(self.now_ms(), Ordering::Relaxed);
+                entry.shrunk.store(false, Ordering::Relaxed);
                 entry
             };
             let mut pending = PendingUse(Some(entry.clone()));
@@ -294,10 +307,23 @@ async fn sweep_idle(registry: Weak<Inner>, period: Duration) {
         };
         let now = inner.epoch.elapsed().as_millis() as u64;
         let idle_ms = inner.config.idle_timeout.as_millis() as u64;
+        let shrink_ms = inner.config.shrink_after.as_millis() as u64;
+        let mut shrunk = 0usize;
         let evicted: Vec<Arc<Entry>> = {
             let mut state = inner.state.lock().unwrap_or_else(|p| p.into_inner());
             if state.shutting_down {
                 return;
+            }
+            for entry in state.docs.values() {
+                if entry.active.load(Ordering::Acquire) == 0
+                    && now.saturating_sub(entry.last_used.load(Ordering::Relaxed)) >= shrink_ms
+                    && !entry.shrunk.load(Ordering::Relaxed)
+                    && let Some((handle, _)) = entry.cell.get()
+                    && handle.try_shrink()
+                {
+                    entry.shrunk.store(true, Ordering::Relaxed);
+                    shrunk += 1;
+                }
             }
             let idle: Vec<DbId> = state
                 .docs
@@ -321,9 +347,9 @@ async fn sweep_idle(registry: Weak<Inner>, period: Duration) {
         // Dropping the last handle closes the mailbox; the actor drains it, checkpoints, exits.
         let closed_some = !evicted.is_empty();
         drop(evicted);
-        if closed_some {
-            // Once those threads have exited, give their freed memory back to the system.
-            // (The closing actors checkpoint first; a second is plenty for idle ones.)
+        if closed_some || shrunk > 0 {
+            // Once those threads have exited (or shrunk), give their freed memory back to the
+            // system. (The closing actors checkpoint first; a second is plenty for idle ones.)
             tokio::spawn(async move {
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 let _ = tokio::task::spawn_blocking(trim::release_freed_memory).await;

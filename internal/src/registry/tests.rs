@@ -1,5 +1,6 @@
 //! Registry and actor behaviour through the library API (real threads, real SQLite files).
 
+use std::sync::atomic::Ordering::SeqCst;
 use std::time::Duration;
 
 use super::*;
@@ -25,11 +26,11 @@ fn config(
             sync_keep_versions: 10_000,
             sync_keep_secs: 604_800,
             max_batch: 512,
-            on_open: None,
-            on_close: None,
+            hooks: None,
         },
         idle_timeout: idle,
         max_open,
+        shrink_after: Duration::from_secs(3600),
     }
 }
 
@@ -502,4 +503,48 @@ async fn a_document_with_a_newer_schema_is_refused() {
     let registry = Registry::new(cfg, Metrics::new());
     let err = registry.get(&id("future")).await.err().expect("refused");
     assert!(err.to_string().contains("newer than this binary"), "{err}");
+}
+
+static SHRINKS: AtomicUsize = AtomicUsize::new(0);
+
+static COUNTING_HOOKS: ConnectionHooks = ConnectionHooks {
+    opened: |_| {},
+    shrink: |_| {
+        SHRINKS.fetch_add(1, SeqCst);
+    },
+    closing: || {},
+};
+
+#[tokio::test]
+async fn a_quiet_open_document_shrinks_once_until_used_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), 64, Duration::from_secs(3600), 16);
+    cfg.shrink_after = Duration::from_millis(200);
+    cfg.actor.hooks = Some(&COUNTING_HOOKS);
+    let registry = Registry::new(cfg, Metrics::new());
+    let doc = registry.get(&id("quiet")).await.unwrap();
+    doc.write(|c| Ok(c.execute_batch("CREATE TABLE t (x); INSERT INTO t VALUES (1)")?))
+        .await
+        .unwrap();
+    drop(doc);
+    let wait_for = |n: usize| async move {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while SHRINKS.load(SeqCst) < n {
+            assert!(Instant::now() < deadline, "not shrunk");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    wait_for(1).await;
+    // Once per quiet spell; still open and serving.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(SHRINKS.load(SeqCst), 1);
+    assert!(registry.is_open(&id("quiet")));
+    let doc = registry.get(&id("quiet")).await.unwrap();
+    let n: i64 = doc
+        .read(|c| Ok(c.query_row("SELECT count(*) FROM t", [], |r| r.get(0))?))
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    drop(doc);
+    wait_for(2).await;
 }
