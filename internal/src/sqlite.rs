@@ -29,6 +29,7 @@ pub fn open(path: &Path, schema: Schema, opts: OpenOptions) -> Result<Connection
         | OpenFlags::SQLITE_OPEN_NO_MUTEX
         | OpenFlags::SQLITE_OPEN_URI;
     let conn = Connection::open_with_flags(path, flags)?;
+    small_lookaside(&conn);
     conn.busy_timeout(opts.busy_timeout)?;
     // Only takes effect while the file is still empty (new databases): freed pages can then be
     // returned to the file system with `PRAGMA incremental_vacuum` (message retention).
@@ -51,6 +52,29 @@ pub fn open(path: &Path, schema: Schema, opts: OpenOptions) -> Result<Connection
     conn.set_prepared_statement_cache_capacity(64);
     migrations::apply(&conn, schema)?;
     Ok(conn)
+}
+
+/// Shrinks the connection's lookaside allocator from SQLite's default (100 slots of 1,200 bytes,
+/// about 120 KB allocated and touched per connection, the largest part of an idle open
+/// document) to 64 slots of 256 bytes. Lookaside serves small allocations while statements are
+/// prepared; with the statement cache most requests prepare nothing.
+#[allow(unsafe_code)]
+fn small_lookaside(conn: &Connection) {
+    // SAFETY: called right after the connection opened, before anything used its lookaside
+    // memory; a null buffer makes SQLite allocate the slots itself. The variadic arguments are
+    // the (void*, int, int) that SQLITE_DBCONFIG_LOOKASIDE takes.
+    let rc = unsafe {
+        rusqlite::ffi::sqlite3_db_config(
+            conn.handle(),
+            rusqlite::ffi::SQLITE_DBCONFIG_LOOKASIDE,
+            std::ptr::null_mut::<std::ffi::c_void>(),
+            256 as std::ffi::c_int,
+            64 as std::ffi::c_int,
+        )
+    };
+    if rc != rusqlite::ffi::SQLITE_OK {
+        tracing::debug!(rc, "could not shrink SQLite's lookaside");
+    }
 }
 
 /// Checkpoints the WAL into the main file and truncates it; called before a connection closes.

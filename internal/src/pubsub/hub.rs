@@ -23,6 +23,13 @@ use crate::registry::{ChangeEvent, DocError, DocHandle};
 
 /// Messages buffered per subscriber before it counts as too slow.
 pub const QUEUE: usize = 512;
+
+/// Under load a subscriber wakes at most once per this interval and takes everything that
+/// arrived meanwhile at once: with a thousand subscribers and a thousand one-message commits a
+/// second, waking every subscriber for every commit (and writing to its socket each time) was a
+/// million wake-ups and writes a second. A subscriber that was quiet longer than this is woken
+/// at once, so an idle stream adds no latency.
+pub const COALESCE: Duration = Duration::from_millis(10);
 const PAGE: usize = 500;
 
 /// Where a subscription starts.
@@ -132,6 +139,7 @@ impl Subscription {
         }
         let period = self.heartbeat.unwrap_or(Duration::from_secs(3600));
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        let mut last_wake = tokio::time::Instant::now() - COALESCE;
         loop {
             let change: Result<ChangeEvent, broadcast::error::RecvError> = tokio::select! {
                 () = out.closed() => return Ok(()),
@@ -147,26 +155,30 @@ impl Subscription {
                 }
                 change = events.recv() => change,
             };
-            match change {
-                Ok(change) => {
-                    for a in change.announcements.iter() {
-                        let Ok(m) = Arc::clone(a).downcast::<Message>() else {
-                            continue;
-                        };
-                        if m.id <= last {
-                            continue;
-                        }
-                        last = m.id;
-                        if self.wanted(&m) {
-                            self.metrics.fanout_lag.observe(
-                                (crate::time_fmt::now_ms() - m.created_ms).max(0) as f64 / 1000.0,
-                            );
-                            if !self.offer(&out, Delivery::Message(m)).await {
-                                return Ok(());
-                            }
-                        }
-                    }
+            // Woken again within COALESCE: let the next commits gather (see COALESCE).
+            let since = last_wake.elapsed();
+            if change.is_ok() && since < COALESCE {
+                tokio::time::sleep(COALESCE - since).await;
+            }
+            last_wake = tokio::time::Instant::now();
+            let mut change = change;
+            while let Ok(event) = &change {
+                if !self.deliver(event, &mut last, &out).await {
+                    return Ok(());
                 }
+                change = match events.try_recv() {
+                    Ok(next) => Ok(next),
+                    Err(broadcast::error::TryRecvError::Empty) => break,
+                    Err(broadcast::error::TryRecvError::Lagged(n)) => {
+                        Err(broadcast::error::RecvError::Lagged(n))
+                    }
+                    Err(broadcast::error::TryRecvError::Closed) => {
+                        Err(broadcast::error::RecvError::Closed)
+                    }
+                };
+            }
+            match change {
+                Ok(_) => {}
                 Err(broadcast::error::RecvError::Lagged(_)) => {
                     // We (not the client) fell behind: catch up from the database.
                     events = self.doc.subscribe();
@@ -181,6 +193,34 @@ impl Subscription {
                 }
             }
         }
+    }
+
+    /// Offers the wanted messages of one commit (those after `last`); false when the subscriber
+    /// is gone or too slow.
+    async fn deliver(
+        &self,
+        change: &ChangeEvent,
+        last: &mut i64,
+        out: &mpsc::Sender<Delivery>,
+    ) -> bool {
+        for a in change.announcements.iter() {
+            let Ok(m) = Arc::clone(a).downcast::<Message>() else {
+                continue;
+            };
+            if m.id <= *last {
+                continue;
+            }
+            *last = m.id;
+            if self.wanted(&m) {
+                self.metrics
+                    .fanout_lag
+                    .observe((crate::time_fmt::now_ms() - m.created_ms).max(0) as f64 / 1000.0);
+                if !self.offer(out, Delivery::Message(m)).await {
+                    return false;
+                }
+            }
+        }
+        true
     }
 
     /// Queues a delivery without waiting; a full queue means the client is too slow: it gets

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
-use axum::response::sse::{Event, Sse};
+use axum::response::sse::Event;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use base64::Engine;
@@ -326,24 +326,51 @@ pub fn start_position(
     }
 }
 
-fn delivery_event(d: &Delivery) -> Event {
+/// One SSE event: `event:`, optional `id:`, one `data:` line (`data` is compact JSON, which
+/// has no raw line breaks), blank line.
+pub(crate) fn sse_event(event: &str, id: Option<i64>, data: &str) -> bytes::Bytes {
+    let mut out = String::with_capacity(event.len() + data.len() + 40);
+    out.push_str("event: ");
+    out.push_str(event);
+    out.push('\n');
+    if let Some(id) = id {
+        out.push_str("id: ");
+        out.push_str(&id.to_string());
+        out.push('\n');
+    }
+    for line in data.split('\n') {
+        out.push_str("data: ");
+        out.push_str(line.strip_suffix('\r').unwrap_or(line));
+        out.push('\n');
+    }
+    out.push('\n');
+    bytes::Bytes::from(out)
+}
+
+/// The SSE bytes of a delivery; a message's are built once and shared by every subscriber.
+fn delivery_frame(d: &Delivery) -> bytes::Bytes {
     match d {
-        Delivery::Message(m) => Event::default()
-            .event("message")
-            .id(m.id.to_string())
-            .data(m.json()),
-        Delivery::Heartbeat => Event::default()
-            .event("heartbeat")
-            .data(json!({"time": crate::time_fmt::rfc3339(time::OffsetDateTime::now_utc())}).to_string()),
-        Delivery::SlowConsumer => Event::default().event("error").data(
-            json!({"code": "slow_consumer", "message": "the subscriber fell too far behind; reconnect with Last-Event-ID"})
+        Delivery::Message(m) => m.sse_frame(),
+        Delivery::Heartbeat => sse_event(
+            "heartbeat",
+            None,
+            &json!({"time": crate::time_fmt::rfc3339(time::OffsetDateTime::now_utc())}).to_string(),
+        ),
+        Delivery::SlowConsumer => sse_event(
+            "error",
+            None,
+            &json!({"code": "slow_consumer", "message": "the subscriber fell too far behind; reconnect with Last-Event-ID"})
                 .to_string(),
         ),
-        Delivery::Failed { code, message } => Event::default()
-            .event("error")
-            .data(json!({"code": code, "message": message}).to_string()),
-        Delivery::Closed => Event::default().event("error").data(
-            json!({"code": "shutting_down", "message": "the server is shutting down; reconnect with Last-Event-ID"})
+        Delivery::Failed { code, message } => sse_event(
+            "error",
+            None,
+            &json!({"code": code, "message": message}).to_string(),
+        ),
+        Delivery::Closed => sse_event(
+            "error",
+            None,
+            &json!({"code": "shutting_down", "message": "the server is shutting down; reconnect with Last-Event-ID"})
                 .to_string(),
         ),
     }
@@ -352,11 +379,17 @@ fn delivery_event(d: &Delivery) -> Event {
 /// The last event of an SSE stream whose token stopped being valid: `error` with code
 /// `token_revoked` or `token_expired` (and `watch_id` on a query watch).
 pub fn token_ended_event(reason: crate::auth::AuthFailure, watch_id: Option<u64>) -> Event {
+    Event::default()
+        .event("error")
+        .data(token_ended_data(reason, watch_id))
+}
+
+fn token_ended_data(reason: crate::auth::AuthFailure, watch_id: Option<u64>) -> String {
     let mut data = json!({"code": reason.ended_code(), "message": reason.message()});
     if let Some(id) = watch_id {
         data["watch_id"] = json!(id);
     }
-    Event::default().event("error").data(data.to_string())
+    data.to_string()
 }
 
 /// A gauge guard: counts a live subscriber until dropped.
@@ -441,19 +474,28 @@ async fn stream(
             subscription_failed(e, &failed);
         }
     });
+    // The body yields each delivery's shared bytes; the HTTP connection writes every frame that
+    // is ready in one go, and the hub wakes a busy subscriber once per batch (hub::COALESCE).
     let events = futures_util::stream::poll_fn(move |cx| {
         rx.poll_recv(cx)
-            .map(|d| d.map(|d| Ok::<_, Infallible>(delivery_event(&d))))
+            .map(|d| d.map(|d| Ok::<_, Infallible>(delivery_frame(&d))))
     });
     // A revoked or expired token ends the stream with an `error` event (the subscription task
     // then sees its queue closed and stops).
     let events = crate::auth::until_invalid(events, invalidated, |reason| {
-        Ok(token_ended_event(reason, None))
+        Ok(sse_event("error", None, &token_ended_data(reason, None)))
     });
-    let mut response = Sse::new(events).into_response();
-    response
-        .headers_mut()
-        .insert("x-accel-buffering", HeaderValue::from_static("no"));
+    let mut response = Response::new(axum::body::Body::from_stream(events));
+    let headers = response.headers_mut();
+    headers.insert(
+        axum::http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert(
+        axum::http::header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache"),
+    );
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
     Ok(response)
 }
 
@@ -466,4 +508,20 @@ pub fn subscription_failed(e: DocError, tx: &mpsc::Sender<Delivery>) {
         code: api.code,
         message: api.message,
     });
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn sse_events_are_one_data_line_per_line() {
+        assert_eq!(
+            super::sse_event("message", Some(5), r#"{"a":1}"#),
+            "event: message\nid: 5\ndata: {\"a\":1}\n\n"
+        );
+        // A line break in data (never in compact JSON) cannot end the event early.
+        assert_eq!(
+            super::sse_event("error", None, "a\r\nb"),
+            "event: error\ndata: a\ndata: b\n\n"
+        );
+    }
 }

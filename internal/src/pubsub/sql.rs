@@ -20,6 +20,8 @@ pub struct Message {
     pub created_ms: i64,
     pub producer: Option<String>,
     json: OnceLock<String>,
+    /// The SSE `message` event, built once and shared by every SSE subscriber.
+    frame: OnceLock<bytes::Bytes>,
 }
 
 impl Message {
@@ -40,6 +42,15 @@ impl Message {
             })
             .to_string()
         })
+    }
+}
+
+impl Message {
+    /// `event: message`, `id: {id}`, `data: {json}` as an SSE event (the JSON is one line).
+    pub fn sse_frame(&self) -> bytes::Bytes {
+        self.frame
+            .get_or_init(|| super::sse_event("message", Some(self.id), self.json()))
+            .clone()
     }
 }
 
@@ -110,6 +121,7 @@ pub fn insert(
         created_ms,
         producer: producer.map(str::to_owned),
         json: OnceLock::new(),
+        frame: OnceLock::new(),
     });
     Ok((
         Published {
@@ -131,6 +143,7 @@ fn row_to_message(r: &rusqlite::Row<'_>) -> rusqlite::Result<Message> {
         created_ms: r.get(4)?,
         producer: r.get(5)?,
         json: OnceLock::new(),
+        frame: OnceLock::new(),
     })
 }
 

@@ -19,9 +19,9 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, OptionalExtension};
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 
-use super::events::{Announcement, ChangeEvent, EVENT_CAPACITY};
+use super::events::{Announcement, ChangeEvent, Events};
 use super::handle::{DocError, DocHandle};
 use crate::migrations::Schema;
 use crate::ops::metrics::Metrics;
@@ -122,7 +122,7 @@ pub(crate) async fn spawn(
     on_exit: Box<dyn FnOnce() + Send>,
 ) -> Result<(DocHandle, bool), DocError> {
     let (tx, rx) = mpsc::channel(config.mailbox_capacity);
-    let (events, _) = broadcast::channel(EVENT_CAPACITY);
+    let events = Arc::new(Events::default());
     let shared = Arc::new(ActorShared::default());
     let (ready_tx, ready_rx) = oneshot::channel();
     let thread_events = events.clone();
@@ -178,7 +178,9 @@ pub(crate) async fn spawn(
             if let Some(hooks) = config.hooks {
                 (hooks.closing)();
             }
-            sqlite::checkpoint(&actor.conn);
+            // Closing the last connection checkpoints the WAL into the file and removes it
+            // (SQLite does that itself; a checkpoint of our own first only doubled the fsyncs).
+            drop(actor);
             if let Some(g) = &gauge {
                 g.dec();
             }
@@ -255,7 +257,7 @@ struct Actor {
     /// A document (not `service.db`): keeps `commit_seq` in `_patchwork_meta` and counts in
     /// `patchwork_open_documents`.
     track_commits: bool,
-    events: broadcast::Sender<ChangeEvent>,
+    events: Arc<Events>,
     shared: Arc<ActorShared>,
     metrics: Arc<Metrics>,
     /// Tables the update hook saw since it was last drained.
@@ -275,7 +277,7 @@ impl Actor {
         conn: Connection,
         schema: Schema,
         config: ActorConfig,
-        events: broadcast::Sender<ChangeEvent>,
+        events: Arc<Events>,
         shared: Arc<ActorShared>,
         metrics: Arc<Metrics>,
     ) -> Result<Self, DocError> {
@@ -624,12 +626,14 @@ impl Actor {
             self.shared
                 .last_write_at_ms
                 .store(now_ms, Ordering::Release);
-            let tables: Vec<String> = written.into_iter().collect();
-            let _ = self.events.send(ChangeEvent {
-                commit_seq: seq,
-                tables_written: tables.into(),
-                announcements: announcements.into(),
-            });
+            if let Some(events) = self.events.sender() {
+                let tables: Vec<String> = written.into_iter().collect();
+                let _ = events.send(ChangeEvent {
+                    commit_seq: seq,
+                    tables_written: tables.into(),
+                    announcements: announcements.into(),
+                });
+            }
         }
         let end = match &commit_error {
             None => Finish::Committed,

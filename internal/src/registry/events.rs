@@ -2,7 +2,9 @@
 //! Watches (query) and sync build on these; pub/sub adds its own payloads later.
 
 use std::any::Any;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+
+use tokio::sync::broadcast;
 
 /// Something a write asks to announce with its commit (e.g. a stored pub/sub message). The
 /// capability that made it downcasts it again; the registry only carries it, in commit order.
@@ -33,3 +35,27 @@ impl std::fmt::Debug for ChangeEvent {
 /// Capacity of each document's broadcast channel. A receiver that falls further behind sees
 /// `RecvError::Lagged` and must resynchronise (a watch re-evaluates, a subscriber replays).
 pub const EVENT_CAPACITY: usize = 1024;
+
+/// A document's change-event channel, allocated on its first subscription: a broadcast channel
+/// holds all [`EVENT_CAPACITY`] slots from the start (about 100 KB), which most open documents,
+/// never watched or subscribed to, do not need. Until then commits announce nothing (no one
+/// could receive it); a subscriber reads the database after subscribing, so it misses nothing.
+#[derive(Default)]
+pub(crate) struct Events(OnceLock<broadcast::Sender<ChangeEvent>>);
+
+impl Events {
+    pub fn subscribe(&self) -> broadcast::Receiver<ChangeEvent> {
+        self.0
+            .get_or_init(|| broadcast::channel(EVENT_CAPACITY).0)
+            .subscribe()
+    }
+
+    pub fn receiver_count(&self) -> usize {
+        self.0.get().map_or(0, broadcast::Sender::receiver_count)
+    }
+
+    /// The channel, if anyone has ever subscribed (a commit's event is worth building).
+    pub fn sender(&self) -> Option<&broadcast::Sender<ChangeEvent>> {
+        self.0.get()
+    }
+}

@@ -11,7 +11,7 @@ use rusqlite::Connection;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::actor::{ActorShared, Command, DocStats, Finish, WriteJob};
-use super::events::{Announcement, ChangeEvent};
+use super::events::{Announcement, ChangeEvent, Events};
 use crate::error::ApiError;
 use crate::migrations::MigrationError;
 use crate::ops::metrics::Metrics;
@@ -106,7 +106,7 @@ struct HandleInner {
     background: Arc<tokio::sync::Semaphore>,
     /// Live watches on this document.
     watches: std::sync::atomic::AtomicUsize,
-    events: broadcast::Sender<ChangeEvent>,
+    events: Arc<Events>,
     shared: Arc<ActorShared>,
     metrics: Arc<Metrics>,
 }
@@ -114,7 +114,7 @@ struct HandleInner {
 impl DocHandle {
     pub(crate) fn new(
         tx: mpsc::Sender<Command>,
-        events: broadcast::Sender<ChangeEvent>,
+        events: Arc<Events>,
         shared: Arc<ActorShared>,
         metrics: Arc<Metrics>,
     ) -> Self {
