@@ -32,8 +32,14 @@ pub fn open(path: &Path, schema: Schema, opts: OpenOptions) -> Result<Connection
     small_lookaside(&conn);
     conn.busy_timeout(opts.busy_timeout)?;
     // Only takes effect while the file is still empty (new databases): freed pages can then be
-    // returned to the file system with `PRAGMA incremental_vacuum` (message retention).
-    conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
+    // returned to the file system with `PRAGMA incremental_vacuum` (message retention). Set only
+    // then: on an existing database the assignment still rewrites the header page, so every
+    // open wrote a WAL frame and every close had to checkpoint it (four fsyncs per
+    // open/close cycle, and every reopened document looked changed to blob GC's rescan).
+    let pages: i64 = conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+    if pages == 0 {
+        conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
+    }
     // Deleted content is overwritten in place, so expired messages do not linger in free pages.
     conn.pragma_update(None, "secure_delete", "FAST")?;
     // journal_mode returns a row; pragma_update_and_check reads it.

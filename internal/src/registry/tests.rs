@@ -383,6 +383,10 @@ async fn idle_documents_close_and_reopen() {
         .await
         .unwrap();
     assert_eq!(n, 1);
+    // Opening and reading an existing document writes nothing: its WAL stays empty (so closing
+    // it has nothing to checkpoint, and its files keep their times).
+    let wal = std::fs::metadata(dir.path().join("idle.sqlite3-wal")).map_or(0, |m| m.len());
+    assert_eq!(wal, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
