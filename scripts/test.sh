@@ -12,3 +12,6 @@ if [ -x "$TOOLS/node/bin/node" ]; then
 fi
 
 cargo test --workspace --all-targets "$@"
+
+# The parsers' fuzz targets, briefly (scripts/fuzz.sh; skipped without a nightly toolchain).
+bash scripts/fuzz.sh "${PATCHWORK_FUZZ_SECONDS:-10}"
