@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, ErrorCode, Statement};
-use serde_json::{Map, Value as Json, json};
+use serde_json::{Value as Json, json};
 
 use super::classify::{self, Change, Class, ClassifyError, Prepared};
 use super::value;
@@ -99,16 +99,28 @@ pub fn bind(stmt: &mut Statement<'_>, args: Option<&Json>) -> Result<(), ApiErro
     Ok(())
 }
 
-/// Runs a bound statement to completion and shapes its answer. `budget` is the result bytes
-/// still allowed (shared by the statements of a batch). The classifier's authorizer stays on
-/// while it runs, and an `ALTER TABLE` that produced a `_patchwork_` name fails (and so is
-/// rolled back with its savepoint).
+/// As [`run_text`], the answer as a JSON value (batches, watches).
 pub fn run(
+    conn: &Connection,
+    prepared: Prepared<'_>,
+    limits: &Limits,
+    budget: &mut usize,
+) -> Result<Json, DocError> {
+    let text = run_text(conn, prepared, limits, budget)?;
+    serde_json::from_str(&text).map_err(|e| ApiError::internal(e).into())
+}
+
+/// Runs a bound statement to completion and writes its answer, JSON text (object keys sorted:
+/// `columns`, `last_insert_id`, `row_count`, `rows`, `rows_affected`, `truncated`, as the
+/// answers always were). `budget` is the result bytes still allowed (shared by the statements
+/// of a batch). The classifier's authorizer stays on while it runs, and an `ALTER TABLE` that
+/// produced a `_patchwork_` name fails (and so is rolled back with its savepoint).
+pub fn run_text(
     conn: &Connection,
     mut prepared: Prepared<'_>,
     limits: &Limits,
     budget: &mut usize,
-) -> Result<Json, DocError> {
+) -> Result<String, DocError> {
     let fingerprint = |conn: &Connection| classify::ddl_fingerprint(conn).map_err(sql_error);
     let before = if prepared.ddl {
         Some(fingerprint(conn)?)
@@ -158,15 +170,18 @@ fn run_inner(
     change: Option<Change>,
     limits: &Limits,
     budget: &mut usize,
-) -> Result<Json, DocError> {
+) -> Result<String, DocError> {
     forget_last_insert_rowid(conn);
-    let mut out = Map::new();
-    if stmt.column_count() > 0 {
-        let mut rows = Vec::new();
-        let mut truncated = false;
+    // Rows are written straight to their JSON bytes (no `serde_json::Value` per cell): the
+    // answer is assembled around them once the statement has run.
+    let mut rows = Vec::new();
+    let mut row_count = 0usize;
+    let mut truncated = false;
+    let has_columns = stmt.column_count() > 0;
+    if has_columns {
         let mut raw = stmt.raw_query();
         while let Some(row) = raw.next().map_err(sql_error)? {
-            if rows.len() >= limits.max_rows {
+            if row_count >= limits.max_rows {
                 truncated = true;
                 if readonly {
                     break;
@@ -174,16 +189,23 @@ fn run_inner(
                 // A write with RETURNING still runs to completion; extra rows are not returned.
                 continue;
             }
+            let start = rows.len();
+            if row_count > 0 {
+                rows.push(b',');
+            }
+            rows.push(b'[');
             // Counted on the running program: a cached statement is recompiled by its first
             // step if the schema changed since it was compiled.
             let ncols = row.as_ref().column_count();
-            let mut cells = Vec::with_capacity(ncols);
-            let mut size = 2;
             for i in 0..ncols {
-                let v = value::to_json(row.get_ref(i).map_err(sql_error)?);
-                size += approx_size(&v) + 1;
-                cells.push(v);
+                if i > 0 {
+                    rows.push(b',');
+                }
+                let cell = value::Cell(row.get_ref(i).map_err(sql_error)?);
+                serde_json::to_writer(&mut rows, &cell).map_err(ApiError::internal)?;
             }
+            rows.push(b']');
+            let size = rows.len() - start;
             if size > *budget {
                 return Err(ApiError::too_large(format!(
                     "the result is larger than {} bytes; add a LIMIT or lower max_rows",
@@ -192,33 +214,61 @@ fn run_inner(
                 .into());
             }
             *budget -= size;
-            rows.push(Json::Array(cells));
+            row_count += 1;
         }
-        drop(raw);
-        // After the first step, so the names are the running program's too.
-        let columns: Vec<Json> = stmt
-            .column_names()
-            .into_iter()
-            .map(|c| Json::String(c.to_owned()))
-            .collect();
-        out.insert("columns".into(), Json::Array(columns));
-        out.insert("row_count".into(), json!(rows.len()));
-        out.insert("rows".into(), Json::Array(rows));
-        out.insert("truncated".into(), json!(truncated));
     } else {
         stmt.raw_execute().map_err(sql_error)?;
     }
-    if !readonly {
+    let mut out = Vec::with_capacity(rows.len() + 96);
+    let mut sep = b'{';
+    let mut key = |out: &mut Vec<u8>, name: &str| {
+        out.push(sep);
+        sep = b',';
+        out.push(b'"');
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b"\":");
+    };
+    // Only a data write reports its own changes (see `run_text`).
+    let written = (!readonly).then(|| {
         let affected = if change.is_some() { conn.changes() } else { 0 };
         // An UPSERT that updated, or an INSERT into a WITHOUT ROWID table, sets no rowid: the
         // last one was cleared before the statement ran, so no earlier one (maybe another
         // client's) can be reported.
         let rowid = conn.last_insert_rowid();
         let id = (change == Some(Change::Insert) && affected > 0 && rowid != 0).then_some(rowid);
-        out.insert("rows_affected".into(), json!(affected));
-        out.insert("last_insert_id".into(), json!(id));
+        (affected, id)
+    });
+    let internal = |e: serde_json::Error| DocError::from(ApiError::internal(e));
+    if has_columns {
+        // After the first step, so the names are the running program's too.
+        key(&mut out, "columns");
+        serde_json::to_writer(&mut out, &stmt.column_names()).map_err(internal)?;
     }
-    Ok(Json::Object(out))
+    if let Some((_, id)) = written {
+        key(&mut out, "last_insert_id");
+        serde_json::to_writer(&mut out, &id).map_err(internal)?;
+    }
+    if has_columns {
+        key(&mut out, "row_count");
+        serde_json::to_writer(&mut out, &row_count).map_err(internal)?;
+        key(&mut out, "rows");
+        out.push(b'[');
+        out.extend_from_slice(&rows);
+        out.push(b']');
+    }
+    if let Some((affected, _)) = written {
+        key(&mut out, "rows_affected");
+        serde_json::to_writer(&mut out, &affected).map_err(internal)?;
+    }
+    if has_columns {
+        key(&mut out, "truncated");
+        serde_json::to_writer(&mut out, &truncated).map_err(internal)?;
+    }
+    if sep == b'{' {
+        out.push(b'{');
+    }
+    out.push(b'}');
+    String::from_utf8(out).map_err(|e| ApiError::internal(e).into())
 }
 
 /// Sets the connection's `last_insert_rowid()` to 0, so what a statement reports afterwards is
@@ -228,20 +278,4 @@ fn forget_last_insert_rowid(conn: &Connection) {
     // SAFETY: `handle()` is the live connection owned by `conn` (borrowed for this call, on the
     // actor thread that owns it); `sqlite3_set_last_insert_rowid` only stores an integer in it.
     unsafe { rusqlite::ffi::sqlite3_set_last_insert_rowid(conn.handle(), 0) }
-}
-
-/// A close upper estimate of a value's JSON length, without serializing it.
-fn approx_size(v: &Json) -> usize {
-    match v {
-        Json::Null | Json::Bool(_) => 5,
-        Json::Number(_) => 24,
-        Json::String(s) => s.len() + s.len() / 8 + 2,
-        Json::Object(m) => {
-            m.iter()
-                .map(|(k, v)| k.len() + approx_size(v) + 4)
-                .sum::<usize>()
-                + 2
-        }
-        Json::Array(a) => a.iter().map(approx_size).sum::<usize>() + a.len() + 2,
-    }
 }

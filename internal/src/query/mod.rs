@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::Method;
+use axum::response::IntoResponse;
 use axum::routing::post;
 use serde::Deserialize;
 use serde_json::{Value as Json, json};
@@ -145,8 +146,21 @@ fn note_timeout(metrics: &Metrics, e: &DocError) {
 }
 
 enum ReadOutcome {
-    Done(Json),
+    /// The answer's JSON text.
+    Done(String),
     NeedsWrite,
+}
+
+/// An answer already serialized by [`exec::run_text`].
+fn json_text(text: String) -> axum::response::Response {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            axum::http::HeaderValue::from_static("application/json"),
+        )],
+        text,
+    )
+        .into_response()
 }
 
 async fn exec_route(
@@ -154,7 +168,7 @@ async fn exec_route(
     auth: Authorized,
     headers: axum::http::HeaderMap,
     ApiJson(body): ApiJson<ExecBody>,
-) -> Result<ApiJson<Json>, ApiError> {
+) -> Result<axum::response::Response, ApiError> {
     let limits = limits(&state, body.options)?;
     let fences = crate::leases::parse_fences(&headers)?;
     let doc = state.registry.get(auth.db()?).await?;
@@ -178,13 +192,13 @@ async fn exec_route(
             count(&read_metrics, prepared.class);
             exec::bind(&mut prepared.stmt, read_args.as_ref().as_ref())?;
             let mut budget = limits.max_bytes;
-            exec::run(conn, prepared, &limits, &mut budget).map(ReadOutcome::Done)
+            exec::run_text(conn, prepared, &limits, &mut budget).map(ReadOutcome::Done)
         })
         .await
         .inspect_err(|e| note_timeout(&metrics, e))?
     };
     if let ReadOutcome::Done(result) = outcome {
-        return Ok(ApiJson(result));
+        return Ok(json_text(result));
     }
     // Everything else joins the next group commit; the class is checked again there, before
     // the statement runs (the schema may have changed in between).
@@ -197,11 +211,11 @@ async fn exec_route(
             count(&write_metrics, prepared.class);
             exec::bind(&mut prepared.stmt, args.as_ref().as_ref())?;
             let mut budget = limits.max_bytes;
-            exec::run(conn, prepared, &limits, &mut budget)
+            exec::run_text(conn, prepared, &limits, &mut budget)
         })
         .await
         .inspect_err(|e| note_timeout(&metrics, e))?;
-    Ok(ApiJson(result))
+    Ok(json_text(result))
 }
 
 /// Adds the failing statement's index to an error.

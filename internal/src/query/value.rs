@@ -44,6 +44,33 @@ pub fn from_json(v: &Json) -> Result<Sql, String> {
     })
 }
 
+/// A SQLite value serialized exactly as [`to_json`] would make it, without building the
+/// `serde_json::Value` (results are written straight to their bytes).
+pub struct Cell<'a>(pub ValueRef<'a>);
+
+impl serde::Serialize for Cell<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        match self.0 {
+            ValueRef::Null => s.serialize_unit(),
+            ValueRef::Integer(i) if (-SAFE..=SAFE).contains(&i) => s.serialize_i64(i),
+            ValueRef::Integer(i) => {
+                let mut m = s.serialize_map(Some(1))?;
+                m.serialize_entry("$int", &i.to_string())?;
+                m.end()
+            }
+            ValueRef::Real(f) if f.is_finite() => s.serialize_f64(f),
+            ValueRef::Real(_) => s.serialize_unit(),
+            ValueRef::Text(t) => s.serialize_str(&String::from_utf8_lossy(t)),
+            ValueRef::Blob(b) => {
+                let mut m = s.serialize_map(Some(1))?;
+                m.serialize_entry("$base64", &B64.encode(b))?;
+                m.end()
+            }
+        }
+    }
+}
+
 pub fn to_json(v: ValueRef<'_>) -> Json {
     match v {
         ValueRef::Null => Json::Null,
@@ -67,6 +94,33 @@ pub fn to_json(v: ValueRef<'_>) -> Json {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn cells_serialize_as_to_json_makes_them() {
+        let values = [
+            ValueRef::Null,
+            ValueRef::Integer(0),
+            ValueRef::Integer(-42),
+            ValueRef::Integer(SAFE),
+            ValueRef::Integer(SAFE + 1),
+            ValueRef::Integer(i64::MIN),
+            ValueRef::Real(2.5),
+            ValueRef::Real(-0.0),
+            ValueRef::Real(1e300),
+            ValueRef::Real(f64::NAN),
+            ValueRef::Real(f64::INFINITY),
+            ValueRef::Text(b"plain \"quoted\" \n\x01"),
+            ValueRef::Text(b"\xff\xfe not utf-8"),
+            ValueRef::Blob(b"\x00\x01\x02"),
+        ];
+        for v in values {
+            assert_eq!(
+                serde_json::to_string(&Cell(v)).unwrap(),
+                serde_json::to_string(&to_json(v)).unwrap(),
+                "{v:?}"
+            );
+        }
+    }
 
     #[test]
     fn round_trips() {
