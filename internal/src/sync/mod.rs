@@ -141,9 +141,12 @@ struct ChangesQuery {
     format: Format,
     #[serde(default)]
     live: bool,
-    /// Accepted here for `EventSource` (the auth layer reads it).
+    /// Accepted here for `EventSource` (the auth layer reads it), under both names the auth
+    /// layer takes.
     #[serde(default, rename = "access_token")]
     _access_token: Option<String>,
+    #[serde(default, rename = "token")]
+    _token: Option<String>,
 }
 
 #[derive(Deserialize, Default, Clone, Copy, PartialEq, Eq)]

@@ -359,11 +359,13 @@ async fn live_changes_arrive_once_in_order_across_a_reconnect() {
         .unwrap()["version"]
         .as_i64()
         .unwrap();
+    // The token in the query under either name the auth layer takes (`EventSource`).
     let open = |after: Option<String>| {
+        let key = if after.is_some() { "token" } else { "access_token" };
         let mut req = server.anon(
             Method::GET,
             &format!(
-                "/api/v1/db/{db}/sync/changes?since={since}&format=json&live=true&access_token={}",
+                "/api/v1/db/{db}/sync/changes?since={since}&format=json&live=true&{key}={}",
                 server.admin_token
             ),
         );
