@@ -178,6 +178,10 @@ struct ServeArgs {
     /// Seconds an idle keep-alive connection stays open [default: 60].
     #[arg(long, env = "PATCHWORK_HTTP_IDLE_TIMEOUT_SECS")]
     http_idle_timeout_secs: Option<u64>,
+    /// Seconds between pings on a pub/sub WebSocket; silent for 3x this, it is closed
+    /// [default: 30].
+    #[arg(long, env = "PATCHWORK_WS_PING_SECS")]
+    ws_ping_secs: Option<u64>,
     /// Seconds without a byte while a request body is awaited [default: 60].
     #[arg(long, env = "PATCHWORK_REQUEST_BODY_TIMEOUT_SECS")]
     request_body_timeout_secs: Option<u64>,
@@ -345,6 +349,7 @@ impl ServeArgs {
             webhook_max_body_bytes,
             header_read_timeout_secs,
             http_idle_timeout_secs,
+            ws_ping_secs,
             request_body_timeout_secs,
             max_connections,
             max_connections_per_ip,

@@ -181,6 +181,9 @@ pub struct Config {
     /// A keep-alive connection with no request in flight and no bytes arriving is closed after
     /// this long (long-lived SSE responses and WebSockets are in flight, never idle).
     pub http_idle_timeout_secs: u64,
+    /// A pub/sub WebSocket is pinged this often, and closed when nothing (not even a pong) came
+    /// from its client for three times as long: proxies see traffic, dead peers are dropped.
+    pub ws_ping_secs: u64,
     /// While a handler waits for more of a request body, the connection is closed after this
     /// long without a byte (a slow or stalled upload cannot hold a connection forever).
     pub request_body_timeout_secs: u64,
@@ -277,6 +280,7 @@ impl Default for Config {
             webhook_max_body_bytes: 1024 * 1024,
             header_read_timeout_secs: 10,
             http_idle_timeout_secs: 60,
+            ws_ping_secs: 30,
             request_body_timeout_secs: 60,
             max_connections: 10_000,
             max_connections_per_ip: 256,
@@ -350,6 +354,9 @@ impl Config {
             return Err("header_read_timeout_secs, http_idle_timeout_secs and \
                  request_body_timeout_secs must be at least 1"
                 .into());
+        }
+        if self.ws_ping_secs == 0 {
+            return Err("ws_ping_secs must be at least 1".into());
         }
         if self.max_connections == 0 || self.max_connections_per_ip == 0 {
             return Err("max_connections and max_connections_per_ip must be at least 1".into());

@@ -106,6 +106,12 @@ impl Session {
         let mut invalidated = self.auth.invalidated(&self.state);
         let mut close: Option<CloseFrame> = None;
         let mut carried: Option<Received> = None;
+        // Pings keep proxies and NATs from dropping a quiet socket; a client that answers
+        // nothing for three periods is gone (its TCP connection may never say so).
+        let period = Duration::from_secs(self.state.config.ws_ping_secs);
+        let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_heard = tokio::time::Instant::now();
         loop {
             let frame = match carried.take() {
                 Some(frame) => Some(frame),
@@ -135,6 +141,19 @@ impl Session {
                         send_all(&mut socket, vec![shutting_down()]).await;
                         break;
                     }
+                    _ = ping.tick() => {
+                        if last_heard.elapsed() >= period * 3 {
+                            close = Some(CloseFrame {
+                                code: close_code::AWAY,
+                                reason: "no answer to pings".into(),
+                            });
+                            break;
+                        }
+                        if socket.send(Frame::Ping(Default::default())).await.is_err() {
+                            break;
+                        }
+                        None
+                    }
                     reason = &mut invalidated => {
                         send_all(&mut socket, vec![error_frame(None, reason.ended_code(), reason.message())]).await;
                         close = Some(CloseFrame {
@@ -146,6 +165,7 @@ impl Session {
                 },
             };
             let Some(frame) = frame else { continue };
+            last_heard = tokio::time::Instant::now();
             let replies = match frame {
                 Some(Ok(Frame::Text(text))) => {
                     // Frames the client already sent behind this one are taken now, so a

@@ -695,3 +695,52 @@ async fn retention_rules_and_sweep() {
         "kept messages are still there"
     );
 }
+
+#[tokio::test]
+async fn websockets_are_pinged_and_a_silent_client_is_closed() {
+    use futures_util::StreamExt;
+    let server = TestServer::start_with(|c| c.ws_ping_secs = 1).await;
+    let url = format!(
+        "ws://{}/api/v1/db/wsping/events/ws?access_token={}",
+        server.addr, server.admin_token
+    );
+    // A client that reads answers pings (tungstenite replies to them) and stays open.
+    let (mut alive, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+    // One that reads nothing for a while never answers them.
+    let (mut silent, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(4500);
+    let mut pings = 0;
+    while tokio::time::Instant::now() < deadline {
+        match tokio::time::timeout_at(deadline, alive.next()).await {
+            Ok(Some(Ok(WsMessage::Ping(_)))) => pings += 1,
+            Ok(Some(Ok(other))) => panic!("unexpected frame {other:?}"),
+            Ok(other) => panic!("the answering client was dropped: {other:?}"),
+            Err(_) => break,
+        }
+    }
+    assert!(pings >= 3, "{pings} pings in 4.5 s");
+    // The silent one was closed after three unanswered periods: reading now finds its pings,
+    // then the close frame (1001) — or, as tungstenite answers the queued pings on a socket the
+    // server has already closed, a broken pipe. Either way the stream ends without waiting.
+    let mut queued = 0;
+    let ended = loop {
+        match tokio::time::timeout(Duration::from_secs(2), silent.next()).await {
+            // At most the pings of the ~4 s before the close.
+            Ok(Some(Ok(WsMessage::Ping(_)))) if queued < 6 => queued += 1,
+            Ok(Some(Ok(WsMessage::Ping(_)))) => break false,
+            Ok(Some(Ok(WsMessage::Close(frame)))) => {
+                assert_eq!(frame.map(|f| u16::from(f.code)), Some(1001));
+                break true;
+            }
+            Ok(Some(Err(_)) | None) => break true,
+            Ok(Some(Ok(other))) => panic!("unexpected {other:?}"),
+            Err(_) => break false,
+        }
+    };
+    assert!(ended, "the silent client was not closed");
+    // The answering client still works.
+    alive
+        .send(WsMessage::Text(json!({"type": "ping"}).to_string().into()))
+        .await
+        .unwrap();
+}
