@@ -361,7 +361,11 @@ async fn live_changes_arrive_once_in_order_across_a_reconnect() {
         .unwrap();
     // The token in the query under either name the auth layer takes (`EventSource`).
     let open = |after: Option<String>| {
-        let key = if after.is_some() { "token" } else { "access_token" };
+        let key = if after.is_some() {
+            "token"
+        } else {
+            "access_token"
+        };
         let mut req = server.anon(
             Method::GET,
             &format!(
