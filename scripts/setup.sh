@@ -71,6 +71,18 @@ if [ ! -d "$TOOLS/openapi-validator/openapi_spec_validator-$OPENAPI_VALIDATOR.di
     "openapi-spec-validator==$OPENAPI_VALIDATOR"
 fi
 
+# API fuzzer for the schemathesis test (internal/src/tests/schemathesis.rs runs
+# `python3 -m schemathesis.cli` with PYTHONPATH set to this folder): PyPI's `schemathesis`,
+# pinned, installed once with its dependencies into the cache folder (a version change
+# reinstalls it).
+SCHEMATHESIS=4.32.5
+if [ ! -d "$TOOLS/schemathesis/schemathesis-$SCHEMATHESIS.dist-info" ]; then
+  rm -rf "$TOOLS/schemathesis"
+  python3 -m pip install --quiet --disable-pip-version-check --no-warn-conflicts \
+    --target "$TOOLS/schemathesis" \
+    "schemathesis==$SCHEMATHESIS"
+fi
+
 # Headless Chromium for the dashboard's browser tests (internal/src/testing/browser.rs drives it
 # through chromedriver): Debian's chromium and chromium-driver (same source package, so their
 # versions always match), and fonts-liberation for stable text rendering in screenshots.

@@ -13,6 +13,7 @@ mod openapi;
 mod pubsub;
 mod query;
 mod runtime;
+mod schemathesis;
 mod security;
 mod sql_policy;
 mod streams;

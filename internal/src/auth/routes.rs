@@ -89,6 +89,7 @@ async fn audit(
 #[schema(as = NewTokenBody)]
 pub(crate) struct CreateBody {
     /// 1 to 120 characters.
+    #[schema(min_length = 1, max_length = 120)]
     label: String,
     /// Only an admin may create an admin token.
     #[serde(default)]

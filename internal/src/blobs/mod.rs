@@ -427,8 +427,10 @@ where
 #[schema(as = InitUploadBody)]
 pub(crate) struct InitBody {
     /// BLAKE3 of the content: 64 lowercase hex characters.
+    #[schema(pattern = "^[0-9a-f]{64}$")]
     hash: String,
     /// Bytes, 0 to `blob_max_bytes`.
+    #[schema(minimum = 0)]
     size: i64,
     /// A printable `type/subtype` of at most 255 bytes; default `application/octet-stream`.
     content_type: Option<String>,
@@ -889,6 +891,15 @@ fn invalid_parts(message: impl Into<String>) -> ApiError {
     ApiError::bad_request("invalid_parts", message)
 }
 
+/// Whether the store answered a request with a client error (HTTP 4xx), as object_store reports
+/// it: the request was refused, the store itself is fine.
+fn store_refused(e: &object_store::Error) -> bool {
+    // object_store reports the store's answer in the error's text only ("… non-2xx status code:
+    // 400 Bad Request: <Error><Code>InvalidPart…"). (s3s-fs answers 403 for a part it never
+    // received; with bad credentials init-upload already failed.)
+    e.to_string().contains("non-2xx status code: 4")
+}
+
 /// The parts' ETags in part order, checked against the upload: every part exactly once.
 fn part_etags(row: &UploadRow, mut parts: Vec<PartBody>) -> Result<Vec<String>, ApiError> {
     let count = row.part_count();
@@ -962,13 +973,16 @@ async fn complete_upload(
                 Some(id) => match state.blobs.complete_multipart(&staging, id, etags).await {
                     Ok(()) => {}
                     Err(object_store::Error::NotFound { .. }) => return Err(missing()),
-                    Err(e) => {
+                    // S3 answered 4xx (a missing or too small part, a wrong ETag): the client's
+                    // parts. Anything else (S3 down, 5xx after retries) is the server's problem.
+                    Err(e) if store_refused(&e) => {
                         state.metrics.blob_upload("parts_refused");
                         return Err(ApiError::conflict(
                             "parts_refused",
                             format!("the object store refused the parts: {e}"),
                         ));
                     }
+                    Err(e) => return Err(internal(e)),
                 },
                 None => {
                     if let Some(part) = state
@@ -1457,6 +1471,7 @@ async fn serve(
 #[serde(deny_unknown_fields)]
 pub(crate) struct ClaimBody {
     /// 1 to 2592000 (30 days); default `blob_claim_ttl_secs`.
+    #[schema(minimum = 1, maximum = 2592000)]
     ttl_secs: Option<i64>,
 }
 

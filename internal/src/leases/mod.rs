@@ -161,10 +161,13 @@ fn not_holder() -> ApiError {
 #[serde(deny_unknown_fields)]
 pub(crate) struct AcquireBody {
     /// 1 to 256 of `A-Z a-z 0-9 . _ / : -`.
+    #[schema(pattern = "^[A-Za-z0-9._/:-]{1,256}$")]
     resource: String,
     /// 1 to 256 bytes.
+    #[schema(min_length = 1)]
     owner: String,
     /// 1 to `lease_max_ttl_secs` (3600).
+    #[schema(minimum = 1)]
     ttl_seconds: i64,
 }
 
@@ -219,9 +222,12 @@ async fn acquire(
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RenewBody {
+    #[schema(pattern = "^[A-Za-z0-9._/:-]{1,256}$")]
     resource: String,
+    #[schema(min_length = 1)]
     owner: String,
     lease_token: String,
+    #[schema(minimum = 1)]
     ttl_seconds: i64,
 }
 
@@ -263,7 +269,9 @@ async fn renew(
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ReleaseBody {
+    #[schema(pattern = "^[A-Za-z0-9._/:-]{1,256}$")]
     resource: String,
+    #[schema(min_length = 1)]
     owner: String,
     lease_token: String,
 }

@@ -278,8 +278,9 @@ fn path_param(name: &str, wildcard: bool) -> utoipa::openapi::path::Parameter {
             None,
         ),
         "endpoint" => (
-            "The endpoint name (percent-decoded; may span several segments).",
-            None,
+            "The endpoint name (percent-decoded; may span several segments): 1 to 256 bytes, \
+             not beginning with `_` (reserved), no empty, `.` or `..` segment.",
+            Some("^[^_/]"),
         ),
         "rest" => (
             "The rest of the path: the channel (may span several segments).",

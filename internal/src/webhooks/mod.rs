@@ -298,9 +298,13 @@ async fn ingest(
 #[schema(as = WebhookConfigBody)]
 pub(crate) struct ConfigBody {
     /// `github`, `stripe` or `hmac-sha256`.
-    #[schema(examples("github", "stripe", "hmac-sha256"))]
+    #[schema(
+        examples("github", "stripe", "hmac-sha256"),
+        pattern = "^(github|stripe|hmac-sha256)$"
+    )]
     scheme: String,
     /// 1 to 1024 bytes; stored encrypted, never shown again.
+    #[schema(min_length = 1)]
     secret: String,
     /// An invalid or missing signature is refused (`401`) instead of recorded as invalid.
     #[serde(default)]
@@ -310,6 +314,7 @@ pub(crate) struct ConfigBody {
     signature_header: Option<String>,
     /// Each delivery also stores a durable message on this topic.
     #[serde(default)]
+    #[schema(min_length = 1)]
     publish_topic: Option<String>,
 }
 

@@ -57,6 +57,10 @@ pub enum Payload {
 pub enum Kind {
     String,
     Integer,
+    /// An integer from the first bound to the second, both included.
+    IntegerIn(i64, i64),
+    /// One of these strings.
+    OneOf(&'static [&'static str]),
     Boolean,
 }
 
@@ -69,11 +73,16 @@ pub struct Param {
 
 impl Param {
     pub fn to_parameter(&self, location: ParameterIn) -> Parameter {
-        let kind = match self.kind {
-            Kind::String => Type::String,
-            Kind::Integer => Type::Integer,
+        let mut schema = ObjectBuilder::new().schema_type(match self.kind {
+            Kind::String | Kind::OneOf(_) => Type::String,
+            Kind::Integer | Kind::IntegerIn(..) => Type::Integer,
             Kind::Boolean => Type::Boolean,
-        };
+        });
+        match self.kind {
+            Kind::IntegerIn(min, max) => schema = schema.minimum(Some(min)).maximum(Some(max)),
+            Kind::OneOf(values) => schema = schema.enum_values(Some(values.iter().copied())),
+            _ => {}
+        }
         ParameterBuilder::new()
             .name(self.name)
             .parameter_in(location)
@@ -83,7 +92,7 @@ impl Param {
                 Required::False
             })
             .description(Some(self.description))
-            .schema(Some(ObjectBuilder::new().schema_type(kind)))
+            .schema(Some(schema))
             .build()
     }
 }
@@ -423,7 +432,7 @@ pub fn describe(method: &Method, path: &str) -> Option<Doc> {
             "Sign-ins and sign-outs, token and document changes, webhook configuration \
              changes; newest first.",
         )
-        .query("limit", Kind::Integer, "1 to 1000, default 100.")
+        .query("limit", Kind::IntegerIn(1, 1000), "1 to 1000, default 100.")
         .ok(200, "The events.", json::<AuditList>())
         .status(400, "`invalid_limit` or `invalid_query`."),
 
@@ -1260,7 +1269,11 @@ pub fn describe(method: &Method, path: &str) -> Option<Doc> {
              SSE, what is kept after `since`, then each version as it commits.",
         )
         .query_required("since", Kind::Integer, "The version the client has.")
-        .query("format", Kind::String, "`changeset` (default) or `json`.")
+        .query(
+            "format",
+            Kind::OneOf(&["changeset", "json"]),
+            "`changeset` (default) or `json`.",
+        )
         .query("live", Kind::Boolean, "`true`: a live SSE stream.")
         .header(
             "Last-Event-ID",
@@ -1304,7 +1317,7 @@ pub fn describe(method: &Method, path: &str) -> Option<Doc> {
         )
         .query(
             "on_conflict",
-            Kind::String,
+            Kind::OneOf(&["abort", "server_wins", "client_wins"]),
             "`abort` (default), `server_wins` or `client_wins`.",
         )
         .header(

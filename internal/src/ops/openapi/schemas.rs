@@ -192,6 +192,7 @@ pub struct QueryOptions {
 #[serde(deny_unknown_fields)]
 pub struct ExecBody {
     /// Exactly one statement.
+    #[schema(min_length = 1)]
     sql: String,
     args: Option<QueryArgs>,
     options: Option<QueryOptions>,
@@ -208,6 +209,7 @@ pub struct BatchStatement {
 #[serde(deny_unknown_fields)]
 pub struct BatchBody {
     /// 1 to 1000 statements, run in one transaction.
+    #[schema(min_items = 1, max_items = 1000)]
     statements: Vec<BatchStatement>,
     options: Option<QueryOptions>,
 }
@@ -272,6 +274,7 @@ pub struct WatchResult {
 #[serde(deny_unknown_fields)]
 pub struct PublishBody {
     /// 1 to 512 bytes of UTF-8, `/`-separated levels, no NUL, no `+` or `#`.
+    #[schema(min_length = 1)]
     topic: String,
     /// Any JSON value (`null` counts), stored compact; content type `application/json`.
     payload: Option<Value>,
@@ -289,6 +292,7 @@ pub struct PublishBody {
 #[serde(deny_unknown_fields)]
 pub struct PublishBatchBody {
     /// 1 to 1000 messages, one commit, all or nothing.
+    #[schema(min_items = 1, max_items = 1000)]
     messages: Vec<PublishBody>,
 }
 
@@ -325,9 +329,12 @@ pub struct Message {
 #[serde(deny_unknown_fields)]
 pub struct RetentionRule {
     /// A topic filter (`+`, `#` wildcards), each at most once.
+    #[schema(min_length = 1)]
     topic_filter: String,
     /// At least one of the two bounds.
+    #[schema(minimum = 1)]
     max_age_seconds: Option<i64>,
+    #[schema(minimum = 0)]
     max_messages: Option<i64>,
 }
 
