@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
@@ -73,6 +74,19 @@ enum Command {
         /// Replace the data already in the data dir.
         #[arg(long)]
         force: bool,
+    },
+    /// Check a running server: `GET /healthz` (or --path) over plain HTTP; exit 0 on a 200,
+    /// 1 otherwise. For container health checks (the runtime image has no curl).
+    Healthcheck {
+        /// The server's address, host:port.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        addr: String,
+        /// The path to ask.
+        #[arg(long, default_value = "/healthz")]
+        path: String,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 5)]
+        timeout_secs: u64,
     },
     /// Print the version.
     Version,
@@ -603,6 +617,56 @@ fn serde_json_line(meta: &patchwork::auth::TokenMeta) -> String {
 }
 
 #[allow(clippy::print_stdout)]
+/// One `GET` over a plain TCP connection (no TLS: the check runs next to the server), `Ok` on a
+/// `200` status line.
+fn healthcheck(addr: &str, path: &str, timeout: Duration) -> Result<(), String> {
+    use std::io::{Read, Write};
+    use std::net::ToSocketAddrs;
+    if !path.starts_with('/')
+        || path
+            .bytes()
+            .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+    {
+        return Err(format!("{path:?} is not a request path"));
+    }
+    let target = addr
+        .to_socket_addrs()
+        .map_err(|e| format!("{addr}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{addr}: no address"))?;
+    let mut stream = std::net::TcpStream::connect_timeout(&target, timeout)
+        .map_err(|e| format!("connecting to {target}: {e}"))?;
+    stream
+        .set_read_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    stream
+        .set_write_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| format!("sending: {e}"))?;
+    let mut head = [0u8; 64];
+    let mut read = 0;
+    while read < head.len() {
+        match stream.read(&mut head[read..]) {
+            Ok(0) => break,
+            Ok(n) => read += n,
+            Err(e) => return Err(format!("reading: {e}")),
+        }
+        if head[..read].contains(&b'\n') {
+            break;
+        }
+    }
+    let line = String::from_utf8_lossy(&head[..read]);
+    let line = line.lines().next().unwrap_or_default();
+    match line.split_whitespace().nth(1) {
+        Some("200") => Ok(()),
+        _ => Err(format!("{target}{path} answered {line:?}")),
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
@@ -627,6 +691,17 @@ fn main() -> anyhow::Result<()> {
             report_done("backed up", &report, &out);
             Ok(())
         }
+        Command::Healthcheck {
+            addr,
+            path,
+            timeout_secs,
+        } => match healthcheck(&addr, &path, Duration::from_secs(timeout_secs)) {
+            Ok(()) => Ok(()),
+            Err(why) => {
+                eprintln!("healthcheck: {why}");
+                std::process::exit(1);
+            }
+        },
         Command::Restore {
             from,
             data_dir,

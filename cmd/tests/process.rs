@@ -360,6 +360,28 @@ fn mark_service_db_from_the_future(dir: &Path) {
 }
 
 #[test]
+fn healthcheck_passes_on_a_live_server_and_fails_otherwise() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), &[]);
+    let addr = server.base.trim_start_matches("http://").to_owned();
+    let check = |addr: &str, path: &str| {
+        Command::new(BIN)
+            .args(["healthcheck", "--addr", addr, "--path", path, "--timeout-secs", "3"])
+            .output()
+            .unwrap()
+    };
+    assert!(check(&addr, "/healthz").status.success());
+    assert!(check(&addr, "/readyz").status.success());
+    // Not a 200: an unknown path, and a port nobody listens on.
+    let missing = check(&addr, "/no-such-thing");
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("404"));
+    drop(server);
+    let dead = check(&addr, "/healthz");
+    assert_eq!(dead.status.code(), Some(1));
+}
+
+#[test]
 fn version_prints() {
     let out = Command::new(BIN).arg("version").output().unwrap();
     assert!(out.status.success());
