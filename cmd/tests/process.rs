@@ -366,7 +366,15 @@ fn healthcheck_passes_on_a_live_server_and_fails_otherwise() {
     let addr = server.base.trim_start_matches("http://").to_owned();
     let check = |addr: &str, path: &str| {
         Command::new(BIN)
-            .args(["healthcheck", "--addr", addr, "--path", path, "--timeout-secs", "3"])
+            .args([
+                "healthcheck",
+                "--addr",
+                addr,
+                "--path",
+                path,
+                "--timeout-secs",
+                "3",
+            ])
             .output()
             .unwrap()
     };
