@@ -616,7 +616,6 @@ fn serde_json_line(meta: &patchwork::auth::TokenMeta) -> String {
     )
 }
 
-#[allow(clippy::print_stdout)]
 /// One `GET` over a plain TCP connection (no TLS: the check runs next to the server), `Ok` on a
 /// `200` status line.
 fn healthcheck(addr: &str, path: &str, timeout: Duration) -> Result<(), String> {
@@ -667,6 +666,7 @@ fn healthcheck(addr: &str, path: &str, timeout: Duration) -> Result<(), String> 
     }
 }
 
+#[allow(clippy::print_stdout)]
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
