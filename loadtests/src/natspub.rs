@@ -28,7 +28,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, bail, ensure};
+use anyhow::Context as _;
 use async_nats::jetstream::context::{PublishAckFuture, PublishErrorKind};
 use async_nats::jetstream::{self, stream};
 use async_nats::{ConnectOptions, Subject};
@@ -37,10 +37,10 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::Config;
-use crate::sse::{nofile_soft_limit, resolve};
+use crate::sse::resolve;
 use crate::wspub::{
-    CLOSE_TIMEOUT, DRAIN_TIMEOUT, OPEN_PARALLELISM, Outcome, Stats, Timeline, WsPubConfig,
-    open_timeout, payload, print_table, record, report,
+    CLOSE_TIMEOUT, DRAIN_TIMEOUT, OPEN_PARALLELISM, Outcome, Stats, Timeline, WsPubConfig, drive,
+    open_timeout, payload, record,
 };
 
 /// Command-line name of this mode.
@@ -193,44 +193,11 @@ fn overall_deadline(cfg: &Config) -> Duration {
         + Duration::from_secs(30)
 }
 
-/// Runs the mode and prints its report; the JSON object is the last line of stdout.
+/// Runs the mode and prints its report (as `publish-ws` does); the JSON object is the last
+/// line of stdout.
 pub async fn run(cfg: Config, wc: WsPubConfig) -> anyhow::Result<ExitCode> {
-    if let Some(soft) = nofile_soft_limit() {
-        let need = (cfg.run.concurrency + 64) as u64;
-        ensure!(
-            soft >= need,
-            "{} connections need about {need} file descriptors but the soft RLIMIT_NOFILE is \
-             {soft}; raise it (ulimit -n) or open fewer connections",
-            cfg.run.concurrency
-        );
-    }
     let deadline = overall_deadline(&cfg);
-    eprintln!(
-        "loadtests: {NAME} against {} with {} connections, window {}, {} B payloads for {:?} \
-         (warm-up {:?}; overall deadline {deadline:?})",
-        cfg.target.base,
-        cfg.run.concurrency,
-        wc.window,
-        wc.payload_bytes,
-        cfg.run.duration,
-        cfg.run.warmup
-    );
-    let outcome = match tokio::time::timeout(deadline, phases(&cfg, wc)).await {
-        Ok(r) => r?,
-        Err(_) => bail!("the run did not finish within its overall deadline of {deadline:?}"),
-    };
-    for (kind, sample) in &outcome.stats.errors.samples {
-        eprintln!("loadtests: first {kind} error: {sample}");
-    }
-    let j = report(NAME, &cfg, wc, &outcome);
-    print_table(NAME, &j, &outcome);
-    // The JSON object is always the last line of stdout.
-    println!("{j}");
-    if outcome.stats.acked == 0 {
-        eprintln!("loadtests: {NAME}: no publish was acknowledged in the timed phase");
-        return Ok(ExitCode::FAILURE);
-    }
-    Ok(ExitCode::SUCCESS)
+    Box::pin(drive(NAME, &cfg, wc, deadline, phases(&cfg, wc))).await
 }
 
 async fn phases(cfg: &Config, wc: WsPubConfig) -> anyhow::Result<Outcome> {

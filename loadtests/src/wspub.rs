@@ -581,6 +581,20 @@ fn overall_deadline(cfg: &Config) -> Duration {
 
 /// Runs the mode and prints its report; the JSON object is the last line of stdout.
 pub async fn run(cfg: Config, wc: WsPubConfig) -> anyhow::Result<ExitCode> {
+    let deadline = overall_deadline(&cfg);
+    Box::pin(drive(NAME, &cfg, wc, deadline, phases(&cfg, wc))).await
+}
+
+/// What every publish mode does around its `phases` (also `publish-nats`): checks the file
+/// descriptor limit, runs them under `deadline`, prints errors, the table and the JSON line;
+/// fails when nothing was acknowledged.
+pub async fn drive(
+    name: &str,
+    cfg: &Config,
+    wc: WsPubConfig,
+    deadline: Duration,
+    phases: impl Future<Output = anyhow::Result<Outcome>>,
+) -> anyhow::Result<ExitCode> {
     if let Some(soft) = nofile_soft_limit() {
         let need = (cfg.run.concurrency + 64) as u64;
         ensure!(
@@ -590,9 +604,8 @@ pub async fn run(cfg: Config, wc: WsPubConfig) -> anyhow::Result<ExitCode> {
             cfg.run.concurrency
         );
     }
-    let deadline = overall_deadline(&cfg);
     eprintln!(
-        "loadtests: {NAME} against {} with {} connections, window {}, {} B payloads for {:?} \
+        "loadtests: {name} against {} with {} connections, window {}, {} B payloads for {:?} \
          (warm-up {:?}; overall deadline {deadline:?})",
         cfg.target.base,
         cfg.run.concurrency,
@@ -601,19 +614,19 @@ pub async fn run(cfg: Config, wc: WsPubConfig) -> anyhow::Result<ExitCode> {
         cfg.run.duration,
         cfg.run.warmup
     );
-    let outcome = match tokio::time::timeout(deadline, phases(&cfg, wc)).await {
+    let outcome = match tokio::time::timeout(deadline, phases).await {
         Ok(r) => r?,
         Err(_) => bail!("the run did not finish within its overall deadline of {deadline:?}"),
     };
     for (kind, sample) in &outcome.stats.errors.samples {
         eprintln!("loadtests: first {kind} error: {sample}");
     }
-    let j = report(NAME, &cfg, wc, &outcome);
-    print_table(NAME, &j, &outcome);
+    let j = report(name, cfg, wc, &outcome);
+    print_table(name, &j, &outcome);
     // The JSON object is always the last line of stdout.
     println!("{j}");
     if outcome.stats.acked == 0 {
-        eprintln!("loadtests: {NAME}: no publish was acknowledged in the timed phase");
+        eprintln!("loadtests: {name}: no publish was acknowledged in the timed phase");
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
