@@ -123,14 +123,7 @@ pub async fn run_once(state: &AppState) -> Result<GcReport, ApiError> {
         })
         .await?;
     report.candidates = candidates.len();
-    let mut by_stripe: BTreeMap<usize, Vec<String>> = BTreeMap::new();
-    for hash in candidates {
-        by_stripe
-            .entry(Blobs::stripe(&hash))
-            .or_default()
-            .push(hash);
-    }
-    for (stripe, hashes) in by_stripe {
+    for (stripe, hashes) in by_stripe(candidates) {
         for batch in hashes.chunks(DELETE_BATCH) {
             let _lock = state.blobs.lock_stripe(stripe).await;
             let batch = batch.to_vec();
@@ -224,6 +217,15 @@ pub async fn run_once(state: &AppState) -> Result<GcReport, ApiError> {
     Ok(report)
 }
 
+/// `hashes` grouped by lock stripe: each group is one batch under one lock.
+fn by_stripe(hashes: Vec<String>) -> BTreeMap<usize, Vec<String>> {
+    let mut groups: BTreeMap<usize, Vec<String>> = BTreeMap::new();
+    for hash in hashes {
+        groups.entry(Blobs::stripe(&hash)).or_default().push(hash);
+    }
+    groups
+}
+
 /// Deletes what the store holds without a row: objects with no `blob_objects` row, and staged
 /// uploads, parts or half-verified files with no `blob_uploads` row and older than an upload
 /// URL's lifetime. Objects are re-checked under their stripe's lock (a complete moves its object
@@ -248,14 +250,7 @@ pub async fn sweep_orphans(state: &AppState) -> Result<usize, ApiError> {
         .try_collect()
         .await
         .map_err(ApiError::internal)?;
-    let mut by_stripe: BTreeMap<usize, Vec<String>> = BTreeMap::new();
-    for hash in listed {
-        by_stripe
-            .entry(Blobs::stripe(&hash))
-            .or_default()
-            .push(hash);
-    }
-    for (stripe, hashes) in by_stripe {
+    for (stripe, hashes) in by_stripe(listed) {
         for batch in hashes.chunks(DELETE_BATCH) {
             let _lock = state.blobs.lock_stripe(stripe).await;
             let batch = batch.to_vec();

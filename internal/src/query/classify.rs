@@ -281,18 +281,24 @@ fn handle_of(conn: &Connection) -> usize {
 pub fn install(conn: &Connection) {
     let seen: Arc<Mutex<Option<Seen>>> = Arc::default();
     let sink = seen.clone();
-    conn.authorizer(Some(move |ctx: AuthContext<'_>| {
-        match sink.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
-            Some(seen) => observe(seen, &ctx),
-            None => Authorization::Allow,
-        }
-    }));
+    set_observer(conn, sink);
     let policy = Rc::new(Policy {
         handle: handle_of(conn),
         seen,
         classified: RefCell::default(),
     });
     POLICY.with(|p| *p.borrow_mut() = Some(policy));
+}
+
+/// Installs the authorizer that applies [`observe`] while `seen` holds a record (a user
+/// statement) and allows everything while it is `None` (Patchwork's own statements).
+fn set_observer(conn: &Connection, seen: Arc<Mutex<Option<Seen>>>) {
+    conn.authorizer(Some(move |ctx: AuthContext<'_>| {
+        match seen.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+            Some(seen) => observe(seen, &ctx),
+            None => Authorization::Allow,
+        }
+    }));
 }
 
 /// Forgets this thread's policy (its connection is closing).
@@ -357,12 +363,7 @@ impl<'c> Guard<'c> {
             None => {
                 let shared = Arc::new(Mutex::new(Some(seen)));
                 let sink = shared.clone();
-                conn.authorizer(Some(move |ctx: AuthContext<'_>| {
-                    match sink.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
-                        Some(seen) => observe(seen, &ctx),
-                        None => Authorization::Allow,
-                    }
-                }));
+                set_observer(conn, sink);
                 Guard {
                     conn,
                     seen: shared,
