@@ -6,14 +6,12 @@ use std::time::{Duration, SystemTime};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
+use super::blobs_s3::{hash_of, post};
 use crate::testing::TestServer;
 
 const MIB: usize = 1024 * 1024;
 
-fn hash_of(bytes: &[u8]) -> String {
-    blake3::hash(bytes).to_hex().to_string()
-}
-
+/// Bytes that differ from one MiB to the next (so swapped parts change the hash).
 fn payload(len: usize, seed: u8) -> Vec<u8> {
     (0..len)
         .map(|i| {
@@ -22,19 +20,6 @@ fn payload(len: usize, seed: u8) -> Vec<u8> {
                 .wrapping_add(seed ^ (i >> 20) as u8)
         })
         .collect()
-}
-
-async fn post(server: &TestServer, path: &str, body: Value) -> (StatusCode, Value) {
-    let r = server
-        .anon(Method::POST, path)
-        .bearer_auth(&server.admin_token)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let status = r.status();
-    let text = r.text().await.unwrap();
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
 }
 
 async fn start() -> TestServer {

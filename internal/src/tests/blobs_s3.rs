@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 
 use crate::testing::{TestServer, s3};
 
-fn hash_of(bytes: &[u8]) -> String {
+pub(super) fn hash_of(bytes: &[u8]) -> String {
     blake3::hash(bytes).to_hex().to_string()
 }
 
@@ -30,7 +30,8 @@ async fn start(tweak: impl FnOnce(&mut crate::Config)) -> (TestServer, &'static 
     (server, s3, bucket)
 }
 
-async fn post(server: &TestServer, path: &str, body: Value) -> (StatusCode, Value) {
+/// A POST with the admin token: status and JSON answer.
+pub(super) async fn post(server: &TestServer, path: &str, body: Value) -> (StatusCode, Value) {
     let r = server
         .anon(Method::POST, path)
         .bearer_auth(&server.admin_token)
