@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Runs the cargo-fuzz targets in fuzz/ (topic filters, legacy stream paths and Patch-* headers,
-# Patch-Fence, SQL argument decoding), each for SECONDS, and prints executions per target.
+# Patch-Fence, SQL argument decoding, the JSON bodies of every route, MQTT packets), each for
+# SECONDS, and prints
+# executions per target.
 #
 #   scripts/fuzz.sh [SECONDS]     default 10 per target: the smoke run scripts/test.sh does
 #
@@ -15,7 +17,7 @@ SECONDS_PER_TARGET="${1:-10}"
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 TOOLS="${PATCHWORK_TOOLS:-$HOME/.cache/patchwork-tools}"
 CARGO_FUZZ_VERSION=0.13.2
-TARGETS=(topics stream_paths patch_fence sql_args)
+TARGETS=(topics stream_paths patch_fence sql_args json_bodies mqtt_packets)
 
 if ! rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
   echo "fuzz: no nightly toolchain here; the fuzz smoke run is skipped (rustup toolchain install nightly)"

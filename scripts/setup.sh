@@ -97,3 +97,21 @@ fi
 if [ ! -x "$TOOLS/s3s/bin/s3s-fs" ]; then
   cargo install --locked s3s-fs@0.14.1 --features binary --root "$TOOLS/s3s"
 fi
+
+# MQTT clients for the MQTT adapter's tests (internal/src/tests/mqtt.rs) and its benchmark
+# (loadtests/mqtt_compare.sh): Debian's mosquitto-clients (mosquitto_pub, mosquitto_sub) and
+# mosquitto (the broker the benchmark compares with), and PyPI's paho-mqtt, pinned, installed
+# once into the cache folder.
+if ! command -v mosquitto_sub >/dev/null || ! command -v mosquitto >/dev/null; then
+  apt_install mosquitto mosquitto-clients
+fi
+# openssl makes the MQTT-over-TLS test's certificate.
+if ! command -v openssl >/dev/null; then
+  apt_install openssl
+fi
+PAHO=2.1.0
+if [ ! -d "$TOOLS/paho/paho_mqtt-$PAHO.dist-info" ]; then
+  rm -rf "$TOOLS/paho"
+  python3 -m pip install --quiet --disable-pip-version-check --no-warn-conflicts \
+    --target "$TOOLS/paho" "paho-mqtt==$PAHO"
+fi

@@ -88,8 +88,23 @@ enum Command {
         #[arg(long, default_value_t = 5)]
         timeout_secs: u64,
     },
+    /// Manage the keys that sign invite links, offline against a data dir.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
     /// Print the version.
     Version,
+}
+
+#[derive(Subcommand, Debug)]
+enum KeysCommand {
+    /// Make a new invite signing key. Links signed with the previous key keep working; links
+    /// signed with the one before it stop. A running server uses the new key at once.
+    Rotate {
+        #[arg(long, env = "PATCHWORK_DATA_DIR", default_value = "./data")]
+        data_dir: PathBuf,
+    },
 }
 
 /// Every flag can also come from `PATCHWORK_*` and from the TOML file given by `--config`.
@@ -199,6 +214,10 @@ struct ServeArgs {
     /// Seconds without a byte while a request body is awaited [default: 60].
     #[arg(long, env = "PATCHWORK_REQUEST_BODY_TIMEOUT_SECS")]
     request_body_timeout_secs: Option<u64>,
+    /// Seconds the socket may accept none of a pending response before the connection is
+    /// closed [default: 30].
+    #[arg(long, env = "PATCHWORK_RESPONSE_WRITE_TIMEOUT_SECS")]
+    response_write_timeout_secs: Option<u64>,
     /// Cap on open HTTP connections; lowered to the descriptor budget [default: 10000].
     #[arg(long, env = "PATCHWORK_MAX_CONNECTIONS")]
     max_connections: Option<usize>,
@@ -281,9 +300,60 @@ struct ServeArgs {
     /// The S3 endpoint clients reach, for presigned URLs [default: s3_endpoint].
     #[arg(long, env = "PATCHWORK_S3_PUBLIC_ENDPOINT")]
     s3_public_endpoint: Option<String>,
+    /// Address of the MQTT listener, e.g. 127.0.0.1:1883 [default: off].
+    #[arg(long, env = "PATCHWORK_MQTT_LISTEN")]
+    mqtt_listen: Option<SocketAddr>,
+    /// PEM certificate chain for MQTT over TLS (with --mqtt-tls-key).
+    #[arg(long, env = "PATCHWORK_MQTT_TLS_CERT")]
+    mqtt_tls_cert: Option<PathBuf>,
+    /// PEM private key for MQTT over TLS.
+    #[arg(long, env = "PATCHWORK_MQTT_TLS_KEY")]
+    mqtt_tls_key: Option<PathBuf>,
+    /// Largest MQTT packet, in bytes [default: 1114112].
+    #[arg(long, env = "PATCHWORK_MQTT_MAX_PACKET_BYTES")]
+    mqtt_max_packet_bytes: Option<usize>,
+    /// Unacknowledged QoS 1 messages per MQTT connection [default: 100].
+    #[arg(long, env = "PATCHWORK_MQTT_MAX_INFLIGHT")]
+    mqtt_max_inflight: Option<u16>,
+    /// Longest MQTT keep-alive, in seconds [default: 600].
+    #[arg(long, env = "PATCHWORK_MQTT_MAX_KEEP_ALIVE_SECS")]
+    mqtt_max_keep_alive_secs: Option<u16>,
+    /// Seconds a persistent MQTT session is kept while its client is away [default: 604800].
+    #[arg(long, env = "PATCHWORK_MQTT_SESSION_EXPIRY_SECS")]
+    mqtt_session_expiry_secs: Option<u64>,
+    /// Cap on open MQTT connections [default: 10000].
+    #[arg(long, env = "PATCHWORK_MQTT_MAX_CONNECTIONS")]
+    mqtt_max_connections: Option<usize>,
+    /// Seconds a stuck MQTT subscriber (no progress, messages waiting) stays [default: 30].
+    #[arg(long, env = "PATCHWORK_MQTT_STALL_SECS")]
+    mqtt_stall_secs: Option<u64>,
+    /// Proof-of-work bits required to redeem an invite; 0 = off [default: 0].
+    #[arg(long, env = "PATCHWORK_POW_DIFFICULTY")]
+    pow_difficulty: Option<u8>,
+    /// Proof-of-work bits required on the anonymous legacy stream routes [default: 0].
+    #[arg(long, env = "PATCHWORK_POW_STREAMS_DIFFICULTY")]
+    pow_streams_difficulty: Option<u8>,
+    /// Seconds a proof-of-work challenge stays valid [default: 300].
+    #[arg(long, env = "PATCHWORK_POW_TTL_SECS")]
+    pow_ttl_secs: Option<u64>,
+    /// Lifetime in seconds of the token an invite redemption mints [default: 86400].
+    #[arg(long, env = "PATCHWORK_INVITE_TOKEN_TTL_SECS")]
+    invite_token_ttl_secs: Option<u64>,
     /// Proxy IPs whose X-Forwarded-For is believed (comma-separated).
     #[arg(long, env = "PATCHWORK_TRUSTED_PROXIES", value_delimiter = ',')]
     trusted_proxies: Option<Vec<std::net::IpAddr>>,
+    /// Seconds a presence member stays without a heartbeat (rooms may set their own) [default: 60].
+    #[arg(long, env = "PATCHWORK_PRESENCE_TTL_SECS")]
+    presence_ttl_secs: Option<u64>,
+    /// Members per presence room at most [default: 1000].
+    #[arg(long, env = "PATCHWORK_PRESENCE_MAX_MEMBERS_PER_ROOM")]
+    presence_max_members_per_room: Option<usize>,
+    /// Presence rooms per document at most [default: 1000].
+    #[arg(long, env = "PATCHWORK_PRESENCE_MAX_ROOMS_PER_DOCUMENT")]
+    presence_max_rooms_per_document: Option<usize>,
+    /// Presence members over every document at most [default: 100000].
+    #[arg(long, env = "PATCHWORK_PRESENCE_MAX_MEMBERS_TOTAL")]
+    presence_max_members_total: Option<usize>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -365,6 +435,7 @@ impl ServeArgs {
             http_idle_timeout_secs,
             ws_ping_secs,
             request_body_timeout_secs,
+            response_write_timeout_secs,
             max_connections,
             max_connections_per_ip,
             session_idle_secs,
@@ -379,8 +450,32 @@ impl ServeArgs {
             blob_gc_interval_secs,
             blob_store,
             s3_path_style,
-            trusted_proxies
+            trusted_proxies,
+            mqtt_max_packet_bytes,
+            mqtt_max_inflight,
+            mqtt_max_keep_alive_secs,
+            mqtt_session_expiry_secs,
+            mqtt_max_connections,
+            mqtt_stall_secs,
+            pow_difficulty,
+            pow_streams_difficulty,
+            pow_ttl_secs,
+            presence_ttl_secs,
+            presence_max_members_per_room,
+            presence_max_rooms_per_document,
+            presence_max_members_total
         );
+        for (field, v) in [
+            (&mut config.mqtt_tls_cert, self.mqtt_tls_cert),
+            (&mut config.mqtt_tls_key, self.mqtt_tls_key),
+        ] {
+            if v.is_some() {
+                *field = v;
+            }
+        }
+        if self.mqtt_listen.is_some() {
+            config.mqtt_listen = self.mqtt_listen;
+        }
         for (field, v) in [
             (&mut config.s3_endpoint, self.s3_endpoint),
             (&mut config.s3_bucket, self.s3_bucket),
@@ -675,6 +770,20 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Token { command } => token(command),
+        Command::Keys {
+            command: KeysCommand::Rotate { data_dir },
+        } => {
+            init_tracing(LogFormat::Text);
+            let kid = patchwork::tokens_cli::rotate_invite_key(&data_dir)?;
+            #[allow(clippy::print_stdout)] // the CLI's output
+            {
+                println!(
+                    "invite key {kid} now signs new links; key {} is still accepted",
+                    kid - 1
+                );
+            }
+            Ok(())
+        }
         Command::Sync {
             url,
             token,

@@ -843,3 +843,109 @@ async fn an_acknowledged_blob_survives_kill_9() {
     assert_eq!(got.status(), 200);
     assert_eq!(got.bytes().await.unwrap().as_ref(), bytes.as_slice());
 }
+
+/// A QoS 1 MQTT publisher with 100 in flight, `kill -9` mid-run, restart: every message the
+/// server acknowledged (PUBACK) is stored. Two rounds on the same data dir.
+#[tokio::test]
+async fn mqtt_acknowledged_publishes_survive_kill_9() {
+    use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
+    let dir = tempfile::tempdir().unwrap();
+    let admin = "mqtt-durability-admin-token-0123456789";
+    let mut acked_all: Vec<String> = Vec::new();
+    for round in 0..2 {
+        // A free port for the MQTT listener (the HTTP one is printed; this one is chosen).
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let listen = format!("127.0.0.1:{port}");
+        let mut server = start(
+            dir.path(),
+            &[
+                ("PATCHWORK_ADMIN_TOKEN", admin),
+                ("PATCHWORK_MQTT_LISTEN", listen.as_str()),
+            ],
+        );
+        let mut o = MqttOptions::new(format!("killer-{round}"), "127.0.0.1", port);
+        o.set_credentials("u", admin);
+        o.set_inflight(100);
+        let (client, mut events) = AsyncClient::new(o, 200);
+        let publisher = tokio::spawn(async move {
+            for i in 0..1_000_000 {
+                let text = format!("round {round} message {i}");
+                if client
+                    .publish("db/mq/t", QoS::AtLeastOnce, false, text)
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+        });
+        // The k-th outgoing PUBLISH is the k-th request; a PUBACK names its packet id.
+        let watcher = tokio::spawn(async move {
+            let mut sent = 0usize;
+            let mut by_pkid = std::collections::HashMap::new();
+            let mut acked = Vec::new();
+            while let Ok(event) = events.poll().await {
+                match event {
+                    Event::Outgoing(Outgoing::Publish(pkid)) => {
+                        by_pkid.insert(pkid, format!("round {round} message {sent}"));
+                        sent += 1;
+                    }
+                    Event::Incoming(Packet::PubAck(ack)) => {
+                        if let Some(text) = by_pkid.remove(&ack.pkid) {
+                            acked.push(text);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            acked
+        });
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        signal(&server.child, "KILL");
+        let _ = server.child.wait();
+        acked_all.extend(watcher.await.unwrap());
+        publisher.abort();
+    }
+    assert!(
+        acked_all.len() > 100,
+        "only {} acknowledged",
+        acked_all.len()
+    );
+    let server = start(dir.path(), &[("PATCHWORK_ADMIN_TOKEN", admin)]);
+    let mut stored = std::collections::HashSet::new();
+    let mut since = 0i64;
+    loop {
+        let v: serde_json::Value = client()
+            .post(format!("{}/api/v1/db/mq/query/exec", server.base))
+            .bearer_auth(admin)
+            .json(&serde_json::json!({
+                "sql": "SELECT id, CAST(payload AS TEXT) FROM _patchwork_messages WHERE id > ? ORDER BY id LIMIT 5000",
+                "args": [since]
+            }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let rows = v["rows"]
+            .as_array()
+            .unwrap_or_else(|| panic!("rows: {v}"))
+            .clone();
+        if rows.is_empty() {
+            break;
+        }
+        for row in rows {
+            since = row[0].as_i64().unwrap();
+            stored.insert(row[1].as_str().unwrap().to_owned());
+        }
+    }
+    for text in &acked_all {
+        assert!(stored.contains(text), "acknowledged {text:?} lost");
+    }
+    assert!(server.terminate().0.success());
+}

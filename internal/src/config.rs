@@ -187,6 +187,11 @@ pub struct Config {
     /// While a handler waits for more of a request body, the connection is closed after this
     /// long without a byte (a slow or stalled upload cannot hold a connection forever).
     pub request_body_timeout_secs: u64,
+    /// While response bytes wait to be written and the socket accepts none of them, the
+    /// connection is closed after this long (a client that stops reading — an SSE subscriber
+    /// that never reads, a slow-read attack — cannot hold its connection and what is queued
+    /// for it forever).
+    pub response_write_timeout_secs: u64,
     /// Cap on open HTTP connections (WebSockets included); lowered at start to what
     /// `RLIMIT_NOFILE` leaves after the open-document budget. Connections over it are closed.
     pub max_connections: usize,
@@ -243,6 +248,43 @@ pub struct Config {
     /// The endpoint clients reach S3 at, used for the presigned URLs handed to them (the host
     /// is part of the signature); unset: `s3_endpoint`.
     pub s3_public_endpoint: Option<String>,
+    /// Address of the MQTT listener (MQTT 3.1.1 and 5); unset: no MQTT.
+    pub mqtt_listen: Option<SocketAddr>,
+    /// PEM certificate chain and private key: the MQTT listener speaks TLS (MQTTS) when both
+    /// are set.
+    pub mqtt_tls_cert: Option<PathBuf>,
+    pub mqtt_tls_key: Option<PathBuf>,
+    /// Largest MQTT packet a client may send (and the largest the server sends it).
+    pub mqtt_max_packet_bytes: usize,
+    /// QoS 1 messages sent to one MQTT connection and not yet acknowledged (also the receive
+    /// maximum offered to MQTT 5 clients).
+    pub mqtt_max_inflight: u16,
+    /// Longest keep-alive a client may ask for (a client asking for none, or more, gets this).
+    pub mqtt_max_keep_alive_secs: u16,
+    /// How long a persistent MQTT session is kept while its client is away.
+    pub mqtt_session_expiry_secs: u64,
+    /// Open MQTT connections at most.
+    pub mqtt_max_connections: usize,
+    /// Seconds a subscriber may make no progress (no PUBACK, nothing read off its socket)
+    /// while messages wait for it before it is disconnected as stuck. A slow subscriber is
+    /// throttled meanwhile: messages wait in the database, not in memory.
+    pub mqtt_stall_secs: u64,
+    /// Proof-of-work difficulty (leading zero bits) required to redeem an invite; 0 = off.
+    pub pow_difficulty: u8,
+    /// Proof-of-work difficulty required on the anonymous legacy stream routes; 0 = off.
+    pub pow_streams_difficulty: u8,
+    /// Seconds a proof-of-work challenge stays valid.
+    pub pow_ttl_secs: u64,
+    /// Lifetime of the machine token an invite redemption mints.
+    pub invite_token_ttl_secs: u64,
+    /// Seconds a presence member stays without a heartbeat, unless its room sets its own TTL.
+    pub presence_ttl_secs: u64,
+    /// Members per presence room at most (`409 room_full` beyond).
+    pub presence_max_members_per_room: usize,
+    /// Presence rooms per document at most (`409 too_many_rooms` beyond).
+    pub presence_max_rooms_per_document: usize,
+    /// Presence members over every document at most (`503 overloaded` beyond).
+    pub presence_max_members_total: usize,
 }
 
 impl Default for Config {
@@ -282,6 +324,7 @@ impl Default for Config {
             http_idle_timeout_secs: 60,
             ws_ping_secs: 30,
             request_body_timeout_secs: 60,
+            response_write_timeout_secs: 30,
             max_connections: 10_000,
             max_connections_per_ip: 256,
             public_url: None,
@@ -309,6 +352,23 @@ impl Default for Config {
             s3_secret_access_key: None,
             s3_path_style: false,
             s3_public_endpoint: None,
+            mqtt_listen: None,
+            mqtt_tls_cert: None,
+            mqtt_tls_key: None,
+            mqtt_max_packet_bytes: 1024 * 1024 + 64 * 1024,
+            mqtt_max_inflight: 100,
+            mqtt_max_keep_alive_secs: 600,
+            mqtt_session_expiry_secs: 7 * 86_400,
+            mqtt_max_connections: 10_000,
+            mqtt_stall_secs: 30,
+            pow_difficulty: 0,
+            pow_streams_difficulty: 0,
+            pow_ttl_secs: 300,
+            invite_token_ttl_secs: 86_400,
+            presence_ttl_secs: 60,
+            presence_max_members_per_room: 1_000,
+            presence_max_rooms_per_document: 1_000,
+            presence_max_members_total: 100_000,
         }
     }
 }
@@ -316,6 +376,17 @@ impl Default for Config {
 impl Config {
     /// Rejects settings the service cannot run with, with a message naming the setting.
     pub fn validate(&self) -> Result<(), String> {
+        if self.presence_ttl_secs == 0
+            || self.presence_ttl_secs > 86_400
+            || self.presence_max_members_per_room == 0
+            || self.presence_max_rooms_per_document == 0
+            || self.presence_max_members_total == 0
+        {
+            return Err("presence_ttl_secs must be between 1 and 86400, and \
+                 presence_max_members_per_room, presence_max_rooms_per_document and \
+                 presence_max_members_total at least 1"
+                .into());
+        }
         if self.mailbox_capacity == 0 {
             return Err("mailbox_capacity must be at least 1".into());
         }
@@ -354,6 +425,34 @@ impl Config {
             return Err("header_read_timeout_secs, http_idle_timeout_secs and \
                  request_body_timeout_secs must be at least 1"
                 .into());
+        }
+        if self.mqtt_max_packet_bytes < 1024
+            || self.mqtt_max_inflight == 0
+            || self.mqtt_max_keep_alive_secs == 0
+            || self.mqtt_max_connections == 0
+            || self.mqtt_stall_secs == 0
+        {
+            return Err(
+                "mqtt_max_packet_bytes must be at least 1024, and mqtt_max_inflight, \
+                 mqtt_max_keep_alive_secs, mqtt_max_connections and mqtt_stall_secs at least 1"
+                    .into(),
+            );
+        }
+        if self.pow_difficulty > 40 || self.pow_streams_difficulty > 40 || self.pow_ttl_secs == 0 {
+            return Err(
+                "pow_difficulty and pow_streams_difficulty must be at most 40 (bits), and \
+                 pow_ttl_secs at least 1"
+                    .into(),
+            );
+        }
+        if self.invite_token_ttl_secs == 0 {
+            return Err("invite_token_ttl_secs must be at least 1".into());
+        }
+        if self.mqtt_tls_cert.is_some() != self.mqtt_tls_key.is_some() {
+            return Err("mqtt_tls_cert and mqtt_tls_key go together".into());
+        }
+        if self.response_write_timeout_secs == 0 {
+            return Err("response_write_timeout_secs must be at least 1".into());
         }
         if self.ws_ping_secs == 0 {
             return Err("ws_ping_secs must be at least 1".into());

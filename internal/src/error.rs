@@ -5,10 +5,10 @@
 //! through [`ApiError::internal`], which logs the cause once and answers a generic message so
 //! nothing internal (paths, SQL, secrets) leaks to the client.
 
-use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection, QueryRejection};
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::{FromRequest, FromRequestParts, Request};
-use axum::http::{HeaderValue, StatusCode, header, request::Parts};
+use axum::extract::{FromRef, FromRequest, FromRequestParts, Request};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header, request::Parts};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -187,20 +187,80 @@ impl From<WebSocketUpgradeRejection> for ApiError {
     }
 }
 
+/// A request body whose `Content-Length` says it is over `limit` bytes: `413 too_large` before a
+/// byte of it is read, so nothing is buffered (and a client waiting for `100 Continue` never
+/// sends it). A body without the header is cut while it is read, at the same limit.
+pub fn check_declared_length(headers: &HeaderMap, limit: usize) -> Result<(), ApiError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    match declared {
+        Some(len) if len > limit as u64 => Err(body_too_large(limit)),
+        _ => Ok(()),
+    }
+}
+
+/// `413 too_large` for a request body over `limit` bytes.
+pub fn body_too_large(limit: usize) -> ApiError {
+    ApiError::too_large(format!("the request body is larger than {limit} bytes"))
+}
+
+/// The cap on bodies read whole (`max_body_bytes`; the router's `DefaultBodyLimit` is the same).
+fn body_limit<S>(state: &S) -> usize
+where
+    crate::state::AppState: FromRef<S>,
+{
+    crate::state::AppState::from_ref(state)
+        .config
+        .max_body_bytes
+}
+
 /// `axum::Json` whose rejections (bad JSON, unknown fields, wrong content type, too large) answer
-/// in the contract's error shape.
+/// in the contract's error shape; a declared length over `max_body_bytes` is refused unread.
 pub struct Json<T>(pub T);
 
 impl<S, T> FromRequest<S> for Json<T>
 where
     T: DeserializeOwned,
     S: Send + Sync,
+    crate::state::AppState: FromRef<S>,
 {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        check_declared_length(req.headers(), body_limit(state))?;
         let axum::Json(value) = axum::Json::<T>::from_request(req, state).await?;
         Ok(Json(value))
+    }
+}
+
+/// The whole request body as bytes (`axum::body::Bytes` with the contract's error shape): over
+/// `max_body_bytes` → `413 too_large`, declared or while read.
+pub struct Bytes(pub bytes::Bytes);
+
+impl<S> FromRequest<S> for Bytes
+where
+    S: Send + Sync,
+    crate::state::AppState: FromRef<S>,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let limit = body_limit(state);
+        check_declared_length(req.headers(), limit)?;
+        match bytes::Bytes::from_request(req, state).await {
+            Ok(body) => Ok(Bytes(body)),
+            Err(rejection) => Err(rejection_error(&rejection, limit)),
+        }
+    }
+}
+
+fn rejection_error(rejection: &BytesRejection, limit: usize) -> ApiError {
+    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        body_too_large(limit)
+    } else {
+        ApiError::bad_request("invalid_body", rejection.body_text())
     }
 }
 

@@ -6,8 +6,9 @@
 //! ```text
 //! request ─▶ router.rs (layers: panic→500, request id, trace, metrics, body limit)
 //!         ─▶ auth/      who is calling (token, or a web session via identity/), what they may do
-//!         ─▶ runtime/, ops/, query/, pubsub/, streams/, leases/, webhooks/, identity/: one module per
-//!            capability, each owning its routes (declared with their access), SQL and tests
+//!         ─▶ runtime/, ops/, query/, pubsub/, streams/, leases/, webhooks/, identity/,
+//!            presence/: one module per capability, each owning its routes (declared with their
+//!            access), SQL and tests
 //!         ─▶ registry/  DbId → the document's actor (opened lazily, evicted when idle)
 //!         ─▶ registry/actor.rs  one OS thread per document owns the SQLite connection;
 //!                       group commit; change events published after each commit
@@ -26,15 +27,22 @@ pub mod backup;
 pub mod blobs;
 pub mod config;
 pub mod error;
+/// Entry points for the `json_bodies` fuzz target (`fuzz/`).
+pub mod fuzzing;
 pub mod identity;
+pub mod invites;
 pub mod leases;
 pub mod migrations;
+pub mod mqtt;
 pub mod ops;
+pub mod pow;
+pub mod presence;
 pub mod pubsub;
 pub mod query;
 pub mod registry;
 pub mod router;
 pub mod runtime;
+pub mod schema;
 pub mod server;
 pub mod sqlite;
 pub mod state;

@@ -61,6 +61,21 @@ const SERVICE: &[Migration] = &[
         name: "0008_blob_parts",
         sql: include_str!("../../migrations/service/0008_blob_parts.sql"),
     },
+    Migration {
+        version: 9,
+        name: "0009_mqtt_sessions",
+        sql: include_str!("../../migrations/service/0009_mqtt_sessions.sql"),
+    },
+    Migration {
+        version: 10,
+        name: "0010_expiry_documents",
+        sql: include_str!("../../migrations/service/0010_expiry_documents.sql"),
+    },
+    Migration {
+        version: 11,
+        name: "0011_invites",
+        sql: include_str!("../../migrations/service/0011_invites.sql"),
+    },
 ];
 
 const DOCUMENT: &[Migration] = &[
@@ -93,6 +108,16 @@ const DOCUMENT: &[Migration] = &[
         version: 6,
         name: "0006_blobs",
         sql: include_str!("../../migrations/document/0006_blobs.sql"),
+    },
+    Migration {
+        version: 7,
+        name: "0007_retained",
+        sql: include_str!("../../migrations/document/0007_retained.sql"),
+    },
+    Migration {
+        version: 8,
+        name: "0008_app_schema",
+        sql: include_str!("../../migrations/document/0008_app_schema.sql"),
     },
 ];
 

@@ -40,6 +40,10 @@ pub fn capabilities() -> Vec<(&'static str, Vec<Route>)> {
         ("blobs", crate::blobs::routes()),
         ("streams", crate::streams::routes()),
         ("sync", crate::sync::routes()),
+        ("invites", crate::invites::routes()),
+        ("pow", crate::pow::routes()),
+        ("presence", crate::presence::routes()),
+        ("schema", crate::schema::routes()),
     ]
 }
 

@@ -30,16 +30,27 @@ pub async fn serve(
         state.clone(),
         Duration::from_secs(state.config.retention_sweep_seconds),
     ));
+    tokio::spawn(crate::schema::expiry::sweeper(
+        state.clone(),
+        Duration::from_secs(state.config.retention_sweep_seconds),
+    ));
+    tokio::spawn(crate::presence::sweeper(state.clone()));
     tokio::spawn(crate::blobs::gc::sweeper(
         state.clone(),
         Duration::from_secs(state.config.blob_gc_interval_secs),
     ));
+    // MQTT (when configured) ends with the HTTP server: it is waited for before the documents
+    // and `service.db` close, so its sessions are saved.
+    let mqtt = crate::mqtt::bind(&state)
+        .await?
+        .map(|(listener, tls)| tokio::spawn(crate::mqtt::run(state.clone(), listener, tls, grace)));
     let router = crate::router::build(state.clone());
     let stop = state.shutdown.clone();
     let settings = conn::ConnSettings {
         header_read_timeout: Duration::from_secs(state.config.header_read_timeout_secs),
         idle_timeout: Duration::from_secs(state.config.http_idle_timeout_secs),
         body_timeout: Duration::from_secs(state.config.request_body_timeout_secs),
+        write_timeout: Duration::from_secs(state.config.response_write_timeout_secs),
         max_connections: state.max_connections,
         max_connections_per_ip: state.config.max_connections_per_ip,
     };
@@ -65,6 +76,9 @@ pub async fn serve(
         }
     }
     stop.cancel();
+    if let Some(mqtt) = mqtt {
+        let _ = mqtt.await;
+    }
     if !state.registry.shutdown(grace).await {
         tracing::warn!(
             live = state.registry.live_actors(),

@@ -53,6 +53,17 @@ pub struct App {
     pub max_connections: usize,
     /// Cancelled when shutdown begins: long-lived streams (SSE, WebSocket) end on it.
     pub shutdown: CancellationToken,
+    /// The install key (`secret.key`): keys derived from it seal secrets at rest.
+    pub install_key: InstallKey,
+    /// Proof-of-work challenges and the solutions already spent.
+    pub pow: crate::pow::Pow,
+    /// The MQTT listener's bound address, once it listens (`mqtt_listen`).
+    pub mqtt_addr: std::sync::OnceLock<std::net::SocketAddr>,
+    /// Who is in which room of which document (in memory only).
+    pub presence: crate::presence::Presence,
+    /// Live SSE, WebSocket and MQTT connections, by owner and id (presence binds members to
+    /// them).
+    pub connections: Arc<crate::presence::connections::Connections>,
     service_exited: std::sync::Mutex<Option<oneshot::Receiver<()>>>,
 }
 
@@ -99,10 +110,18 @@ fn actor_config(config: &Config) -> ActorConfig {
 /// The SQL classifier's authorizer is installed once per document connection, and its cache of
 /// classifications goes with the connection's statement cache.
 static CONNECTION_HOOKS: ConnectionHooks = ConnectionHooks {
-    opened: crate::query::classify::install,
+    opened: document_opened,
     shrink: crate::query::classify::schema_changed,
     closing: crate::query::classify::uninstall,
 };
+
+/// A document connection just opened: the classifier's authorizer and the caller functions.
+fn document_opened(conn: &rusqlite::Connection) {
+    crate::query::classify::install(conn);
+    if let Err(e) = crate::query::caller::install(conn) {
+        tracing::error!(error = %e, "registering patchwork_caller() failed");
+    }
+}
 
 /// Opens `service.db` on its own actor thread. Used by the server and by the offline CLI.
 pub(crate) async fn open_service(
@@ -177,6 +196,10 @@ impl App {
             crate::blobs::Blobs::open(&config, key.derive("patchwork 2026 blob url signing v1"))
                 .context("opening the blob store")?,
         );
+        let pow = crate::pow::Pow::new(
+            key.derive("patchwork 2026 pow challenges v1"),
+            config.pow_ttl_secs,
+        );
         let sessions = crate::identity::store::ServiceStore::new(service.clone(), key.clone());
         let oidc = crate::identity::oidc::Oidc::from_config(&config)
             .context("setting up OIDC")?
@@ -184,6 +207,7 @@ impl App {
         let owners = crate::identity::users::Owners::load(&service)
             .await
             .context("loading document owners")?;
+        let install_key = key.clone();
         let tokens = TokenStore::load(key, service.clone())
             .await
             .context("loading tokens")?;
@@ -200,7 +224,15 @@ impl App {
             },
             metrics.clone(),
         );
+        let presence = crate::presence::Presence::new(
+            &config,
+            metrics.clone(),
+            Arc::new(crate::presence::service::SystemClock),
+        );
+        let connections = crate::presence::connections::Connections::new(metrics.clone());
         let app = App {
+            presence,
+            connections,
             limits: RateLimits::new(&config),
             watch_hubs: Default::default(),
             streams: crate::streams::Streams::new(&config),
@@ -218,6 +250,9 @@ impl App {
             started: Instant::now(),
             max_connections,
             shutdown: CancellationToken::new(),
+            mqtt_addr: std::sync::OnceLock::new(),
+            pow,
+            install_key,
             service_exited: std::sync::Mutex::new(Some(service_exited)),
         };
         Ok(Opened {

@@ -33,6 +33,18 @@ pub async fn block_actor(doc: &crate::registry::DocHandle) -> std::sync::mpsc::S
     release_tx
 }
 
+/// Where scripts/setup.sh installs the test tools: `$PATCHWORK_TOOLS`, or
+/// `~/.cache/patchwork-tools`.
+pub fn tools_dir() -> std::path::PathBuf {
+    std::env::var_os("PATCHWORK_TOOLS").map_or_else(
+        || {
+            std::path::PathBuf::from(std::env::var_os("HOME").expect("HOME"))
+                .join(".cache/patchwork-tools")
+        },
+        std::path::PathBuf::from,
+    )
+}
+
 /// A scope for tests.
 pub fn scope(db: &str, action: crate::auth::Action, prefix: Option<&str>) -> crate::auth::Scope {
     crate::auth::Scope {
@@ -77,6 +89,32 @@ impl TestServer {
             ..Config::default()
         };
         Self::start_in(dir, config).await
+    }
+
+    /// As [`restart_on`](Self::restart_on), with `tweak` applied to the configuration.
+    pub async fn restart_with(
+        dir: tempfile::TempDir,
+        admin_token: &str,
+        tweak: impl FnOnce(&mut Config),
+    ) -> Self {
+        let mut config = Config {
+            data_dir: dir.path().to_path_buf(),
+            admin_token: Some(crate::config::Secret::new(admin_token)),
+            ..Config::default()
+        };
+        tweak(&mut config);
+        Self::start_in(dir, config).await
+    }
+
+    /// The MQTT listener's address (`mqtt_listen` must be set), once it listens.
+    pub async fn mqtt_addr(&self) -> SocketAddr {
+        for _ in 0..500 {
+            if let Some(addr) = self.state.mqtt_addr.get() {
+                return *addr;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        panic!("the MQTT listener did not start (is mqtt_listen set?)");
     }
 
     /// As [`start_with`](Self::start_with), with the server's base URL (`http://127.0.0.1:PORT`)

@@ -56,3 +56,18 @@ pub fn revoke(data_dir: &Path, id: &str) -> anyhow::Result<bool> {
     }
     Ok(label.is_some())
 }
+
+/// Rotates the invite signing keys (`patchwork keys rotate`); the new key's id.
+pub fn rotate_invite_key(data_dir: &Path) -> anyhow::Result<i64> {
+    let (conn, key) = open(data_dir)?;
+    let kid = crate::invites::keys::rotate(&conn, &key)?;
+    crate::audit::record(
+        &conn,
+        "cli",
+        "invite_key.rotate",
+        Some(&kid.to_string()),
+        None,
+    )?;
+    tracing::info!(kid, "audit: invite key rotated (cli)");
+    Ok(kid)
+}

@@ -10,6 +10,12 @@
 //!           [--duration S] [--warmup S] [--db DB_ID] [--timeout-ms MS]
 //! loadtests publish-nats --url nats://127.0.0.1:PORT [--concurrency C] [--window W]
 //!           [--payload-bytes N] [--duration S] [--warmup S] [--timeout-ms MS]
+//! loadtests hostile --url URL --token T --server-pid PID [--scenarios sse,waiters,slowloris,bodies]
+//!           (loadtests hostile --help: its own flags)
+//! loadtests presence --url URL --token T [--members 10000] [--rooms 100] [--concurrency 64]
+//!           [--duration S] [--probes 50] (loadtests presence --help: its own flags)
+//! loadtests soak --bin PATH/patchwork [--cycles 20] [--seconds-per-cycle S] [--concurrency N]
+//!           [--documents D] [--seed N] [--data-dir DIR] [--keep]
 //! ```
 //!
 //! Prints a human table, then the same numbers as one JSON object on the last
@@ -20,9 +26,12 @@
 #![allow(clippy::print_stdout)]
 
 mod driver;
+mod hostile;
 mod natspub;
+mod presence;
 mod pubsub;
 mod scenarios;
+mod soak;
 mod sse;
 mod watch;
 mod wspub;
@@ -158,6 +167,21 @@ fn scenarios_help() -> String {
         natspub::ABOUT,
         natspub::STREAM,
         natspub::SUBJECTS
+    ));
+    out.push_str(&format!(
+        "\n  {}      {}\n               (loadtests hostile --help: its own flags)",
+        hostile::NAME,
+        hostile::ABOUT
+    ));
+    out.push_str(&format!(
+        "\n  {}   {}\n               (loadtests presence --help: its own flags)",
+        presence::NAME,
+        presence::ABOUT
+    ));
+    out.push_str(&format!(
+        "\n  {}         {}\n               (loadtests soak --help: its own flags, no --url)",
+        soak::NAME,
+        soak::ABOUT
     ));
     out
 }
@@ -589,7 +613,20 @@ async fn run(cfg: Config) -> anyhow::Result<ExitCode> {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    // `soak` starts its own server and has flags of its own (`src/soak.rs`).
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if argv.get(1).is_some_and(|a| a == soak::NAME) {
+        return soak::main(argv.into_iter().skip(1).collect());
+    }
+    // `hostile` too (`src/hostile.rs`).
+    if argv.get(1).is_some_and(|a| a == hostile::NAME) {
+        return hostile::main(argv.into_iter().skip(1).collect());
+    }
+    // And `presence` (`src/presence.rs`).
+    if argv.get(1).is_some_and(|a| a == presence::NAME) {
+        return presence::main(argv.into_iter().skip(1).collect());
+    }
+    let args = Args::parse_from(argv);
     let cfg = match validate(args) {
         Ok(c) => c,
         Err(e) => {

@@ -8,6 +8,7 @@ import { renderDocuments } from "./documents.js";
 import { renderDocument } from "./document.js";
 import { renderTokens } from "./tokens.js";
 import { renderAudit } from "./audit.js";
+import { renderInvite } from "./invite.js";
 
 const state = {
   me: null,
@@ -38,6 +39,11 @@ function parseRoute() {
   if (parts[0] === "docs" && parts[1]) return { page: "doc", id: parts[1], tab: parts[2] || "console" };
   if (parts[0] === "tokens") return { page: "tokens" };
   if (parts[0] === "audit") return { page: "audit" };
+  if (parts[0] === "invite" && parts[1]) {
+    // Kept across a sign-in (which comes back to /ui/ without the hash).
+    sessionStorage.setItem("patchwork.pendingInvite", parts[1]);
+    return { page: "invite", token: parts[1] };
+  }
   return { page: "docs" };
 }
 
@@ -134,6 +140,10 @@ function render() {
       document.title = "Audit log · Patchwork";
       state.cleanup = renderAudit(app, ctx);
       break;
+    case "invite":
+      document.title = "Invite · Patchwork";
+      state.cleanup = renderInvite(app, ctx, route.token);
+      break;
     default:
       document.title = "Documents · Patchwork";
       state.cleanup = renderDocuments(app, ctx);
@@ -152,6 +162,11 @@ async function boot() {
       return;
     }
     state.me = null;
+  }
+  // Back from signing in with an invite still to accept.
+  const pending = sessionStorage.getItem("patchwork.pendingInvite");
+  if (state.me && pending && !location.hash.startsWith("#/invite/")) {
+    location.hash = `#/invite/${pending}`;
   }
   if (!state.booted) {
     state.booted = true;

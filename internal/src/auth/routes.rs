@@ -102,6 +102,29 @@ pub(crate) struct CreateBody {
     scopes: Vec<Scope>,
 }
 
+impl CreateBody {
+    /// The token to mint, checked (`expires_at` parsed, [`super::validate_new_token`]).
+    pub(crate) fn into_new_token(self) -> Result<NewToken, ApiError> {
+        let expires_at = self
+            .expires_at
+            .as_deref()
+            .map(|s| {
+                crate::time_fmt::parse_rfc3339(s).ok_or_else(|| {
+                    ApiError::bad_request("invalid_token", "expires_at must be an RFC 3339 time")
+                })
+            })
+            .transpose()?;
+        let new = NewToken {
+            label: self.label,
+            is_admin: self.is_admin,
+            scopes: self.scopes,
+            expires_at,
+        };
+        super::validate_new_token(&new).map_err(|e| ApiError::bad_request("invalid_token", e))?;
+        Ok(new)
+    }
+}
+
 async fn create(
     State(state): State<AppState>,
     auth: Authorized,
@@ -112,22 +135,7 @@ async fn create(
             "only an admin token can create admin tokens",
         ));
     }
-    let expires_at = body
-        .expires_at
-        .as_deref()
-        .map(|s| {
-            crate::time_fmt::parse_rfc3339(s).ok_or_else(|| {
-                ApiError::bad_request("invalid_token", "expires_at must be an RFC 3339 time")
-            })
-        })
-        .transpose()?;
-    let new = NewToken {
-        label: body.label,
-        is_admin: body.is_admin,
-        scopes: body.scopes,
-        expires_at,
-    };
-    super::validate_new_token(&new).map_err(|e| ApiError::bad_request("invalid_token", e))?;
+    let new = body.into_new_token()?;
     if let Some(person) = auth.person()
         && let Some(scope) = new
             .scopes

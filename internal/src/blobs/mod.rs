@@ -205,7 +205,7 @@ fn internal(e: impl std::fmt::Display) -> ApiError {
 }
 
 /// The URL base handed to clients: `public_url`, else `http://{Host}` of this request.
-fn base_url(state: &AppState, headers: &HeaderMap) -> Result<String, ApiError> {
+pub(crate) fn base_url(state: &AppState, headers: &HeaderMap) -> Result<String, ApiError> {
     if let Some(url) = &state.config.public_url {
         return Ok(url.trim_end_matches('/').to_owned());
     }
@@ -436,6 +436,23 @@ pub(crate) struct InitBody {
     content_type: Option<String>,
 }
 
+impl InitBody {
+    /// The checks `init-upload` makes before it looks at the store: the size and content type
+    /// to offer.
+    pub(crate) fn check(&self, config: &crate::Config) -> Result<(u64, String), ApiError> {
+        validate_hash(&self.hash)?;
+        let max = config.blob_max_bytes;
+        let size = u64::try_from(self.size)
+            .ok()
+            .filter(|s| *s <= max)
+            .ok_or_else(|| {
+                ApiError::bad_request("invalid_size", format!("size must be 0 to {max} bytes"))
+            })?;
+        let content_type = validate_content_type(self.content_type.clone())?;
+        Ok((size, content_type))
+    }
+}
+
 #[derive(Debug)]
 struct UploadRow {
     db_id: String,
@@ -520,15 +537,7 @@ async fn init_upload(
     headers: HeaderMap,
     Json(body): Json<InitBody>,
 ) -> Result<Response, ApiError> {
-    validate_hash(&body.hash)?;
-    let max = state.config.blob_max_bytes;
-    let size = u64::try_from(body.size)
-        .ok()
-        .filter(|s| *s <= max)
-        .ok_or_else(|| {
-            ApiError::bad_request("invalid_size", format!("size must be 0 to {max} bytes"))
-        })?;
-    let content_type = validate_content_type(body.content_type)?;
+    let (size, content_type) = body.check(&state.config)?;
     auth.resource(Action::BlobUpload, &body.hash)?;
     let db = auth.db()?.clone();
     let hash = body.hash;
@@ -887,6 +896,36 @@ pub(crate) struct PartBody {
     etag: String,
 }
 
+impl CompleteBody {
+    /// The check `complete-upload` makes before it looks the upload up.
+    pub(crate) fn check(&self) -> Result<(), ApiError> {
+        if !is_blob_id(&self.blob_id) {
+            return Err(ApiError::bad_request(
+                "invalid_blob_id",
+                "blob_id is the one init-upload returned",
+            ));
+        }
+        Ok(())
+    }
+
+    /// `parts` checked as they are against an upload of `size` bytes offered in parts of
+    /// `part_size` (the fuzz target's way to the check that needs the upload's row).
+    pub(crate) fn check_parts(self, size: u64, part_size: u64) -> Result<Vec<String>, ApiError> {
+        let row = UploadRow {
+            db_id: String::new(),
+            hash: String::new(),
+            size,
+            content_type: None,
+            part_size,
+            multipart_id: None,
+        };
+        match self.parts {
+            Some(parts) => part_etags(&row, parts),
+            None => Ok(Vec::new()),
+        }
+    }
+}
+
 fn invalid_parts(message: impl Into<String>) -> ApiError {
     ApiError::bad_request("invalid_parts", message)
 }
@@ -941,12 +980,7 @@ async fn complete_upload(
     auth: Authorized,
     Json(body): Json<CompleteBody>,
 ) -> Result<Json<Value>, ApiError> {
-    if !is_blob_id(&body.blob_id) {
-        return Err(ApiError::bad_request(
-            "invalid_blob_id",
-            "blob_id is the one init-upload returned",
-        ));
-    }
+    body.check()?;
     let db = auth.db()?.clone();
     let id = body.blob_id.clone();
     let row = state
@@ -1475,6 +1509,21 @@ pub(crate) struct ClaimBody {
     ttl_secs: Option<i64>,
 }
 
+/// The claim's length in seconds from `claim`'s optional body (default `blob_claim_ttl_secs`).
+pub(crate) fn claim_ttl(body: &[u8], config: &crate::Config) -> Result<i64, ApiError> {
+    let body: ClaimBody = optional_json(body)?;
+    let ttl = body
+        .ttl_secs
+        .unwrap_or(i64::try_from(config.blob_claim_ttl_secs).unwrap_or(i64::MAX));
+    if ttl < 1 || ttl as u64 > MAX_CLAIM_TTL_SECS {
+        return Err(ApiError::bad_request(
+            "invalid_ttl",
+            format!("ttl_secs must be between 1 and {MAX_CLAIM_TTL_SECS}"),
+        ));
+    }
+    Ok(ttl)
+}
+
 /// An optional JSON body: empty is the default.
 fn optional_json<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> Result<T, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
@@ -1506,18 +1555,9 @@ async fn claim(
     State(state): State<AppState>,
     auth: Authorized,
     Path((_, hash)): Path<(String, String)>,
-    body: axum::body::Bytes,
+    crate::error::Bytes(body): crate::error::Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    let body: ClaimBody = optional_json(&body)?;
-    let ttl = body
-        .ttl_secs
-        .unwrap_or(i64::try_from(state.config.blob_claim_ttl_secs).unwrap_or(i64::MAX));
-    if ttl < 1 || ttl as u64 > MAX_CLAIM_TTL_SECS {
-        return Err(ApiError::bad_request(
-            "invalid_ttl",
-            format!("ttl_secs must be between 1 and {MAX_CLAIM_TTL_SECS}"),
-        ));
-    }
+    let ttl = claim_ttl(&body, &state.config)?;
     let (db, _, _lock) = prepare_add(&state, &auth, Action::BlobClaim, &hash).await?;
     let until = crate::time_fmt::now_ms() + ttl * 1000;
     let now = claim_for(&state, &db, &hash, until).await?;

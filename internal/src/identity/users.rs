@@ -37,10 +37,33 @@ pub async fn upsert(service: &DocHandle, user: SignedIn) -> Result<(), DocError>
         .await
 }
 
-/// `db_id` → owner subject, mirrored from `document_owners`.
+/// `db_id` → owner subject, mirrored from `document_owners`; and the grants people hold on
+/// documents they joined by invite (`document_members`), by subject.
 #[derive(Default)]
 pub struct Owners {
     by_db: RwLock<HashMap<String, String>>,
+    members: RwLock<HashMap<String, Vec<Scope>>>,
+}
+
+/// One member of a document (joined through an invite from a web session).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Member {
+    pub subject: String,
+    pub name: Option<String>,
+    pub scopes: Vec<crate::invites::Grant>,
+    pub invite_id: Option<String>,
+    pub created_at: String,
+}
+
+fn member_scopes(rows: &[(String, String, String)]) -> HashMap<String, Vec<Scope>> {
+    let mut out: HashMap<String, Vec<Scope>> = HashMap::new();
+    for (db_id, subject, scopes) in rows {
+        let grants: Vec<crate::invites::Grant> = serde_json::from_str(scopes).unwrap_or_default();
+        out.entry(subject.clone())
+            .or_default()
+            .extend(grants.into_iter().map(|g| g.scope(db_id)));
+    }
+    out
 }
 
 impl Owners {
@@ -52,9 +75,116 @@ impl Owners {
                 Ok(rows.collect::<Result<_, _>>()?)
             })
             .await?;
+        let members = Self::load_members(service).await?;
         Ok(Arc::new(Self {
             by_db: RwLock::new(rows.into_iter().collect()),
+            members: RwLock::new(members),
         }))
+    }
+
+    async fn load_members(service: &DocHandle) -> Result<HashMap<String, Vec<Scope>>, DocError> {
+        let rows: Vec<(String, String, String)> = service
+            .read(|conn| {
+                let mut stmt =
+                    conn.prepare("SELECT db_id, subject, scopes FROM document_members")?;
+                let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+                Ok(rows.collect::<Result<_, _>>()?)
+            })
+            .await?;
+        Ok(member_scopes(&rows))
+    }
+
+    async fn reload_members(&self, service: &DocHandle) -> Result<(), DocError> {
+        let members = Self::load_members(service).await?;
+        *self.members.write().unwrap_or_else(|p| p.into_inner()) = members;
+        Ok(())
+    }
+
+    /// The grants `subject` holds as a member of other people's documents.
+    pub fn member_scopes(&self, subject: &str) -> Vec<Scope> {
+        self.members
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(subject)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Makes `subject` a member of `db_id` with `grants` (replacing earlier grants there).
+    pub async fn add_member(
+        &self,
+        service: &DocHandle,
+        db_id: &str,
+        subject: &str,
+        name: Option<&str>,
+        grants: &[crate::invites::Grant],
+        invite_id: &str,
+    ) -> Result<(), DocError> {
+        let (db, who, name, invite) = (
+            db_id.to_owned(),
+            subject.to_owned(),
+            name.map(str::to_owned),
+            invite_id.to_owned(),
+        );
+        let scopes = serde_json::to_string(grants).unwrap_or_else(|_| "[]".into());
+        service
+            .write(move |conn| {
+                conn.execute(
+                    "INSERT INTO document_members (db_id, subject, name, scopes, invite_id, created_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                     ON CONFLICT (db_id, subject) DO UPDATE SET name = ?3, scopes = ?4,
+                         invite_id = ?5",
+                    params![db, who, name, scopes, invite, rfc3339(OffsetDateTime::now_utc())],
+                )?;
+                Ok(())
+            })
+            .await?;
+        self.reload_members(service).await
+    }
+
+    /// Ends `subject`'s membership of `db_id` (at once: scopes are read per request); whether
+    /// there was one.
+    pub async fn remove_member(
+        &self,
+        service: &DocHandle,
+        db_id: &str,
+        subject: &str,
+    ) -> Result<bool, DocError> {
+        let (db, who) = (db_id.to_owned(), subject.to_owned());
+        let removed = service
+            .write(move |conn| {
+                Ok(conn.execute(
+                    "DELETE FROM document_members WHERE db_id = ?1 AND subject = ?2",
+                    params![db, who],
+                )? > 0)
+            })
+            .await?;
+        self.reload_members(service).await?;
+        Ok(removed)
+    }
+
+    /// The members of `db_id`.
+    pub async fn members_of(service: &DocHandle, db_id: &str) -> Result<Vec<Member>, DocError> {
+        let db = db_id.to_owned();
+        service
+            .read(move |conn| {
+                let mut stmt = conn.prepare(
+                    "SELECT subject, name, scopes, invite_id, created_at FROM document_members
+                     WHERE db_id = ?1 ORDER BY created_at, subject",
+                )?;
+                let rows = stmt.query_map([&db], |r| {
+                    let scopes: String = r.get(2)?;
+                    Ok(Member {
+                        subject: r.get(0)?,
+                        name: r.get(1)?,
+                        scopes: serde_json::from_str(&scopes).unwrap_or_default(),
+                        invite_id: r.get(3)?,
+                        created_at: r.get(4)?,
+                    })
+                })?;
+                Ok(rows.collect::<Result<_, _>>()?)
+            })
+            .await
     }
 
     pub fn owner(&self, db_id: &str) -> Option<String> {
@@ -145,7 +275,7 @@ pub fn principal_row(
     let scopes = if is_admin {
         Vec::new()
     } else {
-        owners
+        let mut scopes: Vec<Scope> = owners
             .owned_by(subject)
             .into_iter()
             .flat_map(|db_id| {
@@ -155,7 +285,10 @@ pub fn principal_row(
                     resource_prefix: None,
                 })
             })
-            .collect()
+            .collect();
+        // And what they were granted as members of others' documents.
+        scopes.extend(owners.member_scopes(subject));
+        scopes
     };
     TokenRow {
         meta: TokenMeta {

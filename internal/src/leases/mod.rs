@@ -91,8 +91,8 @@ fn validate_owner(o: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn validate_ttl(state: &AppState, ttl: i64) -> Result<(), ApiError> {
-    let max = state.config.lease_max_ttl_secs as i64;
+fn validate_ttl(config: &crate::Config, ttl: i64) -> Result<(), ApiError> {
+    let max = config.lease_max_ttl_secs as i64;
     if ttl < 1 || ttl > max {
         return Err(ApiError::bad_request(
             "invalid_ttl",
@@ -171,14 +171,21 @@ pub(crate) struct AcquireBody {
     ttl_seconds: i64,
 }
 
+impl AcquireBody {
+    /// The checks `acquire` makes before it opens the document.
+    pub(crate) fn check(&self, config: &crate::Config) -> Result<(), ApiError> {
+        validate_resource(&self.resource)?;
+        validate_owner(&self.owner)?;
+        validate_ttl(config, self.ttl_seconds)
+    }
+}
+
 async fn acquire(
     State(state): State<AppState>,
     auth: Authorized,
     Json(body): Json<AcquireBody>,
 ) -> Result<Json<LeaseGrant>, ApiError> {
-    validate_resource(&body.resource)?;
-    validate_owner(&body.owner)?;
-    validate_ttl(&state, body.ttl_seconds)?;
+    body.check(&state.config)?;
     auth.resource(Action::LeaseAcquire, &body.resource)?;
     let doc = state.registry.get(auth.db()?).await?;
     let grant = doc
@@ -231,14 +238,21 @@ pub(crate) struct RenewBody {
     ttl_seconds: i64,
 }
 
+impl RenewBody {
+    /// The checks `renew` makes before it opens the document.
+    pub(crate) fn check(&self, config: &crate::Config) -> Result<(), ApiError> {
+        validate_resource(&self.resource)?;
+        validate_owner(&self.owner)?;
+        validate_ttl(config, self.ttl_seconds)
+    }
+}
+
 async fn renew(
     State(state): State<AppState>,
     auth: Authorized,
     Json(body): Json<RenewBody>,
 ) -> Result<Json<LeaseGrant>, ApiError> {
-    validate_resource(&body.resource)?;
-    validate_owner(&body.owner)?;
-    validate_ttl(&state, body.ttl_seconds)?;
+    body.check(&state.config)?;
     auth.resource(Action::LeaseRenew, &body.resource)?;
     let doc = state.registry.get(auth.db()?).await?;
     let grant = doc
@@ -276,13 +290,20 @@ pub(crate) struct ReleaseBody {
     lease_token: String,
 }
 
+impl ReleaseBody {
+    /// The checks `release` makes before it opens the document.
+    pub(crate) fn check(&self) -> Result<(), ApiError> {
+        validate_resource(&self.resource)?;
+        validate_owner(&self.owner)
+    }
+}
+
 async fn release(
     State(state): State<AppState>,
     auth: Authorized,
     Json(body): Json<ReleaseBody>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    validate_resource(&body.resource)?;
-    validate_owner(&body.owner)?;
+    body.check()?;
     auth.resource(Action::LeaseRelease, &body.resource)?;
     let doc = state.registry.get(auth.db()?).await?;
     let out = doc

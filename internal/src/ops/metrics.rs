@@ -61,6 +61,8 @@ pub struct Metrics {
     pub fanout_lag: Histogram,
     pub slow_disconnects: Counter,
     pub retention_deleted: Counter,
+    /// Rows deleted by row-expiry sweeps.
+    pub expired_rows: Counter,
     pub stream_waiting: Gauge,
     pub stream_timeouts: Counter,
     pub stream_refused: Counter,
@@ -85,6 +87,182 @@ pub struct Metrics {
     pub blob_gc_runs: Counter,
     pub blob_gc_deleted: Counter,
     pub blob_gc_deleted_bytes: Counter,
+    pub mqtt: MqttMetrics,
+    pub presence: PresenceMetrics,
+    pub invites: InviteMetrics,
+}
+
+/// Invite links (`patchwork_invites_*`).
+pub struct InviteMetrics {
+    pub minted: Counter,
+    pub redeemed: Counter,
+    /// Redemptions refused (tampered, expired, used up, revoked, retired key).
+    pub refused: Counter,
+}
+
+impl InviteMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let sub = registry.sub_registry_with_prefix("invites");
+        let m = Self {
+            minted: Counter::default(),
+            redeemed: Counter::default(),
+            refused: Counter::default(),
+        };
+        sub.register("minted", "Invite links made", m.minted.clone());
+        sub.register("redeemed", "Invite links redeemed", m.redeemed.clone());
+        sub.register("refused", "Invite redemptions refused", m.refused.clone());
+        m
+    }
+}
+
+/// Presence's metrics (`patchwork_presence_*`).
+pub struct PresenceMetrics {
+    /// Members present over every document and room.
+    pub members: Gauge,
+    /// Rooms held in memory (with members, subscribers or their own TTL).
+    pub rooms: Gauge,
+    /// Heartbeats accepted.
+    pub heartbeats: Counter,
+    /// Events produced, by kind (`join`, `update`, `leave`), once each whatever the subscribers.
+    events: Family<KindLabel, Counter>,
+    /// Heartbeats refused by a bound (`room_full`, `too_many_rooms`, `capacity`).
+    refusals: Family<ReasonLabel, Counter>,
+    /// Open presence SSE streams.
+    pub subscribers: Gauge,
+    /// Live connections a heartbeat can name (SSE, WebSocket, MQTT).
+    pub connections: Gauge,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: &'static str,
+}
+
+impl PresenceMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let sub = registry.sub_registry_with_prefix("presence");
+        let m = Self {
+            members: Gauge::default(),
+            rooms: Gauge::default(),
+            heartbeats: Counter::default(),
+            events: Family::default(),
+            refusals: Family::default(),
+            subscribers: Gauge::default(),
+            connections: Gauge::default(),
+        };
+        sub.register("members", "Presence members held", m.members.clone());
+        sub.register("rooms", "Presence rooms held in memory", m.rooms.clone());
+        sub.register(
+            "heartbeats",
+            "Presence heartbeats accepted",
+            m.heartbeats.clone(),
+        );
+        sub.register(
+            "events",
+            "Presence events produced, by kind",
+            m.events.clone(),
+        );
+        sub.register(
+            "refusals",
+            "Presence heartbeats refused by a bound, by reason",
+            m.refusals.clone(),
+        );
+        sub.register(
+            "subscribers",
+            "Open presence SSE streams",
+            m.subscribers.clone(),
+        );
+        sub.register(
+            "connections",
+            "Live connections a presence heartbeat can name",
+            m.connections.clone(),
+        );
+        m
+    }
+
+    pub fn event(&self, kind: &'static str) {
+        self.events.get_or_create(&KindLabel { kind }).inc();
+    }
+
+    pub fn refused(&self, reason: &'static str) {
+        self.refusals.get_or_create(&ReasonLabel { reason }).inc();
+    }
+}
+
+/// The MQTT adapter's metrics (`patchwork_mqtt_*`).
+pub struct MqttMetrics {
+    /// Connected clients (past CONNACK).
+    pub connections: Gauge,
+    /// Accepted CONNECTs.
+    pub connects: Counter,
+    /// Connections refused or cut, by reason (`auth`, `protocol`, `keep_alive`, …).
+    refusals: Family<ReasonLabel, Counter>,
+    pub packets_in: Counter,
+    /// Messages published over MQTT and stored.
+    pub publishes: Counter,
+    /// PUBLISH packets refused (topic, scope, size, or a failed commit).
+    pub publishes_refused: Counter,
+    /// PUBLISH packets sent to subscribers.
+    pub deliveries: Counter,
+    /// Last-will messages published.
+    pub wills: Counter,
+}
+
+impl MqttMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let sub = registry.sub_registry_with_prefix("mqtt");
+        let m = Self {
+            connections: Gauge::default(),
+            connects: Counter::default(),
+            refusals: Family::default(),
+            packets_in: Counter::default(),
+            publishes: Counter::default(),
+            publishes_refused: Counter::default(),
+            deliveries: Counter::default(),
+            wills: Counter::default(),
+        };
+        sub.register(
+            "connections",
+            "Connected MQTT clients",
+            m.connections.clone(),
+        );
+        sub.register("connects", "Accepted MQTT CONNECTs", m.connects.clone());
+        sub.register(
+            "refusals",
+            "MQTT connections refused or cut, by reason",
+            m.refusals.clone(),
+        );
+        sub.register(
+            "packets_received",
+            "MQTT packets received",
+            m.packets_in.clone(),
+        );
+        sub.register(
+            "publishes",
+            "Messages published over MQTT and stored",
+            m.publishes.clone(),
+        );
+        sub.register(
+            "publishes_refused",
+            "MQTT PUBLISH packets refused (topic, scope, size or a failed commit)",
+            m.publishes_refused.clone(),
+        );
+        sub.register(
+            "deliveries",
+            "PUBLISH packets sent to MQTT subscribers",
+            m.deliveries.clone(),
+        );
+        sub.register(
+            "wills",
+            "MQTT last-will messages published",
+            m.wills.clone(),
+        );
+        m
+    }
+
+    pub fn refused(&self, reason: &'static str) {
+        self.refusals.get_or_create(&ReasonLabel { reason }).inc();
+    }
 }
 
 impl Metrics {
@@ -224,6 +402,12 @@ impl Metrics {
             "Messages deleted by retention sweeps",
             retention_deleted.clone(),
         );
+        let expired_rows = Counter::default();
+        registry.register(
+            "expired_rows",
+            "Rows deleted by row-expiry sweeps",
+            expired_rows.clone(),
+        );
         let stream_waiting = Gauge::default();
         registry.register(
             "stream_waiting",
@@ -310,7 +494,13 @@ impl Metrics {
             "Bytes of the blob objects deleted by GC",
             blob_gc_deleted_bytes.clone(),
         );
+        let mqtt = MqttMetrics::register(&mut registry);
+        let invites = InviteMetrics::register(&mut registry);
+        let presence = PresenceMetrics::register(&mut registry);
         Arc::new(Self {
+            mqtt,
+            invites,
+            presence,
             blob_objects,
             blob_bytes,
             blob_uploads,
@@ -333,6 +523,7 @@ impl Metrics {
             fanout_lag,
             slow_disconnects,
             retention_deleted,
+            expired_rows,
             active_watches,
             watch_reevaluations,
             watch_suppressed,

@@ -36,7 +36,61 @@ pub fn routes() -> Vec<Route> {
             "/ui/{file}",
             get(|Path(file): Path<String>| async move { asset(&file) }),
         ),
+        // The apps built on the public API (`web/apps/{app}/`), e.g. `/apps/hearth/`.
+        public(
+            "/apps/{app}",
+            get(|Path(app): Path<String>| async move {
+                if app_name(&app) {
+                    Redirect::permanent(&format!("/apps/{app}/")).into_response()
+                } else {
+                    ApiError::not_found("no such app").into_response()
+                }
+            }),
+        ),
+        public(
+            "/apps/{app}/",
+            get(|Path(app): Path<String>| async move { app_file(&app, "index.html") }),
+        ),
+        public(
+            "/apps/{app}/{*path}",
+            get(|Path((app, path)): Path<(String, String)>| async move { app_file(&app, &path) }),
+        ),
     ]
+}
+
+/// App names are plain: `[a-z0-9_-]{1,64}`.
+fn app_name(app: &str) -> bool {
+    (1..=64).contains(&app.len())
+        && app
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+/// One file of an embedded app. Like the dashboard's, but an app may also use workers (the
+/// proof-of-work solver), blob/data media and images, and WebSockets to this server.
+fn app_file(app: &str, path: &str) -> Response {
+    const CSP: &str = "default-src 'none'; script-src 'self'; worker-src 'self'; \
+                       style-src 'self'; img-src 'self' data: blob:; media-src 'self' blob:; \
+                       font-src 'self'; connect-src 'self'; manifest-src 'self'; \
+                       form-action 'self'; base-uri 'none'; frame-ancestors 'none'";
+    if !app_name(app) {
+        return ApiError::not_found("no such app").into_response();
+    }
+    match patchwork_web::app_file(app, path) {
+        Some((bytes, mime)) => (
+            [
+                (header::CONTENT_TYPE, mime),
+                (header::CACHE_CONTROL, "no-cache"),
+                (header::CONTENT_SECURITY_POLICY, CSP),
+                (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+                (header::REFERRER_POLICY, "same-origin"),
+                (header::X_FRAME_OPTIONS, "DENY"),
+            ],
+            bytes,
+        )
+            .into_response(),
+        None => ApiError::not_found("no such file").into_response(),
+    }
 }
 
 /// One embedded dashboard file. The pages load only same-origin scripts and styles and talk only
@@ -117,6 +171,12 @@ async fn status(State(state): State<AppState>) -> Json<serde_json::Value> {
 }
 
 async fn render_metrics(State(state): State<AppState>) -> Response {
+    // Read at scrape time: a waiter whose client hung up leaves the relay when its request is
+    // dropped, without passing the handler's own update of the gauge.
+    state
+        .metrics
+        .stream_waiting
+        .set(state.streams.relay.waiting() as i64);
     (
         [(
             header::CONTENT_TYPE,

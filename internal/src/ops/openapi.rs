@@ -109,6 +109,22 @@ const TAGS: &[(&str, &str)] = &[
         "sync",
         "Sync: versions, changes, snapshots and pushed changesets",
     ),
+    (
+        "invites",
+        "Invite links: mint, redeem (for a token or membership), revoke; members",
+    ),
+    (
+        "pow",
+        "Proof of work: challenges for the routes that require one",
+    ),
+    (
+        "presence",
+        "Presence: heartbeats, members of a room, and their events (SSE)",
+    ),
+    (
+        "schema",
+        "An application's schema in its document: migrations and row expiry",
+    ),
 ];
 
 /// Builds the document from the route table.
@@ -285,6 +301,15 @@ fn path_param(name: &str, wildcard: bool) -> utoipa::openapi::path::Parameter {
         "rest" => (
             "The rest of the path: the channel (may span several segments).",
             None,
+        ),
+        "room" => (
+            "The presence room (percent-decoded, so `%2F` is a `/`): 1 to 256 bytes without \
+             control characters, `+` or `#`.",
+            None,
+        ),
+        "member" => (
+            "The member: 1 to 128 bytes without control characters, not starting with `_`.",
+            Some("^[^_]"),
         ),
         _ => ("", None),
     };

@@ -70,6 +70,12 @@ pub struct Subscription {
     pub heartbeat: Option<Duration>,
     pub metrics: Arc<Metrics>,
     pub shutdown: CancellationToken,
+    /// What a full queue means. `false` (SSE, WebSocket): the client is too slow and the
+    /// subscription ends. `true` (MQTT): the subscription waits for room, and whatever the
+    /// broadcast moves past meanwhile is read back from the database (`Lagged`), so a slow
+    /// client is throttled, never buffered without bound (its connection decides when it is
+    /// stuck).
+    pub wait_when_full: bool,
 }
 
 impl Subscription {
@@ -229,6 +235,10 @@ impl Subscription {
         match out.try_send(d) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Closed(_)) => false,
+            Err(mpsc::error::TrySendError::Full(d)) if self.wait_when_full => tokio::select! {
+                sent = out.send(d) => sent.is_ok(),
+                () = self.shutdown.cancelled() => false,
+            },
             Err(mpsc::error::TrySendError::Full(_)) => {
                 self.metrics.slow_disconnects.inc();
                 let _ =

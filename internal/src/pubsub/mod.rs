@@ -111,7 +111,13 @@ pub fn parse_message_map(map: &Map<String, Json>, extra: &[&str]) -> Result<NewM
     for key in map.keys() {
         if !matches!(
             key.as_str(),
-            "topic" | "payload" | "payload_base64" | "payload_text" | "content_type" | "dedupe_key"
+            "topic"
+                | "payload"
+                | "payload_base64"
+                | "payload_text"
+                | "content_type"
+                | "dedupe_key"
+                | "retain"
         ) && !extra.contains(&key.as_str())
         {
             return Err(bad(format!("unknown field {key:?}")));
@@ -171,11 +177,17 @@ pub fn parse_message_map(map: &Map<String, Json>, extra: &[&str]) -> Result<NewM
         Some(Json::String(s)) if !s.is_empty() && s.len() <= 255 => Some(s.clone()),
         Some(_) => return Err(bad("dedupe_key must be a string of 1 to 255 bytes".into())),
     };
+    let retain = match map.get("retain") {
+        None | Some(Json::Null) => false,
+        Some(Json::Bool(b)) => *b,
+        Some(_) => return Err(bad("retain must be a boolean".into())),
+    };
     Ok(NewMessage {
         topic,
         content_type,
         payload,
         dedupe_key,
+        retain,
     })
 }
 
@@ -237,7 +249,14 @@ async fn publish_batch(
     ApiJson(body): ApiJson<Json>,
 ) -> Result<Response, ApiError> {
     let fences = crate::leases::parse_fences(&headers)?;
-    let Json::Object(map) = &body else {
+    let messages = parse_batch(&body)?;
+    let results = publish_messages(&state, &auth, messages, fences).await?;
+    Ok((StatusCode::CREATED, axum::Json(json!({"results": results}))).into_response())
+}
+
+/// Parses the body of `POST /messages/batch`: `{"messages": [...]}`, 1 to [`MAX_BATCH`].
+pub fn parse_batch(body: &Json) -> Result<Vec<NewMessage>, ApiError> {
+    let Json::Object(map) = body else {
         return Err(ApiError::bad_request(
             "invalid_body",
             "expected {\"messages\": [...]}",
@@ -261,13 +280,11 @@ async fn publish_batch(
             format!("messages must hold 1 to {MAX_BATCH} messages"),
         ));
     }
-    let messages = items
+    items
         .iter()
         .enumerate()
         .map(|(i, m)| parse_message(m).map_err(|e| e.with_details(json!({"index": i}))))
-        .collect::<Result<Vec<_>, _>>()?;
-    let results = publish_messages(&state, &auth, messages, fences).await?;
-    Ok((StatusCode::CREATED, axum::Json(json!({"results": results}))).into_response())
+        .collect()
 }
 
 /// Validates subscription filters for the token: every topic a filter can match must be allowed
@@ -454,6 +471,7 @@ async fn stream(
     let start = start_position(since_id, tail, last_event_id)?;
     let doc = state.registry.get(auth.db()?).await?;
     let invalidated = auth.invalidated(&state);
+    let auth_actor = auth.actor();
     let (tx, mut rx) = mpsc::channel(hub::QUEUE);
     let subscription = Subscription {
         doc: (*doc).clone(),
@@ -463,8 +481,12 @@ async fn stream(
         heartbeat: Some(Duration::from_secs(heartbeat)),
         metrics: state.metrics.clone(),
         shutdown: state.shutdown.clone(),
+        wait_when_full: false,
     };
     let count = SubscriberCount::new(state.metrics.clone());
+    // Presence can bind a member to this stream (`Patch-Connection-Id`); it closes with the body.
+    let connection = state.connections.register(auth_actor, "sse");
+    let connection_id = HeaderValue::from_str(connection.id()).ok();
     tokio::spawn(async move {
         // The guard keeps the document open for the subscription's lifetime.
         let _doc = doc;
@@ -477,6 +499,7 @@ async fn stream(
     // The body yields each delivery's shared bytes; the HTTP connection writes every frame that
     // is ready in one go, and the hub wakes a busy subscriber once per batch (hub::COALESCE).
     let events = futures_util::stream::poll_fn(move |cx| {
+        let _connection = &connection;
         rx.poll_recv(cx)
             .map(|d| d.map(|d| Ok::<_, Infallible>(delivery_frame(&d))))
     });
@@ -496,6 +519,9 @@ async fn stream(
         HeaderValue::from_static("no-cache"),
     );
     headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    if let Some(id) = connection_id {
+        headers.insert(crate::presence::connections::HEADER, id);
+    }
     Ok(response)
 }
 

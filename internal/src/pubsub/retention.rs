@@ -28,6 +28,43 @@ pub struct RulesBody {
     rules: Vec<RetentionRule>,
 }
 
+impl RulesBody {
+    /// The checks `PUT /messages/retention` makes before it opens the document.
+    pub(crate) fn check(&self) -> Result<(), ApiError> {
+        if self.rules.len() > 100 {
+            return Err(ApiError::bad_request("invalid_rules", "at most 100 rules"));
+        }
+        for r in &self.rules {
+            topic::validate_filter(&r.topic_filter)
+                .map_err(|e| ApiError::bad_request("invalid_rules", e))?;
+            if r.max_age_seconds.is_none() && r.max_messages.is_none() {
+                return Err(ApiError::bad_request(
+                    "invalid_rules",
+                    "a rule needs max_age_seconds or max_messages",
+                ));
+            }
+            if r.max_age_seconds.is_some_and(|s| s < 1) || r.max_messages.is_some_and(|n| n < 0) {
+                return Err(ApiError::bad_request(
+                    "invalid_rules",
+                    "max_age_seconds must be >= 1 and max_messages >= 0",
+                ));
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        if !self
+            .rules
+            .iter()
+            .all(|r| seen.insert(r.topic_filter.clone()))
+        {
+            return Err(ApiError::bad_request(
+                "invalid_rules",
+                "each topic_filter may appear once",
+            ));
+        }
+        Ok(())
+    }
+}
+
 pub async fn get_rules(
     State(state): State<AppState>,
     auth: Authorized,
@@ -42,36 +79,7 @@ pub async fn put_rules(
     auth: Authorized,
     Json(body): Json<RulesBody>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    if body.rules.len() > 100 {
-        return Err(ApiError::bad_request("invalid_rules", "at most 100 rules"));
-    }
-    for r in &body.rules {
-        topic::validate_filter(&r.topic_filter)
-            .map_err(|e| ApiError::bad_request("invalid_rules", e))?;
-        if r.max_age_seconds.is_none() && r.max_messages.is_none() {
-            return Err(ApiError::bad_request(
-                "invalid_rules",
-                "a rule needs max_age_seconds or max_messages",
-            ));
-        }
-        if r.max_age_seconds.is_some_and(|s| s < 1) || r.max_messages.is_some_and(|n| n < 0) {
-            return Err(ApiError::bad_request(
-                "invalid_rules",
-                "max_age_seconds must be >= 1 and max_messages >= 0",
-            ));
-        }
-    }
-    let mut seen = std::collections::HashSet::new();
-    if !body
-        .rules
-        .iter()
-        .all(|r| seen.insert(r.topic_filter.clone()))
-    {
-        return Err(ApiError::bad_request(
-            "invalid_rules",
-            "each topic_filter may appear once",
-        ));
-    }
+    body.check()?;
     let db_id = auth.db()?.clone();
     let doc = state.registry.get(&db_id).await?;
     let rules = body.rules;
@@ -109,7 +117,12 @@ pub async fn sweep_document(state: &AppState, db_id: &DbId) -> Result<usize, Doc
         loop {
             let r = rule.clone();
             let deleted = doc
-                .write(move |c| Ok(sql::sweep_rule(c, &r, BATCH, SCAN)?))
+                .write(move |c| {
+                    // Whole pages the delete frees are zeroed too (see the helper).
+                    Ok(crate::schema::expiry::with_full_secure_delete(c, || {
+                        sql::sweep_rule(c, &r, BATCH, SCAN)
+                    })?)
+                })
                 .await?;
             total += deleted;
             if deleted < BATCH {

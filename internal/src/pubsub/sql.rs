@@ -61,6 +61,8 @@ pub struct NewMessage {
     pub content_type: String,
     pub payload: Vec<u8>,
     pub dedupe_key: Option<String>,
+    /// Also the topic's retained message (MQTT); an empty payload clears the topic's.
+    pub retain: bool,
 }
 
 /// The publish answer.
@@ -113,6 +115,9 @@ pub fn insert(
         return Err(rusqlite::Error::StatementChangedRows(inserted));
     }
     let id = conn.last_insert_rowid();
+    if m.retain {
+        set_retained(conn, &m.topic, id, m, created_ms, producer)?;
+    }
     let message = Arc::new(Message {
         id,
         topic: m.topic.clone(),
@@ -132,6 +137,67 @@ pub fn insert(
         },
         Some(message),
     ))
+}
+
+/// Makes message `id` the topic's retained message, or clears the topic's with an empty payload.
+fn set_retained(
+    conn: &Connection,
+    topic: &str,
+    id: i64,
+    m: &NewMessage,
+    created_ms: i64,
+    producer: Option<&str>,
+) -> rusqlite::Result<()> {
+    if m.payload.is_empty() {
+        conn.prepare_cached("DELETE FROM _patchwork_retained WHERE topic = ?1")?
+            .execute([topic])?;
+    } else {
+        conn.prepare_cached(
+            "INSERT OR REPLACE INTO _patchwork_retained
+                 (topic, message_id, content_type, payload, created_ms, producer)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )?
+        .execute(params![
+            topic,
+            id,
+            m.content_type,
+            m.payload,
+            created_ms,
+            producer
+        ])?;
+    }
+    Ok(())
+}
+
+/// The retained messages whose topics match any of `filters`, by topic (at most `limit`).
+pub fn retained(
+    conn: &Connection,
+    filters: &[String],
+    limit: usize,
+) -> rusqlite::Result<Vec<Arc<Message>>> {
+    // The literal prefix of each filter narrows the scan; the match itself is `topic::matches`.
+    let mut out = Vec::new();
+    let mut stmt = conn.prepare_cached(
+        "SELECT message_id, topic, content_type, payload, created_ms, producer
+         FROM _patchwork_retained WHERE topic >= ?1 ORDER BY topic",
+    )?;
+    for filter in filters {
+        // Without its last `/`: `a/#` also matches `a`.
+        let prefix = topic::literal_prefix(filter);
+        let prefix = prefix.strip_suffix('/').unwrap_or(prefix);
+        let mut rows = stmt.query([prefix])?;
+        while let Some(row) = rows.next()? {
+            let name: String = row.get(1)?;
+            if !name.starts_with(prefix) || out.len() >= limit {
+                break;
+            }
+            if topic::matches(filter, &name) && !out.iter().any(|m: &Arc<Message>| m.topic == name)
+            {
+                out.push(Arc::new(row_to_message(row)?));
+            }
+        }
+    }
+    Ok(out)
 }
 
 fn row_to_message(r: &rusqlite::Row<'_>) -> rusqlite::Result<Message> {

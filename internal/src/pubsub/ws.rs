@@ -35,7 +35,11 @@ pub async fn upgrade(
     let ws = ws?;
     // Open (or create) the document now, so an overloaded server answers with a plain error.
     let doc = state.registry.get(auth.db()?).await?;
-    Ok(ws
+    // Presence can bind a member to this socket: `Patch-Connection-Id` on the upgrade, and the
+    // answer to a `{"type":"connection"}` frame.
+    let connection = state.connections.register(auth.actor(), "ws");
+    let connection_id = connection.id().to_owned();
+    let mut response = ws
         .max_message_size(MAX_FRAME)
         .max_frame_size(MAX_FRAME)
         // tungstenite zero-fills this much of its read buffer before every read from the
@@ -45,20 +49,31 @@ pub async fn upgrade(
         .on_upgrade(move |socket| async move {
             let _doc = doc;
             let _count = SubscriberCount::new(state.metrics.clone());
+            let connection_id = connection.id().to_owned();
             Session {
                 state,
                 auth,
                 subs: Vec::new(),
+                connection_id,
             }
             .run(socket)
             .await;
-        }))
+            drop(connection);
+        });
+    if let Ok(v) = axum::http::HeaderValue::from_str(&connection_id) {
+        response
+            .headers_mut()
+            .insert(crate::presence::connections::HEADER, v);
+    }
+    Ok(response)
 }
 
 struct Session {
     state: AppState,
     auth: Authorized,
     subs: Vec<(Filters, JoinHandle<()>)>,
+    /// This socket's id in `state.connections`.
+    connection_id: String,
 }
 
 fn error_frame(reference: Option<&Json>, code: &str, message: &str) -> String {
@@ -90,6 +105,9 @@ fn string_list(v: Option<&Json>) -> Result<Vec<String>, ApiError> {
 const MAX_PIPELINED: usize = 256;
 /// …or this many bytes of frames.
 const MAX_PIPELINED_BYTES: usize = 1024 * 1024;
+
+/// Longest a send to the client may take; a client that stops reading is dropped after it.
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A socket event: a frame, a read error, or `None` when the client is gone.
 type Received = Option<Result<Frame, axum::Error>>;
@@ -149,7 +167,10 @@ impl Session {
                             });
                             break;
                         }
-                        if socket.send(Frame::Ping(Default::default())).await.is_err() {
+                        // Bounded like `send_all`: a client that reads nothing cannot hold the
+                        // session in a send that never completes.
+                        let sent = tokio::time::timeout(SEND_TIMEOUT, socket.send(Frame::Ping(Default::default()))).await;
+                        if !matches!(sent, Ok(Ok(()))) {
                             break;
                         }
                         None
@@ -256,11 +277,14 @@ impl Session {
             let frame = Json::Object(frame);
             let result = match frame.get("type").and_then(Json::as_str) {
                 Some("ping") => Ok(json!({"type": "pong"}).to_string()),
+                Some("connection") => Ok(
+                    json!({"type": "connection", "connection_id": self.connection_id}).to_string(),
+                ),
                 Some("subscribe") => self.subscribe(&frame, tx).await,
                 Some("unsubscribe") => self.unsubscribe(&frame),
                 _ => Err(ApiError::bad_request(
                     "invalid_frame",
-                    "type must be subscribe, unsubscribe, publish or ping",
+                    "type must be subscribe, unsubscribe, publish, ping or connection",
                 )),
             };
             replies.push(
@@ -339,6 +363,7 @@ impl Session {
             heartbeat: None,
             metrics: self.state.metrics.clone(),
             shutdown: self.state.shutdown.clone(),
+            wait_when_full: false,
         };
         let tx = tx.clone();
         let task = tokio::spawn(async move {
@@ -378,8 +403,5 @@ async fn send_all(socket: &mut WebSocket, replies: Vec<String>) -> bool {
         }
         socket.flush().await
     };
-    matches!(
-        tokio::time::timeout(Duration::from_secs(10), send).await,
-        Ok(Ok(()))
-    )
+    matches!(tokio::time::timeout(SEND_TIMEOUT, send).await, Ok(Ok(())))
 }

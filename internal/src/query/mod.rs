@@ -4,6 +4,7 @@
 //! on the actor's read path in one round trip; anything else is re-prepared inside the next group
 //! commit, where its class is checked against the token before it runs.
 
+pub mod caller;
 pub mod classify;
 pub mod exec;
 pub mod value;
@@ -71,34 +72,52 @@ pub(crate) struct Options {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ExecBody {
-    sql: String,
+pub(crate) struct ExecBody {
+    pub(crate) sql: String,
     #[serde(default)]
-    args: Option<Json>,
+    pub(crate) args: Option<Json>,
     #[serde(default)]
-    options: Option<Options>,
+    pub(crate) options: Option<Options>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Statement {
-    sql: String,
+pub(crate) struct Statement {
+    pub(crate) sql: String,
     #[serde(default)]
-    args: Option<Json>,
+    pub(crate) args: Option<Json>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct BatchBody {
-    statements: Vec<Statement>,
+pub(crate) struct BatchBody {
+    pub(crate) statements: Vec<Statement>,
     #[serde(default)]
-    options: Option<Options>,
+    pub(crate) options: Option<Options>,
+}
+
+impl BatchBody {
+    /// The checks `query/batch` makes before it opens the document.
+    pub(crate) fn check(&self) -> Result<(), ApiError> {
+        if self.statements.is_empty() {
+            return Err(ApiError::bad_request(
+                "empty_batch",
+                "statements must not be empty",
+            ));
+        }
+        if self.statements.len() > 1_000 {
+            return Err(ApiError::bad_request(
+                "batch_too_large",
+                "at most 1000 statements per batch",
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Configured bounds, lowered (never raised) by the request's options.
-pub(crate) fn limits(state: &AppState, options: Option<Options>) -> Result<Limits, ApiError> {
+pub(crate) fn limits(c: &crate::Config, options: Option<Options>) -> Result<Limits, ApiError> {
     let o = options.unwrap_or_default();
-    let c = &state.config;
     if o.max_rows == Some(0) || o.timeout_ms == Some(0) {
         return Err(ApiError::bad_request(
             "invalid_options",
@@ -169,7 +188,7 @@ async fn exec_route(
     headers: axum::http::HeaderMap,
     ApiJson(body): ApiJson<ExecBody>,
 ) -> Result<axum::response::Response, ApiError> {
-    let limits = limits(&state, body.options)?;
+    let limits = limits(&state.config, body.options)?;
     let fences = crate::leases::parse_fences(&headers)?;
     let doc = state.registry.get(auth.db()?).await?;
     let metrics = state.metrics.clone();
@@ -192,7 +211,10 @@ async fn exec_route(
             count(&read_metrics, prepared.class);
             exec::bind(&mut prepared.stmt, read_args.as_ref().as_ref())?;
             let mut budget = limits.max_bytes;
-            exec::run_text(conn, prepared, &limits, &mut budget).map(ReadOutcome::Done)
+            let caller = caller::Caller::of(&read_auth);
+            caller::as_caller(caller.as_ref(), || {
+                exec::run_text(conn, prepared, &limits, &mut budget).map(ReadOutcome::Done)
+            })
         })
         .await
         .inspect_err(|e| note_timeout(&metrics, e))?
@@ -211,7 +233,11 @@ async fn exec_route(
             count(&write_metrics, prepared.class);
             exec::bind(&mut prepared.stmt, args.as_ref().as_ref())?;
             let mut budget = limits.max_bytes;
-            exec::run_text(conn, prepared, &limits, &mut budget)
+            // This write's statements (and the triggers they fire) see their own caller.
+            let caller = caller::Caller::of(&auth);
+            caller::as_caller(caller.as_ref(), || {
+                exec::run_text(conn, prepared, &limits, &mut budget)
+            })
         })
         .await
         .inspect_err(|e| note_timeout(&metrics, e))?;
@@ -238,20 +264,9 @@ async fn batch_route(
     headers: axum::http::HeaderMap,
     ApiJson(body): ApiJson<BatchBody>,
 ) -> Result<axum::response::Response, ApiError> {
-    let limits = limits(&state, body.options)?;
+    let limits = limits(&state.config, body.options)?;
     let fences = crate::leases::parse_fences(&headers)?;
-    if body.statements.is_empty() {
-        return Err(ApiError::bad_request(
-            "empty_batch",
-            "statements must not be empty",
-        ));
-    }
-    if body.statements.len() > 1_000 {
-        return Err(ApiError::bad_request(
-            "batch_too_large",
-            "at most 1000 statements per batch",
-        ));
-    }
+    body.check()?;
     let doc = state.registry.get(auth.db()?).await?;
     let metrics = state.metrics.clone();
     let write_metrics = metrics.clone();
@@ -273,6 +288,8 @@ async fn batch_route(
             crate::leases::check_fences(conn, &fences)?;
             let mut budget = limits.max_bytes;
             let mut results = Vec::with_capacity(statements.len());
+            let caller = caller::Caller::of(&auth);
+            let _caller = caller::Scope::enter(caller);
             for (i, s) in statements.iter().enumerate() {
                 let mut prepared =
                     classify::prepare(conn, &s.sql).map_err(|e| at(i, classify_error(e)))?;

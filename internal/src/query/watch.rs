@@ -42,7 +42,7 @@ static NEXT_WATCH_ID: AtomicU64 = AtomicU64::new(1);
 
 #[derive(Deserialize, Default, Clone, Copy)]
 #[serde(deny_unknown_fields)]
-struct WatchOptions {
+pub(crate) struct WatchOptions {
     heartbeat_seconds: Option<u64>,
     max_rows: Option<usize>,
     timeout_ms: Option<u64>,
@@ -50,12 +50,38 @@ struct WatchOptions {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(super) struct WatchBody {
-    sql: String,
+pub(crate) struct WatchBody {
+    pub(crate) sql: String,
     #[serde(default)]
-    args: Option<Json>,
+    pub(crate) args: Option<Json>,
     #[serde(default)]
     options: Option<WatchOptions>,
+}
+
+impl WatchBody {
+    /// The checks `query/watch` makes before it opens the document: the heartbeat period and
+    /// the bounds of each evaluation.
+    pub(crate) fn check(&self, config: &crate::Config) -> Result<(u64, Limits), ApiError> {
+        let options = self.options.unwrap_or_default();
+        let heartbeat = match options.heartbeat_seconds {
+            None => 15,
+            Some(s) if (1..=3600).contains(&s) => s,
+            Some(_) => {
+                return Err(ApiError::bad_request(
+                    "invalid_options",
+                    "heartbeat_seconds must be between 1 and 3600",
+                ));
+            }
+        };
+        let limits = super::limits(
+            config,
+            Some(super::Options {
+                max_rows: options.max_rows,
+                timeout_ms: options.timeout_ms,
+            }),
+        )?;
+        Ok((heartbeat, limits))
+    }
 }
 
 /// One evaluation of the watched statement.
@@ -260,24 +286,7 @@ pub(super) async fn watch_route(
     ApiJson(body): ApiJson<WatchBody>,
 ) -> Result<Response, ApiError> {
     auth.require(Action::QueryRead)?;
-    let options = body.options.unwrap_or_default();
-    let heartbeat = match options.heartbeat_seconds {
-        None => 15,
-        Some(s) if (1..=3600).contains(&s) => s,
-        Some(_) => {
-            return Err(ApiError::bad_request(
-                "invalid_options",
-                "heartbeat_seconds must be between 1 and 3600",
-            ));
-        }
-    };
-    let limits = super::limits(
-        &state,
-        Some(super::Options {
-            max_rows: options.max_rows,
-            timeout_ms: options.timeout_ms,
-        }),
-    )?;
+    let (heartbeat, limits) = body.check(&state.config)?;
     let resume = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())

@@ -14,6 +14,11 @@
 //! - **request body timeout**: while a handler waits for more of the request body and none
 //!   arrives for `request_body_timeout_secs`, the connection is closed. Only time the server
 //!   spends *asking* counts: a stream producer whose body waits for its consumer is not slow.
+//! - **response write timeout**: while the socket accepts none of the response bytes waiting to
+//!   be written for `response_write_timeout_secs`, the connection is closed. A client that stops
+//!   reading (an SSE subscriber that never reads, a slow-read attack) would otherwise hold its
+//!   connection, and whatever its response still has queued, for as long as it likes; a slow
+//!   but live reader is not cut (any byte accepted restarts the wait).
 //! - **accept back-off**: a failing `accept` (`EMFILE`, `ENFILE`, `ENOBUFS`, …) sleeps, 10 ms
 //!   doubling to 1 s, instead of spinning.
 //! - **graceful shutdown**: when `stop` is cancelled the listener is closed, idle connections
@@ -79,6 +84,7 @@ pub struct ConnSettings {
     pub header_read_timeout: Duration,
     pub idle_timeout: Duration,
     pub body_timeout: Duration,
+    pub write_timeout: Duration,
     pub max_connections: usize,
     pub max_connections_per_ip: usize,
 }
@@ -221,6 +227,7 @@ enum Timeout {
     Header,
     Idle,
     Body,
+    Write,
 }
 
 impl Timeout {
@@ -229,6 +236,7 @@ impl Timeout {
             Timeout::Header => "header",
             Timeout::Idle => "idle",
             Timeout::Body => "body",
+            Timeout::Write => "write",
         }
     }
 }
@@ -249,6 +257,9 @@ struct Activity {
     /// Since when a handler has been waiting for request body bytes that have not come
     /// (`NONE`: not waiting).
     body_wait_since: AtomicU64,
+    /// Since when the socket has refused response bytes, none accepted since (`NONE`: the
+    /// last write went through).
+    write_blocked_since: AtomicU64,
 }
 
 impl Activity {
@@ -260,6 +271,7 @@ impl Activity {
             idle_since: AtomicU64::new(0),
             head_started: AtomicU64::new(NONE),
             body_wait_since: AtomicU64::new(NONE),
+            write_blocked_since: AtomicU64::new(NONE),
         }
     }
 
@@ -296,9 +308,40 @@ impl Activity {
         }
     }
 
-    /// The moment the connection is to be closed, if nothing changes; `None` while a request is
-    /// in flight and not starved of its body.
+    /// A write to the socket was refused (`blocked`), or accepted bytes.
+    fn write_blocked(&self, blocked: bool) {
+        let since = self.write_blocked_since.load(Ordering::Acquire);
+        if !blocked {
+            if since != NONE {
+                self.write_blocked_since.store(NONE, Ordering::Release);
+            }
+        } else if since == NONE {
+            self.write_blocked_since
+                .store(self.now_ms(), Ordering::Release);
+        }
+    }
+
+    /// The moment the connection is to be closed, if nothing changes: the nearer of the
+    /// request-side deadline and the write stall's.
     fn deadline(&self, settings: &ConnSettings) -> Option<(Instant, Timeout)> {
+        let request = self.request_deadline(settings);
+        let since = self.write_blocked_since.load(Ordering::Acquire);
+        if since == NONE {
+            return request;
+        }
+        let write = (
+            self.base + Duration::from_millis(since) + settings.write_timeout,
+            Timeout::Write,
+        );
+        Some(match request {
+            Some(r) if r.0 <= write.0 => r,
+            _ => write,
+        })
+    }
+
+    /// The header, idle or body deadline; `None` while a request is in flight and not starved
+    /// of its body.
+    fn request_deadline(&self, settings: &ConnSettings) -> Option<(Instant, Timeout)> {
         if self.in_flight.load(Ordering::Acquire) > 0 {
             let since = self.body_wait_since.load(Ordering::Acquire);
             return (since != NONE).then(|| {
@@ -321,16 +364,18 @@ impl Activity {
         Some((self.base + Duration::from_millis(from) + after, why))
     }
 
-    /// Resolves when the connection has been idle, slow with a request head, or silent while
-    /// its body is awaited, for too long. Nothing wakes it but its own timer: it sleeps until
-    /// the nearest deadline, but never longer than the shortest timeout, so a deadline that
-    /// appears meanwhile (a head starting, a request ending, a body wait) is never overslept —
-    /// each starts after the last look and so ends after the next one.
+    /// Resolves when the connection has been idle, slow with a request head, silent while its
+    /// body is awaited, or unable to write its response, for too long. Nothing wakes it but its
+    /// own timer: it sleeps until the nearest deadline, but never longer than the shortest
+    /// timeout, so a deadline that appears meanwhile (a head starting, a request ending, a body
+    /// wait, a write stall) is never overslept — each starts after the last look and so ends
+    /// after the next one.
     async fn expired(&self, settings: &ConnSettings) -> Timeout {
         let look_again = settings
             .header_read_timeout
             .min(settings.idle_timeout)
-            .min(settings.body_timeout);
+            .min(settings.body_timeout)
+            .min(settings.write_timeout);
         let mut timer = pin!(tokio::time::sleep(Duration::ZERO));
         loop {
             let now = Instant::now();
@@ -374,7 +419,10 @@ impl AsyncWrite for WatchedIo {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().tcp).poll_write(cx, buf)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.tcp).poll_write(cx, buf);
+        this.activity.write_blocked(polled.is_pending());
+        polled
     }
 
     fn poll_write_vectored(
@@ -382,7 +430,10 @@ impl AsyncWrite for WatchedIo {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().tcp).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.tcp).poll_write_vectored(cx, bufs);
+        this.activity.write_blocked(polled.is_pending());
+        polled
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -207,6 +207,11 @@ async fn anonymous(
         )
         .into_response();
     }
+    // Proof of work, when `pow_streams_difficulty` asks for it (428 with a challenge).
+    let difficulty = crate::pow::difficulty(&state, crate::pow::Group::Streams);
+    if let Err(e) = state.pow.require(req.headers(), difficulty) {
+        return e.into_response();
+    }
     // `/public/x` lives in the document's main channel space; `/p/x` keeps its own channels.
     let rest = req
         .uri()

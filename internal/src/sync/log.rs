@@ -19,12 +19,37 @@ pub fn synced(table: &str) -> bool {
     !(table.starts_with("_patchwork_") || table.starts_with("sqlite_"))
 }
 
-/// A session on every user table, present and future.
+/// A session on every user table, present and future, except tables with a row-expiry rule:
+/// a change log keeps every row it saw (a delete records the row's old values too), so an
+/// expiring row would outlive its expiry there. Such tables reach sync clients through
+/// snapshots only.
 pub fn session(conn: &Connection) -> rusqlite::Result<Session<'_>> {
+    let expiring: std::collections::HashSet<String> = conn
+        .prepare_cached("SELECT lower(table_name) FROM _patchwork_expiry")?
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
     let mut session = Session::new(conn)?;
-    session.table_filter(Some(synced));
+    if expiring.is_empty() {
+        session.table_filter(Some(synced));
+    } else {
+        session.table_filter(Some(move |table: &str| {
+            synced(table) && !expiring.contains(&table.to_ascii_lowercase())
+        }));
+    }
     session.attach(None::<&str>)?;
     Ok(session)
+}
+
+/// Forgets the whole change log (clients resume from a snapshot): what it holds of a table
+/// that just got an expiry rule must not outlive the rows.
+pub fn forget_all(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute("DELETE FROM _patchwork_sync_changes", [])?;
+    conn.execute(
+        "UPDATE _patchwork_meta SET value = (SELECT value FROM _patchwork_meta WHERE key = 'commit_seq')
+         WHERE key = 'sync_since'",
+        [],
+    )?;
+    Ok(())
 }
 
 /// The transaction's net changes to user tables (empty if none).

@@ -13,7 +13,6 @@
 
 use std::sync::{Arc, Mutex};
 
-use axum::body::Bytes;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use rusqlite::session::{ConflictAction, ConflictType};
@@ -96,7 +95,7 @@ pub async fn push(
     auth: Authorized,
     headers: HeaderMap,
     query: Result<Query<PushQuery>, axum::extract::rejection::QueryRejection>,
-    body: Bytes,
+    crate::error::Bytes(body): crate::error::Bytes,
 ) -> Result<(StatusCode, ApiJson<Json>), ApiError> {
     let Query(query) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
     let policy = query.on_conflict;

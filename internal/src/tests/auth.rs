@@ -66,6 +66,13 @@ fn concrete(spec: &RouteSpec, db: &str, resource: &str) -> String {
             s if s.starts_with('{') => {
                 let name = s.trim_matches(|c| c == '{' || c == '}' || c == '*');
                 match spec.access {
+                    // One segment: a `/` in the resource is percent-encoded (presence rooms).
+                    Access::Db {
+                        resource: ResourceFrom::Path(p),
+                        ..
+                    } if p == name && !s.starts_with("{*") => {
+                        out.push_str(&resource.replace('/', "%2F"))
+                    }
                     Access::Db {
                         resource: ResourceFrom::Path(p),
                         ..
@@ -129,6 +136,13 @@ async fn send_full(
         req = req.json(&body);
     }
     let r = req.send().await.unwrap();
+    // An event stream that is allowed never ends (presence): its status is the answer.
+    if r.headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"))
+    {
+        return (r.status(), String::new());
+    }
     (r.status(), r.text().await.unwrap())
 }
 

@@ -668,3 +668,38 @@ async fn every_page_works_at_375_px() {
     b.close().await;
     eprintln!("375 px tour and dark mode: {:?}", started.elapsed());
 }
+
+/// An invite link opened in the browser: sign in with the provider (the link survives the
+/// round trip), see what it grants, join; the person is then a member of the document.
+#[tokio::test]
+async fn an_invite_link_signs_in_and_joins_the_document() {
+    let server = oidc_server().await;
+    let r = server
+        .admin(Method::POST, "/api/v1/db/team-notes/invites")
+        .json(&json!({"scopes": ["query.read", "pub.subscribe"], "ttl_secs": 3600, "room": "standup"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let link: Value = r.json().await.unwrap();
+    let b = browser::session(1280, 900).await;
+    b.goto(link["url"].as_str().unwrap()).await;
+    sign_in_with_provider(&b, &server, "erin").await;
+    b.wait_text("#invite", "team-notes").await;
+    b.wait_text("#invite", "standup").await;
+    b.screenshot("invite-page").await;
+    assert_eq!(b.value("#invite-name").await, "Erin");
+    b.click("#invite-join").await;
+    b.wait_text("#invite-result", "member of").await;
+    b.screenshot("invite-joined").await;
+    let members: Value = server
+        .admin(Method::GET, "/api/v1/db/team-notes/members")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(members["members"][0]["subject"], "erin");
+    b.close().await;
+}

@@ -566,3 +566,85 @@ async fn a_persons_open_streams_end_when_the_session_does() {
     assert_eq!(ended.json()["code"], "session_ended", "{}", ended.data);
     assert!(started.elapsed() < std::time::Duration::from_secs(4));
 }
+
+/// An invite redeemed from a signed-in session makes that person a member with the invite's
+/// grants (no token minted); the owner lists the members and removes one, which takes effect
+/// on the person's very next request.
+#[tokio::test]
+async fn an_invite_redeemed_from_a_session_makes_a_member_the_owner_can_remove() {
+    let op = oidc::provider().await;
+    let server = server_for(op).await;
+    let r = server
+        .admin(reqwest::Method::POST, "/api/v1/db/shared-list/invites")
+        .json(&json!({"scopes": ["query.read", "pub.subscribe"], "ttl_secs": 600}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let link: Value = r.json().await.unwrap();
+    let (dana, csrf) = signed_in(&server, "dana").await;
+    let query = || {
+        dana.post(server.url("/api/v1/db/shared-list/query/exec"))
+            .header(CSRF_HEADER, &csrf)
+            .json(&json!({"sql": "SELECT patchwork_caller()"}))
+            .send()
+    };
+    assert_eq!(
+        query().await.unwrap().status(),
+        StatusCode::FORBIDDEN,
+        "not yet a member"
+    );
+    let r = dana
+        .post(server.url("/api/v1/invites/redeem"))
+        .header(CSRF_HEADER, &csrf)
+        .json(&json!({"token": link["token"], "member": "Dana"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let joined: Value = r.json().await.unwrap();
+    assert_eq!(joined["member"], "dana");
+    assert!(
+        joined.get("token").is_none() || joined["token"].is_null(),
+        "{joined}"
+    );
+    let r = query().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["rows"][0][0],
+        "dana",
+        "caller is the subject"
+    );
+    // Only what the invite granted.
+    let r = dana
+        .post(server.url("/api/v1/db/shared-list/query/exec"))
+        .header(CSRF_HEADER, &csrf)
+        .json(&json!({"sql": "CREATE TABLE x (a)"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    // The owner (here the admin) lists and removes.
+    let r = server
+        .admin(reqwest::Method::GET, "/api/v1/db/shared-list/members")
+        .send()
+        .await
+        .unwrap();
+    let members: Value = r.json().await.unwrap();
+    assert_eq!(members["members"][0]["subject"], "dana");
+    assert_eq!(members["members"][0]["name"], "Dana");
+    let r = server
+        .admin(
+            reqwest::Method::DELETE,
+            "/api/v1/db/shared-list/members/dana",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        query().await.unwrap().status(),
+        StatusCode::FORBIDDEN,
+        "removed at once"
+    );
+}

@@ -21,9 +21,10 @@ const EXCLUDE_PATH_REGEX: &str = concat!(
     // `/api/v1/db/{db_id}/streams/…`): a party waits up to `stream_wait_timeout_secs` for its
     // counterpart, which a fuzzer never sends.
     r"^/(public|p|u)/|^/api/v1/db/[^/]+/streams/",
-    // SSE: the durable-message subscription and query watches never end while the client stays.
+    // SSE: the durable-message subscription, query watches and presence streams never end while
+    // the client stays.
     // (`/events/ws` stays in: without a WebSocket upgrade it answers `400` at once.)
-    r"|/events/stream$|/query/watch$",
+    r"|/events/stream$|/query/watch$|/presence/[^/]+/stream$",
 );
 
 /// `DELETE /api/v1/admin/tokens/{id}`: schemathesis learns token ids from `GET` answers and would

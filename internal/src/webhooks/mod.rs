@@ -56,7 +56,7 @@ impl SecretBox {
         Self(ChaCha20Poly1305::new(&key.into()))
     }
 
-    fn seal(&self, plain: &[u8]) -> Result<Vec<u8>, ApiError> {
+    pub(crate) fn seal(&self, plain: &[u8]) -> Result<Vec<u8>, ApiError> {
         let mut nonce = [0u8; 12];
         rand::rng().fill_bytes(&mut nonce);
         let sealed = self
@@ -66,7 +66,7 @@ impl SecretBox {
         Ok([nonce.as_slice(), &sealed].concat())
     }
 
-    fn open(&self, sealed: &[u8]) -> Option<Vec<u8>> {
+    pub(crate) fn open(&self, sealed: &[u8]) -> Option<Vec<u8>> {
         if sealed.len() < 12 {
             return None;
         }
@@ -219,6 +219,7 @@ async fn ingest(
     let endpoint = auth.resource.clone().unwrap_or_default();
     validate_endpoint(&endpoint)?;
     let (parts, body) = req.into_parts();
+    crate::error::check_declared_length(&parts.headers, state.config.webhook_max_body_bytes)?;
     let body: Bytes = axum::body::to_bytes(body, state.config.webhook_max_body_bytes)
         .await
         .map_err(|_| {
@@ -282,6 +283,7 @@ async fn ingest(
                         .to_string()
                         .into_bytes(),
                     dedupe_key: None,
+                    retain: false,
                 };
                 if let (_, Some(stored)) = crate::pubsub::sql::insert(c, &note, producer.as_deref())? {
                     announce.push(stored);
@@ -318,6 +320,43 @@ pub(crate) struct ConfigBody {
     publish_topic: Option<String>,
 }
 
+impl ConfigBody {
+    /// The checks `PUT /webhooks/_config/…` makes before it seals the secret.
+    pub(crate) fn check(&self) -> Result<(), ApiError> {
+        if !matches!(self.scheme.as_str(), "github" | "stripe" | "hmac-sha256") {
+            return Err(ApiError::bad_request(
+                "invalid_config",
+                "scheme must be github, stripe or hmac-sha256",
+            ));
+        }
+        if self.secret.is_empty() || self.secret.len() > 1024 {
+            return Err(ApiError::bad_request(
+                "invalid_config",
+                "secret must be 1 to 1024 bytes",
+            ));
+        }
+        if self.signature_header.is_some() && self.scheme != "hmac-sha256" {
+            return Err(ApiError::bad_request(
+                "invalid_config",
+                "signature_header is for hmac-sha256 only",
+            ));
+        }
+        if let Some(h) = &self.signature_header
+            && axum::http::HeaderName::from_bytes(h.as_bytes()).is_err()
+        {
+            return Err(ApiError::bad_request(
+                "invalid_config",
+                "signature_header is not a header name",
+            ));
+        }
+        if let Some(t) = &self.publish_topic {
+            crate::pubsub::topic::validate_topic(t)
+                .map_err(|e| ApiError::bad_request("invalid_config", e))?;
+        }
+        Ok(())
+    }
+}
+
 fn path_params(
     params: Result<RawPathParams, RawPathParamsRejection>,
 ) -> Result<RawPathParams, ApiError> {
@@ -343,36 +382,7 @@ async fn put_config(
 ) -> Result<StatusCode, ApiError> {
     let db = auth.db()?.clone();
     let endpoint = config_endpoint(&path_params(params)?)?;
-    if !matches!(body.scheme.as_str(), "github" | "stripe" | "hmac-sha256") {
-        return Err(ApiError::bad_request(
-            "invalid_config",
-            "scheme must be github, stripe or hmac-sha256",
-        ));
-    }
-    if body.secret.is_empty() || body.secret.len() > 1024 {
-        return Err(ApiError::bad_request(
-            "invalid_config",
-            "secret must be 1 to 1024 bytes",
-        ));
-    }
-    if body.signature_header.is_some() && body.scheme != "hmac-sha256" {
-        return Err(ApiError::bad_request(
-            "invalid_config",
-            "signature_header is for hmac-sha256 only",
-        ));
-    }
-    if let Some(h) = &body.signature_header
-        && axum::http::HeaderName::from_bytes(h.as_bytes()).is_err()
-    {
-        return Err(ApiError::bad_request(
-            "invalid_config",
-            "signature_header is not a header name",
-        ));
-    }
-    if let Some(t) = &body.publish_topic {
-        crate::pubsub::topic::validate_topic(t)
-            .map_err(|e| ApiError::bad_request("invalid_config", e))?;
-    }
+    body.check()?;
     let sealed = state.webhook_secrets.seal(body.secret.as_bytes())?;
     let doc = state.registry.get(&db).await?;
     let header = body.signature_header.map(|h| h.to_ascii_lowercase());

@@ -268,6 +268,9 @@ pub fn mentioned(out: &mut Vec<(String, RefOr<Schema>)>) {
         schema::<WsClientFrame>,
         schema::<WsServerFrame>,
         schema::<LiveChanges>,
+        schema::<PresenceSnapshot>,
+        schema::<PresenceMember>,
+        schema::<PresenceLeave>,
     ] {
         register(out);
     }
@@ -346,6 +349,245 @@ pub fn describe(method: &Method, path: &str) -> Option<Doc> {
                 ),
             )
             .status(404, "`not_found`: no such file."),
+        ("GET", "/apps/{app}") => Doc::new("App entry", "Redirects to the app's page.")
+            .status(308, "To `/apps/{app}/` (`Location`).")
+            .status(404, "`not_found`: not an app name (`[a-z0-9_-]{1,64}`)."),
+        ("GET", "/apps/{app}/") => Doc::new(
+            "App",
+            "An app built on this API (plain HTML/CSS/JS embedded from `web/apps/{app}/`), \
+             e.g. `hearth`, `felt`, `flowlist`; `shared` holds what they share (the \
+             proof-of-work solver). Same-origin `Content-Security-Policy`, `X-Frame-Options: \
+             DENY`, `nosniff`.",
+        )
+        .ok(
+            200,
+            "The app's page.",
+            Payload::Text("text/html", "The app's HTML."),
+        )
+        .status(404, "`not_found`: no such app."),
+        ("GET", "/apps/{app}/{*path}") => Doc::new("App file", "One file of an embedded app.")
+            .ok(
+                200,
+                "The file, with its media type.",
+                Payload::Bytes(
+                    "application/octet-stream",
+                    "The file (script, style, image).",
+                ),
+            )
+            .status(404, "`not_found`: no such file."),
+        // Presence routes (issue 17) go here.
+        ("POST", "/api/v1/db/{db_id}/presence/{room}/heartbeat") => Doc::new(
+            "Presence heartbeat",
+            "Joins `member` to the room (event `join`) or refreshes its expiry; a `state` that \
+             differs from the stored one is an `update` (a refresh alone announces nothing). \
+             The member expires (`leave`, reason `expired`) after the room's TTL without \
+             another heartbeat. `connection_id` binds the member to a live connection of the \
+             same caller (an SSE stream's or WebSocket's `Patch-Connection-Id`, the presence \
+             stream's `snapshot`, or `mqtt:{client_id}`): it leaves (`disconnected`) the moment \
+             that connection closes. In memory only; the document is not opened.",
+        )
+        .body(json::<crate::presence::HeartbeatBody>())
+        .ok(
+            200,
+            "Present until `expires_at`.",
+            json::<crate::presence::HeartbeatAnswer>(),
+        )
+        .status(
+            400,
+            "`invalid_member` (1 to 128 bytes, no control characters, not `heartbeat`, \
+             `stream` or starting with `_`), `invalid_room`.",
+        )
+        .status(
+            404,
+            "`unknown_connection`: no open connection of this caller has that id.",
+        )
+        .status(
+            409,
+            "`room_full` (`presence_max_members_per_room`), `too_many_rooms` \
+             (`presence_max_rooms_per_document`).",
+        )
+        .status(
+            413,
+            "`state_too_large`: `state` is over 4096 bytes as JSON.",
+        )
+        .status(
+            503,
+            "`overloaded`: the server holds `presence_max_members_total` members.",
+        ),
+        ("DELETE", "/api/v1/db/{db_id}/presence/{room}/{member}") => Doc::new(
+            "Leave a presence room",
+            "The member leaves at once (event `leave`, reason `left`).",
+        )
+        .status(204, "Gone.")
+        .status(400, "`invalid_member`, `invalid_room`.")
+        .status(404, "`unknown_member`: not in the room."),
+        ("PUT", "/api/v1/db/{db_id}/presence/{room}/_config") => Doc::new(
+            "Set a presence room's TTL",
+            "The room's own TTL (else `presence_ttl_secs`); members get it from their next \
+             heartbeat. A room kept only for its TTL is forgotten after an hour unused (and at \
+             restart).",
+        )
+        .body(json::<crate::presence::RoomConfig>())
+        .ok(200, "The room's setting.", json::<PresenceRoomConfig>())
+        .status(400, "`invalid_ttl` (1 to 86400), `invalid_room`.")
+        .status(409, "`too_many_rooms`."),
+        ("GET", "/api/v1/db/{db_id}/presence/{room}") => Doc::new(
+            "Presence members",
+            "Who is in the room now, by member name (expired members have left).",
+        )
+        .ok(200, "The members.", json::<PresenceMembers>())
+        .status(400, "`invalid_room`."),
+        ("GET", "/api/v1/db/{db_id}/presence/{room}/stream") => Doc::new(
+            "Presence events (SSE)",
+            "A `snapshot` of the room, then what happens in it, in order.",
+        )
+        .ok(
+            200,
+            "The stream.",
+            Payload::Events(
+                "Events: `snapshot` first (`PresenceSnapshot`: the members and this stream's \
+                 `connection_id`; sent again, replacing the list, if the subscriber fell more \
+                 than 1024 events behind); `join` and `update` (`PresenceMember`); `leave` \
+                 (`PresenceLeave`: reason `left`, `expired` or `disconnected`); `heartbeat` \
+                 (`Heartbeat`, every 15 s); `error` (`StreamError`: `shutting_down`, \
+                 `token_revoked`, `token_expired`; the stream then ends).",
+            ),
+        )
+        .with_headers(&[(
+            "Patch-Connection-Id",
+            "This stream's connection id (also in the `snapshot`).",
+        )])
+        .status(400, "`invalid_room`, `invalid_query` (unknown parameter).")
+        .status(409, "`too_many_rooms`."),
+        ("POST", "/api/v1/db/{db_id}/invites") => Doc::new(
+            "Make an invite link",
+            "A link granting `scopes` on this document (each an action the caller holds, \
+             never `admin.token`; a string or `{action, resource_prefix}`) for `ttl_secs` \
+             (60 to 2592000), at most `max_uses` times. Signed (HMAC-SHA256) with the current \
+             invite key; `url` opens the dashboard's invite page.",
+        )
+        .body(json::<InviteBody>())
+        .ok(201, "The link.", json::<InviteMade>())
+        .status(
+            400,
+            "`invalid_invite_request`: no or too many scopes, `admin.token`, a bad TTL, \
+             `max_uses` or room.",
+        )
+        .status(
+            403,
+            "The caller lacks `admin.token`, or an action it would grant.",
+        ),
+        ("GET", "/api/v1/db/{db_id}/invites") => Doc::new(
+            "This document's invites",
+            "The invites made here (not their links), newest first, with their use counts.",
+        )
+        .ok(200, "The invites.", json::<InviteList>()),
+        ("DELETE", "/api/v1/db/{db_id}/invites/{invite_id}") => Doc::new(
+            "Revoke an invite",
+            "The link stops working; tokens already redeemed live on (revoke them as tokens).",
+        )
+        .status(204, "Revoked.")
+        .status(404, "`not_found`: no such invite on this document."),
+        ("GET", "/api/v1/db/{db_id}/members") => Doc::new(
+            "Members",
+            "People who joined this document by redeeming an invite from their web session, \
+             with their grants.",
+        )
+        .ok(200, "The members.", json::<MemberList>()),
+        ("DELETE", "/api/v1/db/{db_id}/members/{subject}") => Doc::new(
+            "Remove a member",
+            "The person's grants on this document end at once (their open sessions included).",
+        )
+        .status(204, "Removed.")
+        .status(404, "`not_found`: no such member."),
+        ("POST", "/api/v1/invites/redeem" | "/invites/redeem") => Doc::new(
+            "Redeem an invite",
+            "No token: the link is the credential (rate limited per client IP; a proof of work \
+             when `pow_difficulty` > 0). Answers a machine token with the invite's grants, \
+             labelled `member`, valid `invite_token_ttl_secs`. From a signed-in web session \
+             (with `X-CSRF-Token`), the person becomes a member of the document instead.",
+        )
+        .body(json::<RedeemBody>())
+        .ok(200, "A token (or membership).", json::<Redeemed>())
+        .status(
+            400,
+            "`invalid_member`: the member name is empty, too long or has control characters.",
+        )
+        .status(
+            401,
+            "`invalid_invite`: tampered, expired, used up, revoked or signed by a retired key.",
+        )
+        .status(
+            428,
+            "`pow_required`: solve the challenge in `details` and send `Patch-PoW`.",
+        ),
+        ("GET", "/api/v1/pow/challenge" | "/pow/challenge") => Doc::new(
+            "Proof-of-work challenge",
+            "A fresh challenge: find a `nonce` such that SHA-256(`challenge` + `nonce`) starts \
+             with `difficulty` zero bits, then send `Patch-PoW: {challenge}:{nonce}` to the \
+             route that asked for it (single use, valid until `expires_at`). `for=streams` \
+             gives the anonymous stream routes' difficulty, else invite redemption's. A route \
+             that needs one answers `428 pow_required` with a fresh challenge in `details`. \
+             A browser solver: `/apps/shared/pow.js`.",
+        )
+        .query(
+            "for",
+            Kind::OneOf(&["invites", "streams"]),
+            "`invites` (default) or `streams`.",
+        )
+        .ok(200, "The challenge.", json::<PowChallenge>())
+        .status(400, "`invalid_query`: an unknown parameter."),
+        ("POST", "/api/v1/db/{db_id}/migrations") => Doc::new(
+            "Apply migrations",
+            "Applies, in order, the versions not yet applied: each in its own transaction \
+             (a failing one rolls back only itself; the ones before it stay applied), each \
+             statement checked like a `query.admin` statement. Recorded in \
+             `_patchwork_app_migrations` with the SHA-256 of its SQL. Re-sending the same list \
+             applies nothing.",
+        )
+        .body(json::<MigrationsBody>())
+        .ok(
+            200,
+            "What was applied now, and everything applied.",
+            json::<MigrationsApplied>(),
+        )
+        .status(
+            400,
+            "`invalid_migrations`: empty list, versions not ascending, empty SQL, parameters; \
+             or the error of the failing statement (`details.version`, `details.applied_now`).",
+        )
+        .status(
+            403,
+            "The token lacks `query.admin`, or a statement is refused (`details.reason`).",
+        )
+        .status(
+            409,
+            "`migration_changed`: an applied version's SQL differs; \
+             `migration_out_of_order`: a version older than the newest applied one.",
+        ),
+        ("GET", "/api/v1/db/{db_id}/migrations") => Doc::new(
+            "Applied migrations",
+            "The versions applied to this document, oldest first.",
+        )
+        .ok(200, "The applied versions.", json::<MigrationsList>()),
+        ("GET", "/api/v1/db/{db_id}/expiry") => Doc::new(
+            "Row-expiry rules",
+            "The tables whose rows expire, and by which column.",
+        )
+        .ok(200, "The rules.", json::<ExpiryRules>()),
+        ("PUT", "/api/v1/db/{db_id}/expiry") => Doc::new(
+            "Replace the row-expiry rules",
+            "Replaces every rule. Every `retention_sweep_seconds` the sweep deletes the rows \
+             whose `column` time has passed (in batches), then reclaims the pages, so their \
+             bytes are gone from the file. Each column gets an index (`expiry_{table}_{column}`).",
+        )
+        .body(json::<ExpiryRules>())
+        .ok(200, "The stored rules.", json::<ExpiryRules>())
+        .status(
+            400,
+            "`invalid_rules`: over 100 rules, a pair twice, no such table or column, a \
+             Patchwork table.",
+        ),
         ("GET", "/openapi.json") => Doc::new(
             "This OpenAPI document",
             "The OpenAPI 3.1 document of every route, generated from the server's route table.",

@@ -286,6 +286,9 @@ pub struct PublishBody {
     content_type: Option<String>,
     /// 1 to 255 bytes: a repeat on the same topic answers the first message's id.
     dedupe_key: Option<String>,
+    /// Also keep it as the topic's retained message (sent to each new MQTT subscription of a
+    /// matching filter); an empty payload clears the topic's retained message.
+    retain: Option<bool>,
 }
 
 #[derive(ToSchema)]
@@ -633,4 +636,231 @@ pub struct PushResult {
     /// Changes applied.
     applied: i64,
     conflicts: Vec<SyncConflict>,
+}
+
+// Proof of work
+
+#[derive(ToSchema)]
+pub struct PowChallenge {
+    /// Opaque, at most 40 characters.
+    challenge: String,
+    /// Leading zero bits required (0: any nonce solves it).
+    difficulty: u8,
+    /// RFC 3339.
+    expires_at: String,
+}
+
+// Per-document migrations and row expiry
+
+#[derive(ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Migration {
+    /// >= 1; versions ascend within a request and are applied in order.
+    #[schema(minimum = 1)]
+    version: i64,
+    /// 1 to 200 bytes.
+    #[schema(min_length = 1, max_length = 200)]
+    name: String,
+    /// One or more statements (no parameters).
+    #[schema(min_length = 1)]
+    sql: String,
+}
+
+#[derive(ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MigrationsBody {
+    #[schema(min_items = 1, max_items = 1000)]
+    migrations: Vec<Migration>,
+}
+
+#[derive(ToSchema)]
+pub struct AppliedMigration {
+    version: i64,
+    name: String,
+    /// SHA-256 of the SQL, hex.
+    checksum: String,
+    /// RFC 3339.
+    applied_at: String,
+}
+
+#[derive(ToSchema)]
+pub struct MigrationsApplied {
+    /// Versions applied by this request.
+    applied_now: Vec<i64>,
+    migrations: Vec<AppliedMigration>,
+}
+
+#[derive(ToSchema)]
+pub struct MigrationsList {
+    migrations: Vec<AppliedMigration>,
+}
+
+#[derive(ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExpiryRule {
+    /// An application table of this document.
+    #[schema(min_length = 1, max_length = 128)]
+    table: String,
+    /// The column holding the expiry time.
+    #[schema(min_length = 1, max_length = 128)]
+    column: String,
+    /// How the column holds time; default `unix_seconds`.
+    format: Option<ExpiryFormat>,
+}
+
+/// `unix_seconds` (INTEGER seconds, `unixepoch()`), `unix_ms` (INTEGER milliseconds,
+/// `Date.now()`) or `rfc3339` (UTC text, compared as text).
+#[derive(ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ExpiryFormat {
+    UnixSeconds,
+    UnixMs,
+    Rfc3339,
+}
+
+#[derive(ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExpiryRules {
+    #[schema(max_items = 100)]
+    rules: Vec<ExpiryRule>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Presence
+
+/// A member of a presence room (also the data of `join` and `update` events).
+#[derive(ToSchema)]
+pub struct PresenceMember {
+    member: String,
+    /// The last state sent (any JSON value; `null` if none was).
+    state: Value,
+    /// RFC 3339: when the member joined.
+    since: String,
+    /// RFC 3339: when it expires without another heartbeat.
+    expires_at: String,
+}
+
+#[derive(ToSchema)]
+pub struct PresenceMembers {
+    /// By member name.
+    members: Vec<PresenceMember>,
+}
+
+#[derive(ToSchema)]
+pub struct PresenceRoomConfig {
+    room: String,
+    ttl_secs: u64,
+}
+
+/// `snapshot` event data of a presence stream.
+#[derive(ToSchema)]
+pub struct PresenceSnapshot {
+    /// This stream's id: a heartbeat naming it leaves when the stream closes.
+    connection_id: String,
+    /// The room's TTL.
+    ttl_secs: i64,
+    members: Vec<PresenceMember>,
+}
+
+/// `leave` event data of a presence stream.
+#[derive(ToSchema)]
+pub struct PresenceLeave {
+    member: String,
+    /// `left`, `expired` or `disconnected`.
+    #[schema(examples("left", "expired", "disconnected"))]
+    reason: String,
+}
+
+// Invites
+
+/// A grant: an action on the document, maybe only under a resource prefix.
+#[derive(ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InviteGrant {
+    action: crate::auth::Action,
+    resource_prefix: Option<String>,
+}
+
+#[derive(ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InviteBody {
+    /// An app's room (returned at redemption).
+    #[schema(min_length = 1, max_length = 128)]
+    room: Option<String>,
+    /// 1 to 32 grants.
+    #[schema(min_items = 1, max_items = 32)]
+    scopes: Vec<InviteGrant>,
+    #[schema(minimum = 60, maximum = 2592000)]
+    ttl_secs: u64,
+    #[schema(minimum = 1, maximum = 1000000)]
+    max_uses: Option<u64>,
+}
+
+#[derive(ToSchema)]
+pub struct InviteMade {
+    id: String,
+    /// The dashboard's invite page for this link.
+    url: String,
+    /// The signed link token (what `/invites/redeem` takes).
+    token: String,
+    expires_at: String,
+    db_id: String,
+    room: Option<String>,
+    scopes: Vec<InviteGrant>,
+    max_uses: Option<u64>,
+}
+
+#[derive(ToSchema)]
+pub struct InviteInfo {
+    id: String,
+    room: Option<String>,
+    created_by: String,
+    created_at: String,
+    expires_at: String,
+    max_uses: Option<i64>,
+    uses: i64,
+    revoked: bool,
+}
+
+#[derive(ToSchema)]
+pub struct InviteList {
+    invites: Vec<InviteInfo>,
+}
+
+#[derive(ToSchema)]
+pub struct MemberInfo {
+    subject: String,
+    name: Option<String>,
+    scopes: Vec<InviteGrant>,
+    invite_id: Option<String>,
+    created_at: String,
+}
+
+#[derive(ToSchema)]
+pub struct MemberList {
+    members: Vec<MemberInfo>,
+}
+
+#[derive(ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RedeemBody {
+    /// The link token.
+    #[schema(min_length = 1)]
+    token: String,
+    /// The name to appear as (the token's label; `patchwork_caller_name()`).
+    #[schema(min_length = 1, max_length = 64)]
+    member: String,
+}
+
+/// A machine token (`token`, `token_id`, `expires_at`, `member` name) or, for a web session,
+/// membership (`member` is the person's subject).
+#[derive(ToSchema)]
+pub struct Redeemed {
+    token: Option<String>,
+    token_id: Option<String>,
+    expires_at: Option<String>,
+    db_id: String,
+    room: Option<String>,
+    member: String,
+    scopes: Vec<InviteGrant>,
 }
