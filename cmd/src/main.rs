@@ -239,6 +239,12 @@ struct ServeArgs {
     /// Scopes asked for besides openid (comma-separated) [default: email,profile].
     #[arg(long, env = "PATCHWORK_OIDC_SCOPES", value_delimiter = ',')]
     oidc_scopes: Option<Vec<String>>,
+    /// LiveKit API key for media room tokens (unset: the media token route answers 503).
+    #[arg(long, env = "PATCHWORK_LIVEKIT_API_KEY")]
+    livekit_api_key: Option<String>,
+    /// LiveKit API secret (prefer the environment variable).
+    #[arg(long, env = "PATCHWORK_LIVEKIT_API_SECRET", hide_env_values = true)]
+    livekit_api_secret: Option<String>,
     /// Subjects who are admins (comma-separated).
     #[arg(long, env = "PATCHWORK_OIDC_ADMIN_SUBJECTS", value_delimiter = ',')]
     oidc_admin_subjects: Option<Vec<String>>,
@@ -501,6 +507,12 @@ impl ServeArgs {
         }
         if let Some(v) = self.oidc_client_secret {
             config.oidc_client_secret = Some(Secret::new(v));
+        }
+        if let Some(v) = self.livekit_api_key {
+            config.livekit_api_key = Some(v);
+        }
+        if let Some(v) = self.livekit_api_secret {
+            config.livekit_api_secret = Some(Secret::new(v));
         }
         if let Some(v) = self.oidc_scopes {
             config.oidc_scopes = v;

@@ -285,6 +285,11 @@ pub struct Config {
     pub presence_max_rooms_per_document: usize,
     /// Presence members over every document at most (`503 overloaded` beyond).
     pub presence_max_members_total: usize,
+    /// LiveKit API key: the `iss` of the media room tokens `POST /media/token` mints (the route
+    /// answers `503 media_not_configured` while this or the secret is unset).
+    pub livekit_api_key: Option<String>,
+    /// LiveKit API secret: the HS256 key of those tokens.
+    pub livekit_api_secret: Option<Secret>,
 }
 
 impl Default for Config {
@@ -369,6 +374,8 @@ impl Default for Config {
             presence_max_members_per_room: 1_000,
             presence_max_rooms_per_document: 1_000,
             presence_max_members_total: 100_000,
+            livekit_api_key: None,
+            livekit_api_secret: None,
         }
     }
 }

@@ -147,6 +147,11 @@ pub const BODIES: &[BodyCheck] = &[
         path: "/api/v1/db/{db_id}/expiry",
         check: expiry,
     },
+    BodyCheck {
+        method: "POST",
+        path: "/api/v1/db/{db_id}/media/token",
+        check: media_token,
+    },
 ];
 
 /// The route's extractor: `axum::Json` (content type aside), its rejection as the route answers it.
@@ -310,6 +315,12 @@ fn migrations(body: &[u8]) -> Result<(), ApiError> {
 
 fn expiry(body: &[u8]) -> Result<(), ApiError> {
     extract::<crate::schema::expiry::RulesBody>(body)?.check()
+}
+
+fn media_token(body: &[u8]) -> Result<(), ApiError> {
+    extract::<crate::media::TokenRequest>(body)?
+        .check()
+        .map(drop)
 }
 
 /// Runs `BODIES[selector % len]` on `body` and insists on a clean answer: no panic (the fuzzer

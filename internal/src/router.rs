@@ -44,6 +44,7 @@ pub fn capabilities() -> Vec<(&'static str, Vec<Route>)> {
         ("pow", crate::pow::routes()),
         ("presence", crate::presence::routes()),
         ("schema", crate::schema::routes()),
+        ("media", crate::media::routes()),
     ]
 }
 

@@ -76,21 +76,7 @@ fn app_file(app: &str, path: &str) -> Response {
     if !app_name(app) {
         return ApiError::not_found("no such app").into_response();
     }
-    match patchwork_web::app_file(app, path) {
-        Some((bytes, mime)) => (
-            [
-                (header::CONTENT_TYPE, mime),
-                (header::CACHE_CONTROL, "no-cache"),
-                (header::CONTENT_SECURITY_POLICY, CSP),
-                (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
-                (header::REFERRER_POLICY, "same-origin"),
-                (header::X_FRAME_OPTIONS, "DENY"),
-            ],
-            bytes,
-        )
-            .into_response(),
-        None => ApiError::not_found("no such file").into_response(),
-    }
+    embedded(patchwork_web::app_file(app, path), CSP)
 }
 
 /// One embedded dashboard file. The pages load only same-origin scripts and styles and talk only
@@ -100,12 +86,18 @@ fn asset(name: &str) -> Response {
     const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
                        img-src 'self' data:; connect-src 'self'; form-action 'self'; \
                        base-uri 'none'; frame-ancestors 'none'";
-    match patchwork_web::get(name) {
+    embedded(patchwork_web::get(name), CSP)
+}
+
+/// An embedded file (or `404`) with its page policy: revalidated on every use, never sniffed,
+/// never framed.
+fn embedded(file: Option<(Vec<u8>, &'static str)>, csp: &'static str) -> Response {
+    match file {
         Some((bytes, mime)) => (
             [
                 (header::CONTENT_TYPE, mime),
                 (header::CACHE_CONTROL, "no-cache"),
-                (header::CONTENT_SECURITY_POLICY, CSP),
+                (header::CONTENT_SECURITY_POLICY, csp),
                 (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
                 (header::REFERRER_POLICY, "same-origin"),
                 (header::X_FRAME_OPTIONS, "DENY"),

@@ -125,6 +125,10 @@ const TAGS: &[(&str, &str)] = &[
         "schema",
         "An application's schema in its document: migrations and row expiry",
     ),
+    (
+        "media",
+        "Media rooms: LiveKit access tokens for a document's presence rooms",
+    ),
 ];
 
 /// Builds the document from the route table.

@@ -216,22 +216,24 @@ async fn challenge(
     Ok(Json(challenge_json(&challenge, difficulty, expires)))
 }
 
+/// The first decimal nonce solving `challenge` at `difficulty` bits (for tests).
+#[cfg(test)]
+pub(crate) fn solve(challenge: &str, difficulty: u8) -> String {
+    (0u64..)
+        .map(|n| n.to_string())
+        .find(|nonce| {
+            let d = Sha256::new()
+                .chain_update(challenge.as_bytes())
+                .chain_update(nonce.as_bytes())
+                .finalize();
+            leading_zero_bits(&d) >= u32::from(difficulty)
+        })
+        .unwrap()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn solve(challenge: &str, difficulty: u8) -> String {
-        (0u64..)
-            .map(|n| n.to_string())
-            .find(|nonce| {
-                let d = Sha256::new()
-                    .chain_update(challenge.as_bytes())
-                    .chain_update(nonce.as_bytes())
-                    .finalize();
-                leading_zero_bits(&d) >= u32::from(difficulty)
-            })
-            .unwrap()
-    }
 
     #[test]
     fn solve_verify_reuse_tamper() {

@@ -291,13 +291,7 @@ pub async fn sweep_document(state: &AppState, db_id: &DbId) -> Result<usize, Doc
         }
     }
     if total > 0 {
-        doc.write(|c| Ok(c.execute_batch("PRAGMA incremental_vacuum")?))
-            .await?;
-        doc.read(|c| {
-            crate::sqlite::checkpoint(c);
-            Ok(())
-        })
-        .await?;
+        crate::sweep::reclaim(&doc).await?;
         state.metrics.expired_rows.inc_by(total as u64);
     }
     Ok(total)
@@ -305,44 +299,18 @@ pub async fn sweep_document(state: &AppState, db_id: &DbId) -> Result<usize, Doc
 
 /// One pass over every document with expiry rules.
 pub async fn sweep_all(state: &AppState) {
-    let ids: Vec<String> = match state
-        .service
-        .read(|c| {
-            let mut stmt = c.prepare("SELECT db_id FROM expiry_documents ORDER BY db_id")?;
-            let ids = stmt
-                .query_map([], |r| r.get(0))?
-                .collect::<Result<Vec<String>, _>>()?;
-            Ok(ids)
-        })
-        .await
-    {
-        Ok(ids) => ids,
-        Err(e) => {
-            tracing::warn!(error = %e, "expiry sweep could not list documents");
-            return;
-        }
-    };
-    for id in ids {
-        let Ok(db_id) = DbId::parse(&id) else {
-            continue;
-        };
-        match sweep_document(state, &db_id).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(db_id = %db_id, deleted = n, "expiry sweep"),
-            Err(e) => tracing::warn!(db_id = %db_id, error = %e, "expiry sweep failed"),
-        }
-    }
+    crate::sweep::listed(state, "expiry_documents", "expiry", |db_id| async move {
+        sweep_document(state, &db_id).await
+    })
+    .await;
 }
 
 /// Sweeps every `period` until shutdown.
 pub async fn sweeper(state: AppState, period: std::time::Duration) {
-    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            () = state.shutdown.cancelled() => return,
-        }
-        sweep_all(&state).await;
-    }
+    crate::sweep::periodically(
+        state,
+        period,
+        |state| async move { sweep_all(&state).await },
+    )
+    .await;
 }

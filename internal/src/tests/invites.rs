@@ -294,17 +294,7 @@ async fn redemption_asks_for_proof_of_work_when_configured() {
         (StatusCode::PRECONDITION_REQUIRED, Some("pow_required"))
     );
     let challenge = v["error"]["details"]["challenge"].as_str().unwrap();
-    let nonce = (0u64..)
-        .map(|n| n.to_string())
-        .find(|n| {
-            use sha2::Digest;
-            let d = sha2::Sha256::new()
-                .chain_update(challenge)
-                .chain_update(n)
-                .finalize();
-            crate::pow::leading_zero_bits(&d) >= 8
-        })
-        .unwrap();
+    let nonce = crate::pow::solve(challenge, 8);
     let r = server
         .anon(Method::POST, "/invites/redeem")
         .header("Patch-PoW", format!("{challenge}:{nonce}"))

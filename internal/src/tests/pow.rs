@@ -8,18 +8,7 @@ use sha2::{Digest, Sha256};
 use crate::testing::TestServer;
 use crate::testing::browser;
 
-fn solve(challenge: &str, difficulty: u64) -> String {
-    (0u64..)
-        .map(|n| n.to_string())
-        .find(|nonce| {
-            let d = Sha256::new()
-                .chain_update(challenge.as_bytes())
-                .chain_update(nonce.as_bytes())
-                .finalize();
-            u64::from(crate::pow::leading_zero_bits(&d)) >= difficulty
-        })
-        .unwrap()
-}
+use crate::pow::solve;
 
 async fn relay(server: &TestServer, pow: Option<&str>) -> (StatusCode, Value) {
     let mut r = server

@@ -66,8 +66,15 @@ async fn schemathesis_finds_no_server_errors_and_no_schema_violations() {
         site.display()
     );
     // Legacy hooks, `/auth/login` and `/auth/token-login` are rate limited per IP (10/s by
-    // default): off here, or most of their cases would only see `429`.
-    let server = TestServer::start_with(|c| c.rate_limit_ip_rps = 0).await;
+    // default): off here, or most of their cases would only see `429`. LiveKit settings, so
+    // `media/token` mints (unconfigured it answers `503`, which schemathesis counts as a
+    // server error).
+    let server = TestServer::start_with(|c| {
+        c.rate_limit_ip_rps = 0;
+        c.livekit_api_key = Some("schemathesis".into());
+        c.livekit_api_secret = Some(crate::config::Secret::new("schemathesis-secret"));
+    })
+    .await;
     let work = server.dir.path().join("schemathesis");
     std::fs::create_dir_all(&work).unwrap();
     let config = work.join("schemathesis.toml");

@@ -588,6 +588,35 @@ pub fn describe(method: &Method, path: &str) -> Option<Doc> {
             "`invalid_rules`: over 100 rules, a pair twice, no such table or column, a \
              Patchwork table.",
         ),
+        ("POST", "/api/v1/db/{db_id}/media/token") => Doc::new(
+            "Mint a media room token",
+            "A LiveKit access token (JWT, HS256 under `livekit_api_secret`, `iss` = \
+             `livekit_api_key`) for the LiveKit room `{db_id}/{room}`: `sub` and `name` are the \
+             caller (`patchwork_caller()`, `patchwork_caller_name()`; only `admin.token` may set \
+             them), `video` grants join, publish, subscribe and data with \
+             `canPublishSources` `[\"microphone\"]`, plus `\"camera\"` when the document's \
+             `media_rooms` table or view has a true `allow_video` for the room. Needs \
+             `presence.write` on the room.",
+        )
+        .body(json::<crate::media::TokenRequest>())
+        .ok(
+            200,
+            "The token and the grants it carries.",
+            json::<crate::media::TokenResponse>(),
+        )
+        .status(
+            400,
+            "`invalid_room`, `invalid_body` (`ttl_secs` outside 60 to 86400, an empty or over \
+             long `identity` or `name`).",
+        )
+        .status(
+            403,
+            "No `presence.write` for the room, or `identity`/`name` without `admin.token`.",
+        )
+        .status(
+            503,
+            "`media_not_configured`: `livekit_api_key` or `livekit_api_secret` is unset.",
+        ),
         ("GET", "/openapi.json") => Doc::new(
             "This OpenAPI document",
             "The OpenAPI 3.1 document of every route, generated from the server's route table.",
