@@ -152,6 +152,11 @@ pub const BODIES: &[BodyCheck] = &[
         path: "/api/v1/db/{db_id}/media/token",
         check: media_token,
     },
+    BodyCheck {
+        method: "PUT",
+        path: "/api/v1/db/{db_id}/_settings",
+        check: doc_settings,
+    },
 ];
 
 /// The route's extractor: `axum::Json` (content type aside), its rejection as the route answers it.
@@ -321,6 +326,10 @@ fn media_token(body: &[u8]) -> Result<(), ApiError> {
     extract::<crate::media::TokenRequest>(body)?
         .check()
         .map(drop)
+}
+
+fn doc_settings(body: &[u8]) -> Result<(), ApiError> {
+    extract::<crate::schema::settings::SettingsBody>(body)?.check()
 }
 
 /// Runs `BODIES[selector % len]` on `body` and insists on a clean answer: no panic (the fuzzer

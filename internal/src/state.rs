@@ -121,6 +121,8 @@ fn document_opened(conn: &rusqlite::Connection) {
     if let Err(e) = crate::query::caller::install(conn) {
         tracing::error!(error = %e, "registering patchwork_caller() failed");
     }
+    // The document's own durability setting (`PUT /_settings`), if it has one.
+    crate::schema::settings::apply_stored(conn);
 }
 
 /// Opens `service.db` on its own actor thread. Used by the server and by the offline CLI.

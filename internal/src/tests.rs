@@ -6,6 +6,7 @@ mod blobs;
 mod blobs_s3;
 mod connections;
 mod dashboard;
+mod felt;
 mod hearth;
 mod hostile;
 mod identity;

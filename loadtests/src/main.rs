@@ -14,6 +14,8 @@
 //!           (loadtests hostile --help: its own flags)
 //! loadtests presence --url URL --token T [--members 10000] [--rooms 100] [--concurrency 64]
 //!           [--duration S] [--probes 50] (loadtests presence --help: its own flags)
+//! loadtests hearth --url URL --token ADMIN [--server-pid PID] [--rooms 20] [--members 20]
+//!           [--duration S] (loadtests hearth --help: its own flags)
 //! loadtests soak --bin PATH/patchwork [--cycles 20] [--seconds-per-cycle S] [--concurrency N]
 //!           [--documents D] [--seed N] [--data-dir DIR] [--keep]
 //! ```
@@ -26,6 +28,7 @@
 #![allow(clippy::print_stdout)]
 
 mod driver;
+mod hearth;
 mod hostile;
 mod natspub;
 mod presence;
@@ -177,6 +180,11 @@ fn scenarios_help() -> String {
         "\n  {}   {}\n               (loadtests presence --help: its own flags)",
         presence::NAME,
         presence::ABOUT
+    ));
+    out.push_str(&format!(
+        "\n  {}     {}\n               (loadtests hearth --help: its own flags)",
+        hearth::NAME,
+        hearth::ABOUT
     ));
     out.push_str(&format!(
         "\n  {}         {}\n               (loadtests soak --help: its own flags, no --url)",
@@ -625,6 +633,10 @@ fn main() -> ExitCode {
     // And `presence` (`src/presence.rs`).
     if argv.get(1).is_some_and(|a| a == presence::NAME) {
         return presence::main(argv.into_iter().skip(1).collect());
+    }
+    // And `hearth` (`src/hearth.rs`).
+    if argv.get(1).is_some_and(|a| a == hearth::NAME) {
+        return hearth::main(argv.into_iter().skip(1).collect());
     }
     let args = Args::parse_from(argv);
     let cfg = match validate(args) {

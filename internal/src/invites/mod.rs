@@ -493,16 +493,38 @@ async fn members(State(state): State<AppState>, auth: Authorized) -> Result<Json
     Ok(Json(json!({"members": members})))
 }
 
-/// `DELETE /members/{subject}`: the person's grants on this document end at once.
+/// `DELETE /members/{subject}`: the person's grants on this document end at once. `subject` may
+/// also be the id of a token redeemed from one of this document's invites (a guest: what
+/// `patchwork_caller()` returns for them): that token is revoked, so its holder loses every
+/// grant and their open streams end, without the owner needing the global token routes.
 async fn remove_member(
     State(state): State<AppState>,
     auth: Authorized,
     Path((_, subject)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    let removed = state
+    let db = auth.db()?.to_string();
+    let mut removed = state
         .owners
-        .remove_member(&state.service, auth.db()?.as_str(), &subject)
+        .remove_member(&state.service, &db, &subject)
         .await?;
+    if !removed && subject.len() <= 64 && subject.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        let (id, doc) = (subject.clone(), db.clone());
+        let minted_here: bool = state
+            .service
+            .read(move |c| {
+                Ok(c.query_row(
+                    "SELECT EXISTS (SELECT 1 FROM tokens t JOIN invites i
+                       ON t.created_by = 'invite:' || i.id
+                     WHERE t.id = ?1 AND i.db_id = ?2 AND t.revoked_at IS NULL)",
+                    params![id, doc],
+                    |r| r.get(0),
+                )?)
+            })
+            .await?;
+        if minted_here {
+            removed = state.tokens.revoke(subject.clone(), &auth.actor()).await?;
+        }
+    }
     if removed {
         tracing::info!(db_id = %auth.db()?, subject, actor = %auth.actor(), "audit: member removed");
         Ok(StatusCode::NO_CONTENT)

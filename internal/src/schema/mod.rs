@@ -9,6 +9,7 @@
 //! PRAGMAs), one at a time in SQLite's own statement order.
 
 pub mod expiry;
+pub mod settings;
 
 use axum::extract::State;
 use axum::http::Method;
@@ -61,6 +62,21 @@ pub fn routes() -> Vec<Route> {
             "/api/v1/db/{db_id}/expiry",
             ADMIN,
             put(expiry::put_rules),
+        ),
+        Route::new(
+            Method::GET,
+            "/api/v1/db/{db_id}/_settings",
+            Access::Db {
+                actions: &[Action::QueryAdmin, Action::QueryRead],
+                resource: ResourceFrom::None,
+            },
+            get(settings::get_settings),
+        ),
+        Route::new(
+            Method::PUT,
+            "/api/v1/db/{db_id}/_settings",
+            ADMIN,
+            put(settings::put_settings),
         ),
     ]
 }

@@ -105,6 +105,28 @@ fn file_contains(server: &TestServer, db: &str, needle: &str) -> bool {
     })
 }
 
+/// Moves a message's `created_at` back by `secs` (triggers off for this one statement, as no
+/// caller may change it): the edit window is checked without waiting a minute.
+async fn backdate(server: &TestServer, db: &str, body: &str, secs: i64) {
+    let id = crate::registry::DbId::parse(db).unwrap();
+    let doc = server.state.registry.get(&id).await.unwrap();
+    let body = body.to_owned();
+    let n = doc
+        .write(move |c| {
+            use rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_TRIGGER;
+            c.set_db_config(SQLITE_DBCONFIG_ENABLE_TRIGGER, false)?;
+            let n = c.execute(
+                "UPDATE messages SET created_at = created_at - ?1 WHERE body = ?2",
+                rusqlite::params![secs, body],
+            );
+            c.set_db_config(SQLITE_DBCONFIG_ENABLE_TRIGGER, true)?;
+            Ok(n?)
+        })
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+}
+
 #[tokio::test]
 async fn hearth_owner_and_guest_end_to_end() {
     let server = hearth_server().await;
@@ -163,7 +185,8 @@ async fn hearth_owner_and_guest_end_to_end() {
     owner.screenshot("hearth-invite").await;
 
     // The guest: a phone-sized, separate browser with no session.
-    let guest = browser::session(390, 800).await;
+    // (in the dark theme, for one set of screenshots in it)
+    let guest = browser::session_with(390, 800, true).await;
     guest.goto(&link).await;
     guest.wait_text("#join-form", "#fireside").await;
     guest.fill("#guest-name", "Bob").await;
@@ -232,7 +255,41 @@ async fn hearth_owner_and_guest_end_to_end() {
     owner.wait_text("#messages", "Bob warms his hands").await;
     owner.js("window.scrollTo(0, 0);", vec![]).await;
     owner.screenshot("hearth-room-owner").await;
-    guest.screenshot("hearth-room-guest").await;
+    guest.screenshot("hearth-room-guest-dark").await;
+
+    // The 60 s edit window: the author edits at once; a minute later not even they may.
+    let (s, v) = exec_as(
+        &server,
+        &token,
+        db,
+        "UPDATE messages SET body = 'hi all, bob here again' WHERE body = 'hi all, bob here'",
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    owner.wait_text("#messages", "bob here again").await;
+    backdate(&server, db, "hi all, bob here again", 61).await;
+    let (s, v) = exec_as(
+        &server,
+        &token,
+        db,
+        "UPDATE messages SET body = 'too late' WHERE body = 'hi all, bob here again'",
+    )
+    .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    // The owner deletes the guest's message from the view; it goes from both.
+    let clicked = owner
+        .js(
+            "const li = [...document.querySelectorAll('#messages .msg')]
+               .find((l) => l.textContent.includes('bob here again'));
+             const b = li && [...li.querySelectorAll('.tools button')].find((x) => x.textContent === 'delete');
+             if (b) b.click();
+             return !!b;",
+            vec![],
+        )
+        .await;
+    assert_eq!(clicked, Value::Bool(true), "the owner has a delete button");
+    wait_message_gone(&guest, "bob here again", 10).await;
+    wait_message_gone(&owner, "bob here again", 10).await;
 
     // Another room: the guest's token reaches nothing there.
     let r = server
@@ -316,11 +373,31 @@ async fn hearth_owner_and_guest_end_to_end() {
     }
     owner.screenshot("hearth-room-expired").await;
 
-    // The guest leaves (closes the page): the owner sees it at once.
-    guest.close().await;
+    // Room settings: the owner allows video; the voice pass now includes the camera.
+    owner.js("window.scrollTo(0, 0);", vec![]).await;
+    owner.click("#settings-btn").await;
+    owner.wait_for("#settings-form").await;
+    owner.click("#set-video").await;
+    owner.click("#save-settings").await;
+    owner.wait_text(".room-head", "video on").await;
+    owner.click("#voice-btn").await;
+    owner.wait_text("#grant-sources", "camera").await;
+
+    // Members: the owner kicks the guest; their row goes and their token is revoked, so their
+    // streams end (the owner sees them leave at once) and nothing more is allowed.
+    owner.click("#members-btn").await;
+    owner.wait_text("#member-list", "Bob").await;
+    owner.screenshot("hearth-members").await;
+    owner.click("#member-list .kick").await;
     owner
         .wait_until("return !document.getElementById('presence').textContent.includes('Bob');")
         .await;
+    owner
+        .wait_until("return !document.getElementById('member-list').textContent.includes('Bob');")
+        .await;
+    let (s, _) = exec_as(&server, &token, db, "SELECT count(*) FROM messages").await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    guest.close().await;
     owner.close().await;
     server.stop().await.unwrap();
 }

@@ -400,3 +400,83 @@ async fn expired_rows_are_deleted_and_their_bytes_are_gone() {
     }
     assert!(seen_live, "the live row is on disk");
 }
+
+/// `PUT /_settings {synchronous: full}` applies at once on the live connection, is kept in the
+/// document across a restart (applied again when it opens), needs `query.admin`, and `default`
+/// goes back to the server's setting.
+#[tokio::test]
+async fn per_document_synchronous_survives_a_restart() {
+    let server = TestServer::start().await;
+    let admin = server.admin_token.clone();
+    let path = "/api/v1/db/durable/_settings";
+    let (s, v) = call(&server, &admin, Method::GET, path, Value::Null).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["synchronous"], Value::Null);
+    assert_eq!(v["effective"], "normal");
+
+    let reader = server
+        .mint(vec![scope("durable", Action::QueryRead, None)])
+        .await;
+    let (s, _) = call(
+        &server,
+        &reader,
+        Method::PUT,
+        path,
+        json!({"synchronous": "full"}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let (s, v) = call(
+        &server,
+        &admin,
+        Method::PUT,
+        path,
+        json!({"synchronous": "fsync"}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+
+    let (s, v) = call(
+        &server,
+        &admin,
+        Method::PUT,
+        path,
+        json!({"synchronous": "full"}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["synchronous"], "full");
+    assert_eq!(v["effective"], "full");
+    // Another document is untouched.
+    let (_, v) = call(
+        &server,
+        &admin,
+        Method::GET,
+        "/api/v1/db/other/_settings",
+        Value::Null,
+    )
+    .await;
+    assert_eq!(v["effective"], "normal");
+
+    let dir = server.stop_keeping_data().await.unwrap();
+    let server = TestServer::restart_on(dir, &admin).await;
+    let (s, v) = call(&server, &reader, Method::GET, path, Value::Null).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["synchronous"], "full");
+    assert_eq!(
+        v["effective"], "full",
+        "applied again when the document opened"
+    );
+
+    let (_, v) = call(
+        &server,
+        &admin,
+        Method::PUT,
+        path,
+        json!({"synchronous": "default"}),
+    )
+    .await;
+    assert_eq!(v["synchronous"], Value::Null);
+    assert_eq!(v["effective"], "normal");
+    server.stop().await.unwrap();
+}

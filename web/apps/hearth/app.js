@@ -286,7 +286,10 @@ async function roomView(db) {
   const panel = h("div", { class: "panel", id: "panel", hidden: true });
   const actions = h("div", { class: "actions" },
     h("button", { class: "btn voice", id: "voice-btn", onclick: () => voice(db, room, auth, panel) }, h("span", { class: "mic", "aria-hidden": "true" }), "Voice"),
-    isOwner ? h("button", { class: "btn", id: "invite-btn", onclick: () => invite(db, room, auth, panel) }, "Invite") : null);
+    isOwner ? h("button", { class: "btn", id: "invite-btn", onclick: () => invite(db, room, auth, panel) }, "Invite") : null,
+    isOwner ? h("button", { class: "btn", id: "members-btn", onclick: () => membersPanel(db, room, auth, panel) }, "Members") : null,
+    isOwner ? h("button", { class: "btn", id: "settings-btn", onclick: () => settingsPanel(db, room, auth, panel) }, "Settings") : null,
+    isOwner ? null : h("button", { class: "btn", id: "leave-btn", onclick: () => leave(db, auth) }, "Leave"));
 
   mount(h("section", { class: "room" },
     h("header", { class: "room-head" },
@@ -440,6 +443,88 @@ async function invite(db, room, auth, panel) {
         try { await navigator.clipboard.writeText(link); toast("Link copied"); } catch { toast("Select the link and copy it"); }
       } }, "Copy")));
   } catch (e) { panel.replaceChildren(h("p", { class: "error" }, e.message)); }
+}
+
+// ---------- members (owner): list and kick; leave (anyone) ----------
+async function membersPanel(db, room, auth, panel) {
+  panel.hidden = false;
+  const list = h("ul", { class: "members", id: "member-list" }, h("li", { class: "muted" }, "Loading…"));
+  panel.replaceChildren(
+    h("div", { class: "panel-head" }, h("h2", {}, "Members"), h("button", { class: "link", onclick: () => { panel.hidden = true; } }, "close")),
+    h("p", { class: "muted small" }, `Up to ${room.max_participants}. Kicking someone removes them and ends their access at once (a guest's token is revoked).`),
+    list);
+  const draw = async () => {
+    const rows = objects(await sql(db, "SELECT subject, name, role, vouched_by, joined_at FROM members ORDER BY role = 'owner' DESC, joined_at", [], auth));
+    list.replaceChildren(...rows.map((m) => h("li", { class: "member", "data-subject": m.subject },
+      avatar(m.name, m.subject),
+      h("span", { class: "pname" }, m.name),
+      h("span", { class: m.role === "owner" ? "tag" : "tag soft" }, m.role === "owner" ? "host" : m.role),
+      h("span", { class: "muted small" }, `since ${new Date(m.joined_at * 1000).toLocaleString([], { dateStyle: "short", timeStyle: "short" })}`),
+      m.role === "owner" ? null : h("button", { class: "btn small danger kick", onclick: async (ev) => {
+        ev.target.disabled = true;
+        try {
+          await kick(db, m, auth);
+          toast(`${m.name} was removed`);
+          await draw();
+        } catch (e) { toast(e.message, true); ev.target.disabled = false; }
+      } }, "Kick"))));
+  };
+  try { await draw(); } catch (e) { list.replaceChildren(h("li", { class: "error" }, e.message)); }
+}
+
+/** The owner removes a member: their row, then their grants (a guest's token is revoked). */
+async function kick(db, m, auth) {
+  await sql(db, "DELETE FROM members WHERE subject = ?", [m.subject], auth);
+  await sql(db, "INSERT INTO messages (kind, body) VALUES ('system', ?)", [`${m.name} was removed`], auth).catch(() => {});
+  try {
+    await api("DELETE", `/api/v1/db/${encodeURIComponent(db)}/members/${encodeURIComponent(m.subject)}`, undefined, auth);
+  } catch (e) {
+    // 404: neither an invite's token nor an invited person (nothing more to end).
+    if (!(e instanceof ApiError && e.status === 404)) throw e;
+  }
+}
+
+async function leave(db, auth) {
+  if (!confirm("Leave this room? You will need a new invite to come back.")) return;
+  try {
+    await sql(db, "INSERT INTO messages (kind, body) VALUES ('system', ?)", [`${auth.name} left`], auth).catch(() => {});
+    await sql(db, "DELETE FROM members WHERE subject = patchwork_caller()", [], auth);
+  } catch (e) { toast(e.message, true); return; }
+  if (auth.guest) sessionStorage.removeItem(guestKey(db));
+  location.hash = "#/";
+}
+
+// ---------- room settings (owner) ----------
+function settingsPanel(db, room, auth, panel) {
+  panel.hidden = false;
+  const err = h("p", { class: "error", role: "alert" });
+  const ttls = [["15", "15 seconds"], ["60", "1 minute"], ["600", "10 minutes"], ["3600", "1 hour"], ["86400", "1 day"], ["604800", "1 week"]];
+  if (!ttls.some(([v]) => Number(v) === room.ttl_secs)) ttls.push([String(room.ttl_secs), duration(room.ttl_secs)]);
+  const form = h("form", { class: "settings", id: "settings-form" },
+    h("label", {}, "Name", h("input", { name: "name", id: "set-name", required: true, maxlength: 80, value: room.name })),
+    h("label", {}, "Description", h("input", { name: "description", id: "set-desc", maxlength: 280, value: room.description })),
+    h("div", { class: "row" },
+      h("label", {}, "New messages fade after",
+        h("select", { name: "ttl", id: "set-ttl" }, ttls.map(([v, t]) => h("option", { value: v, selected: Number(v) === room.ttl_secs }, t)))),
+      h("label", {}, "Max people", h("input", { name: "max", id: "set-max", type: "number", min: 1, max: 20, value: room.max_participants }))),
+    h("label", { class: "check" }, h("input", { type: "checkbox", name: "video", id: "set-video", checked: !!room.allow_video }), "Allow video in voice"),
+    err,
+    h("button", { class: "btn primary", type: "submit", id: "save-settings" }, "Save"));
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    err.textContent = "";
+    const f = new FormData(form);
+    try {
+      await sql(db, "UPDATE room SET name = ?, description = ?, ttl_secs = ?, max_participants = ?, allow_video = ?",
+        [String(f.get("name")).trim(), String(f.get("description") || "").trim(), Number(f.get("ttl")), Number(f.get("max")) || 20, f.get("video") === "on" ? 1 : 0], auth);
+      toast("Room saved");
+      route();
+    } catch (e) { err.textContent = e.message; }
+  });
+  panel.replaceChildren(
+    h("div", { class: "panel-head" }, h("h2", {}, "Room settings"), h("button", { class: "link", onclick: () => { panel.hidden = true; } }, "close")),
+    h("p", { class: "muted small" }, "The message life applies to messages sent from now on."),
+    form);
 }
 
 // ---------- voice: the media token and its grants ----------

@@ -588,6 +588,25 @@ pub fn describe(method: &Method, path: &str) -> Option<Doc> {
             "`invalid_rules`: over 100 rules, a pair twice, no such table or column, a \
              Patchwork table.",
         ),
+        ("GET", "/api/v1/db/{db_id}/_settings") => Doc::new(
+            "Document settings",
+            "The document's own durability choice (`synchronous`, `null` when it follows the \
+             server's setting) and what its open connection runs with (`effective`).",
+        )
+        .ok(200, "The settings.", json::<DocSettings>()),
+        ("PUT", "/api/v1/db/{db_id}/_settings") => Doc::new(
+            "Change document settings",
+            "Stores the document's durability in the document (`full`: every commit fsynced \
+             before it is acknowledged; `normal`; `default`: follow the server) and applies it \
+             to the open connection at once; it is applied again whenever the document opens, \
+             so it survives restarts.",
+        )
+        .body(json::<DocSettingsBody>())
+        .ok(
+            200,
+            "The stored and effective settings.",
+            json::<DocSettings>(),
+        ),
         ("POST", "/api/v1/db/{db_id}/media/token") => Doc::new(
             "Mint a media room token",
             "A LiveKit access token (JWT, HS256 under `livekit_api_secret`, `iss` = \

@@ -864,3 +864,37 @@ pub struct Redeemed {
     member: String,
     scopes: Vec<InviteGrant>,
 }
+
+// Per-document settings
+
+/// `normal`, `full` (fsync every commit), or `default` (follow the server's `synchronous`).
+#[derive(ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncChoice {
+    Normal,
+    Full,
+    Default,
+}
+
+/// `normal` or `full`.
+#[derive(ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncLevel {
+    Normal,
+    Full,
+}
+
+#[derive(ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DocSettingsBody {
+    synchronous: SyncChoice,
+}
+
+#[derive(ToSchema)]
+pub struct DocSettings {
+    db_id: String,
+    /// The document's own choice; `null` when it follows the server.
+    synchronous: Option<SyncLevel>,
+    /// What the open connection runs with.
+    effective: SyncLevel,
+}
