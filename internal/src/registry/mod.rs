@@ -41,9 +41,10 @@ pub struct RegistryConfig {
     pub actor: ActorConfig,
     pub idle_timeout: Duration,
     pub max_open: usize,
-    /// An open document unused this long gives back its connection's memory (page cache,
-    /// prepared statements); it stays open, and its next request reads its pages from the OS
-    /// page cache again. ([`SHRINK_AFTER`] in the server.)
+    /// An open document unused this long gives back its connection's memory: it closes its
+    /// connection (unless it holds temporary tables) and its actor thread ends; it stays open
+    /// (in the map, counted, its events channel alive), and its next request starts a thread
+    /// and reopens the connection (~0.5 ms). ([`SHRINK_AFTER`] in the server.)
     pub shrink_after: Duration,
 }
 

@@ -552,3 +552,102 @@ async fn a_quiet_open_document_shrinks_once_until_used_again() {
     drop(doc);
     wait_for(2).await;
 }
+
+static REOPEN_OPENS: AtomicUsize = AtomicUsize::new(0);
+static REOPEN_SHRINKS: AtomicUsize = AtomicUsize::new(0);
+static REOPEN_CLOSINGS: AtomicUsize = AtomicUsize::new(0);
+
+static REOPEN_HOOKS: ConnectionHooks = ConnectionHooks {
+    opened: |_| {
+        REOPEN_OPENS.fetch_add(1, SeqCst);
+    },
+    shrink: |_| {
+        REOPEN_SHRINKS.fetch_add(1, SeqCst);
+    },
+    closing: || {
+        REOPEN_CLOSINGS.fetch_add(1, SeqCst);
+    },
+};
+
+#[tokio::test]
+async fn a_quiet_document_closes_its_connection_and_reopens_it_on_next_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), 64, Duration::from_secs(3600), 16);
+    cfg.shrink_after = Duration::from_millis(200);
+    cfg.actor.hooks = Some(&REOPEN_HOOKS);
+    let registry = Registry::new(cfg, Metrics::new());
+    let wait_until = |what: &'static AtomicUsize, n: usize| async move {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while what.load(SeqCst) < n {
+            assert!(Instant::now() < deadline, "timed out");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+
+    let doc = registry.get(&id("napper")).await.unwrap();
+    doc.write(|c| Ok(c.execute_batch("CREATE TABLE t (x); INSERT INTO t VALUES (1)")?))
+        .await
+        .unwrap();
+    let seq = doc.commit_seq();
+    let mut events = doc.subscribe();
+    drop(doc);
+    assert_eq!(REOPEN_OPENS.load(SeqCst), 1);
+    wait_until(&REOPEN_CLOSINGS, 1).await;
+    assert_eq!(REOPEN_SHRINKS.load(SeqCst), 1);
+    assert!(registry.is_open(&id("napper")));
+
+    // The next write opens the connection again (with the hooks), commits after the last
+    // commit_seq and announces its tables, as before the quiet spell.
+    let doc = registry.get(&id("napper")).await.unwrap();
+    doc.write(|c| Ok(c.execute("INSERT INTO t VALUES (2)", [])?))
+        .await
+        .unwrap();
+    assert_eq!(REOPEN_OPENS.load(SeqCst), 2);
+    assert_eq!(doc.commit_seq(), seq + 1);
+    let event = tokio::time::timeout(Duration::from_secs(5), events.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(event.commit_seq, seq + 1);
+    assert_eq!(&*event.tables_written, &["t".to_owned()]);
+    let n: i64 = doc
+        .read(|c| Ok(c.query_row("SELECT count(*) FROM t", [], |r| r.get(0))?))
+        .await
+        .unwrap();
+    assert_eq!(n, 2);
+    assert!(doc.stats().await.unwrap().page_count > 0);
+    drop(doc);
+    wait_until(&REOPEN_CLOSINGS, 2).await;
+
+    // A connection holding a temporary table stays open: the table would go with it.
+    let doc = registry.get(&id("napper")).await.unwrap();
+    doc.read(|c| Ok(c.execute_batch("CREATE TEMP TABLE tt (x); INSERT INTO tt VALUES (7)")?))
+        .await
+        .unwrap();
+    let opens = REOPEN_OPENS.load(SeqCst);
+    let shrinks = REOPEN_SHRINKS.load(SeqCst);
+    drop(doc);
+    wait_until(&REOPEN_SHRINKS, shrinks + 1).await;
+    assert_eq!(REOPEN_CLOSINGS.load(SeqCst), 2);
+    let doc = registry.get(&id("napper")).await.unwrap();
+    let kept: i64 = doc
+        .read(|c| Ok(c.query_row("SELECT x FROM temp.tt", [], |r| r.get(0))?))
+        .await
+        .unwrap();
+    assert_eq!(kept, 7);
+    assert_eq!(REOPEN_OPENS.load(SeqCst), opens);
+    drop(doc);
+
+    // A document whose actor went dormant (connection closed, no thread) is still counted as
+    // open, and shutting down ends it like any other.
+    let doc = registry.get(&id("sleeper")).await.unwrap();
+    doc.write(|c| Ok(c.execute_batch("CREATE TABLE s (x)")?))
+        .await
+        .unwrap();
+    drop(doc);
+    wait_until(&REOPEN_CLOSINGS, 3).await;
+    assert_eq!(registry.open_count(), 2);
+    assert_eq!(registry.inner.metrics.open_documents.get(), 2);
+    assert!(registry.shutdown(Duration::from_secs(5)).await);
+    assert_eq!(registry.inner.metrics.open_documents.get(), 0);
+}
