@@ -949,3 +949,600 @@ async fn mqtt_acknowledged_publishes_survive_kill_9() {
     }
     assert!(server.terminate().0.success());
 }
+
+// ---------- Felt (web/apps/felt): a tournament document through the real process ----------
+
+/// Felt's schema module, read at build time: the migration, the server-time expression and the
+/// state query are taken from it, not copied.
+const FELT_SCHEMA_JS: &str = include_str!("../../web/apps/felt/schema.js");
+
+fn js_between<'a>(src: &'a str, start: &str, end: &str) -> &'a str {
+    let from = src
+        .find(start)
+        .unwrap_or_else(|| panic!("{start:?} not in schema.js"))
+        + start.len();
+    let len = src[from..]
+        .find(end)
+        .unwrap_or_else(|| panic!("no {end:?} after {start:?}"));
+    &src[from..from + len]
+}
+
+/// `(MIGRATIONS as the POST /migrations body's list, NOW_MS, STATE_SQL)` from schema.js.
+fn felt_sql() -> (serde_json::Value, String, String) {
+    let now = js_between(FELT_SCHEMA_JS, "export const NOW_MS = \"", "\";").to_owned();
+    let v1 = js_between(FELT_SCHEMA_JS, "const V1 = `", "`;").to_owned();
+    let v2 = js_between(FELT_SCHEMA_JS, "const V2 = `", "`;").replace("${NOW_MS}", &now);
+    let state =
+        js_between(FELT_SCHEMA_JS, "export const STATE_SQL = `", "`;").replace("${NOW_MS}", &now);
+    assert!(v1.contains("CREATE TABLE audit") && !state.contains("${"));
+    assert!(v2.contains("players_rebuy") && !v2.contains("${"));
+    let migrations = serde_json::json!([
+        {"version": 1, "name": "felt tournament", "sql": v1},
+        {"version": 2, "name": "felt rebuys", "sql": v2},
+    ]);
+    (migrations, now, state)
+}
+
+fn wall_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// A TD acting on one tournament document as `app.js` does: each action is one `query/batch`
+/// of its state statements plus one `audit` row.
+#[derive(Clone)]
+struct Td {
+    client: reqwest::Client,
+    base: String,
+    token: String,
+    db: String,
+    now: String,
+}
+
+/// The audit's `args`: a JSON value, or a SELECT building it from the state just written.
+enum AuditArgs {
+    Json(serde_json::Value),
+    Sql(&'static str, Vec<serde_json::Value>),
+}
+
+const LEVEL_MS: i64 = 60_000;
+const CLOCK_AUDIT: &str = "SELECT json_object('level', level, 'running', running, 'started_at_ms', started_at_ms, 'remaining_ms', remaining_ms) FROM clock";
+
+impl Td {
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: serde_json::Value,
+    ) -> Result<serde_json::Value, String> {
+        let r = self
+            .client
+            .request(
+                method,
+                format!("{}/api/v1/db/{}/{path}", self.base, self.db),
+            )
+            .bearer_auth(&self.token)
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = r.status();
+        let v: serde_json::Value = r.json().await.map_err(|e| e.to_string())?;
+        if status.is_success() {
+            Ok(v)
+        } else {
+            Err(format!("{status}: {v}"))
+        }
+    }
+
+    /// `batch` of app.js: the audit seq once the server acknowledged the transaction.
+    async fn batch(
+        &self,
+        action: &str,
+        args: AuditArgs,
+        statements: Vec<(String, Vec<serde_json::Value>)>,
+    ) -> Result<i64, String> {
+        let now = &self.now;
+        let audit = match args {
+            AuditArgs::Sql(sql, a) => serde_json::json!({
+                "sql": format!("INSERT INTO audit (at_ms, actor, action, args) SELECT {now}, patchwork_caller(), ?, ({sql})"),
+                "args": std::iter::once(serde_json::json!(action)).chain(a).collect::<Vec<_>>(),
+            }),
+            AuditArgs::Json(v) => serde_json::json!({
+                "sql": format!("INSERT INTO audit (at_ms, actor, action, args) VALUES ({now}, patchwork_caller(), ?, ?)"),
+                "args": [action, v.to_string()],
+            }),
+        };
+        let mut stmts: Vec<serde_json::Value> = statements
+            .into_iter()
+            .map(|(sql, args)| serde_json::json!({"sql": sql, "args": args}))
+            .collect();
+        stmts.push(audit);
+        let r = self
+            .call(
+                reqwest::Method::POST,
+                "query/batch",
+                serde_json::json!({"statements": stmts}),
+            )
+            .await?;
+        r["results"]
+            .as_array()
+            .and_then(|a| a.last())
+            .and_then(|l| l["last_insert_id"].as_i64())
+            .ok_or(format!("no seq in {r}"))
+    }
+
+    /// `createTournament`: the document, synchronous=FULL, the schema, one `create` action.
+    async fn create(&self, migrations: &serde_json::Value) {
+        let opened = self
+            .call(reqwest::Method::POST, "_open", serde_json::json!({}))
+            .await
+            .unwrap();
+        assert_eq!(opened["created"], true, "{opened}");
+        self.call(
+            reqwest::Method::PUT,
+            "_settings",
+            serde_json::json!({"synchronous": "full"}),
+        )
+        .await
+        .unwrap();
+        let s = self
+            .call(reqwest::Method::GET, "_settings", serde_json::Value::Null)
+            .await;
+        let s = s.unwrap();
+        assert_eq!(s["effective"], "full", "{s}");
+        self.call(
+            reqwest::Method::POST,
+            "migrations",
+            serde_json::json!({"migrations": migrations}),
+        )
+        .await
+        .unwrap();
+        let slug = self.db.trim_start_matches("felt-").to_owned();
+        let levels: Vec<serde_json::Value> = [[25, 50, 0], [50, 100, 0], [75, 150, 0]]
+            .iter()
+            .enumerate()
+            .map(|(i, l)| serde_json::json!({"level": i + 1, "sb": l[0], "bb": l[1], "ante": l[2], "duration_ms": LEVEL_MS, "is_break": 0}))
+            .collect();
+        let t = serde_json::json!({"slug": slug, "name": "Kill Nine Open", "buy_in": 100, "rebuy_until_level": 2, "starting_stack": 20000, "seats_per_table": 9, "payouts": [50, 30, 20], "levels": levels});
+        let mut stmts = vec![(
+            "INSERT INTO tournament (id, slug, name, buy_in, rebuy_until_level, starting_stack, seats_per_table, payouts) VALUES (1, ?, ?, ?, ?, ?, ?, ?)".to_owned(),
+            vec![t["slug"].clone(), t["name"].clone(), t["buy_in"].clone(), t["rebuy_until_level"].clone(), t["starting_stack"].clone(), t["seats_per_table"].clone(), serde_json::json!(t["payouts"].to_string())],
+        )];
+        for l in &levels {
+            stmts.push((
+                "INSERT INTO levels (level, small_blind, big_blind, ante, duration_ms, is_break) VALUES (?, ?, ?, ?, ?, ?)".to_owned(),
+                vec![l["level"].clone(), l["sb"].clone(), l["bb"].clone(), l["ante"].clone(), l["duration_ms"].clone(), l["is_break"].clone()],
+            ));
+        }
+        stmts.push((
+            "INSERT INTO clock (id, level, running, remaining_ms) VALUES (1, 1, 0, ?)".to_owned(),
+            vec![serde_json::json!(LEVEL_MS)],
+        ));
+        self.batch("create", AuditArgs::Json(t), stmts)
+            .await
+            .unwrap();
+    }
+
+    /// The console's "Start clock" on level `lv`.
+    async fn start_clock(&self, lv: i64) -> Result<i64, String> {
+        let sql = format!(
+            "UPDATE clock SET running = 1, started_at_ms = {}, level = ?1, remaining_ms = CASE WHEN level = ?1 THEN remaining_ms ELSE (SELECT duration_ms FROM levels WHERE level = ?1) END",
+            self.now
+        );
+        self.batch(
+            "clock",
+            AuditArgs::Sql(CLOCK_AUDIT, vec![]),
+            vec![(sql, vec![serde_json::json!(lv)])],
+        )
+        .await
+    }
+
+    async fn add_player(&self, name: &str) -> Result<i64, String> {
+        self.batch(
+            "add_player",
+            AuditArgs::Sql("SELECT json_object('id', id, 'name', name) FROM players WHERE id = (SELECT max(id) FROM players)", vec![]),
+            vec![(format!("INSERT INTO players (name, registered_at_ms) VALUES (?, {})", self.now), vec![serde_json::json!(name)])],
+        )
+        .await
+    }
+
+    async fn bust(&self, id: i64) -> Result<i64, String> {
+        self.batch(
+            "bust",
+            AuditArgs::Sql("SELECT json_object('player', id, 'place', place, 'at_ms', busted_at_ms) FROM players WHERE id = ?", vec![serde_json::json!(id)]),
+            vec![(
+                format!("UPDATE players SET status = 'busted', table_no = NULL, seat = NULL, busted_at_ms = {}, place = (SELECT count(*) FROM players WHERE status != 'busted') WHERE id = ? AND status != 'busted'", self.now),
+                vec![serde_json::json!(id)],
+            )],
+        )
+        .await
+    }
+
+    /// app.js `rebuy`: back in play at `seat` (`(table, seat)`, or unseated).
+    async fn rebuy(&self, id: i64, seat: Option<(i64, i64)>) -> Result<i64, String> {
+        let (t, s) = seat.map_or(
+            (serde_json::Value::Null, serde_json::Value::Null),
+            |(t, s)| (t.into(), s.into()),
+        );
+        self.batch(
+            "rebuy",
+            AuditArgs::Sql("SELECT json_object('player', id, 'rebuys', rebuys, 'table', table_no, 'seat', seat) FROM players WHERE id = ?", vec![serde_json::json!(id)]),
+            vec![(
+                "UPDATE players SET rebuys = rebuys + 1, status = CASE WHEN ?2 IS NULL THEN 'registered' ELSE 'seated' END, table_no = ?2, seat = ?3, place = NULL, busted_at_ms = NULL WHERE id = ?1".to_owned(),
+                vec![serde_json::json!(id), t, s],
+            )],
+        )
+        .await
+    }
+
+    async fn rows(&self, sql: &str) -> Vec<serde_json::Value> {
+        let v = self
+            .call(
+                reqwest::Method::POST,
+                "query/exec",
+                serde_json::json!({"sql": sql, "options": {"max_rows": 100000}}),
+            )
+            .await
+            .unwrap();
+        v["rows"].as_array().unwrap().clone()
+    }
+
+    async fn state(&self, state_sql: &str) -> serde_json::Value {
+        let rows = self.rows(state_sql).await;
+        serde_json::from_str(rows[0][0].as_str().unwrap()).unwrap()
+    }
+
+    /// The whole audit, oldest first: `(seq, action, args)`.
+    async fn audit(&self) -> Vec<(i64, String, serde_json::Value)> {
+        self.rows("SELECT seq, action, args FROM audit ORDER BY seq")
+            .await
+            .iter()
+            .map(|r| {
+                (
+                    r[0].as_i64().unwrap(),
+                    r[1].as_str().unwrap().to_owned(),
+                    serde_json::from_str(r[2].as_str().unwrap()).unwrap(),
+                )
+            })
+            .collect()
+    }
+}
+
+/// felt.js `replay`, ported: the tournament rebuilt from its audit alone.
+fn felt_replay(audit: &[(i64, String, serde_json::Value)]) -> serde_json::Value {
+    use serde_json::{Value, json};
+    let (mut tournament, mut levels, mut clock) = (Value::Null, json!([]), Value::Null);
+    let mut tables: Vec<Value> = Vec::new();
+    let mut players: Vec<Value> = Vec::new();
+    fn seat(players: &mut [Value], id: &Value, t: &Value, s: &Value) {
+        let p = players
+            .iter_mut()
+            .find(|p| p["id"] == *id)
+            .expect("seated player exists");
+        p["status"] = json!("seated");
+        p["table_no"] = t.clone();
+        p["seat"] = s.clone();
+    }
+    for (_, action, a) in audit {
+        match action.as_str() {
+            "create" => {
+                tournament = json!({"slug": a["slug"], "name": a["name"], "buy_in": a["buy_in"], "rebuy_until_level": a.get("rebuy_until_level").cloned().unwrap_or(json!(0)), "starting_stack": a["starting_stack"], "seats_per_table": a["seats_per_table"], "payouts": a["payouts"]});
+                levels = a["levels"].clone();
+                clock = json!({"level": a["levels"][0]["level"], "running": 0, "started_at_ms": null, "remaining_ms": a["levels"][0]["duration_ms"]});
+            }
+            "clock" => {
+                clock = json!({"level": a["level"], "running": a["running"], "started_at_ms": a["started_at_ms"], "remaining_ms": a["remaining_ms"]});
+            }
+            "add_player" => players.push(json!({"id": a["id"], "name": a["name"], "status": "registered", "table_no": null, "seat": null, "place": null, "busted_at_ms": null, "rebuys": 0})),
+            "bust" => {
+                let p = players.iter_mut().find(|p| p["id"] == a["player"]).expect("busted player exists");
+                for (k, v) in [("status", json!("busted")), ("table_no", Value::Null), ("seat", Value::Null), ("place", a["place"].clone()), ("busted_at_ms", a["at_ms"].clone())] {
+                    p[k] = v;
+                }
+            }
+            "seat_draw" => {
+                for p in players.iter_mut().filter(|p| p["status"] == "seated") {
+                    p["status"] = json!("registered");
+                    p["table_no"] = Value::Null;
+                    p["seat"] = Value::Null;
+                }
+                tables = a["tables"].as_array().unwrap().iter().map(|t| json!({"table_no": t["table_no"], "seats": t["seats"], "open": 1})).collect();
+                for m in a["seats"].as_array().unwrap() {
+                    seat(&mut players, &m[0], &m[1], &m[2]);
+                }
+            }
+            "break_table" => {
+                for m in a["moves"].as_array().unwrap() {
+                    seat(&mut players, &m[0], &m[1], &m[2]);
+                }
+                for t in tables.iter_mut().filter(|t| t["table_no"] == a["table"]) {
+                    t["open"] = json!(0);
+                }
+            }
+            "move" => seat(&mut players, &a["player"], &a["table"], &a["seat"]),
+            "rebuy" => {
+                // The players busted after this one move up a place (as the schema's trigger does).
+                let from = players.iter().find(|p| p["id"] == a["player"]).expect("rebuying player exists")["place"].as_i64().expect("busted");
+                for q in players.iter_mut().filter(|q| q["status"] == "busted" && q["place"].as_i64() < Some(from)) {
+                    q["place"] = json!(q["place"].as_i64().unwrap() + 1);
+                }
+                let p = players.iter_mut().find(|p| p["id"] == a["player"]).unwrap();
+                let status = if a["table"].is_null() { "registered" } else { "seated" };
+                for (k, v) in [("status", json!(status)), ("table_no", a["table"].clone()), ("seat", a["seat"].clone()), ("place", Value::Null), ("busted_at_ms", Value::Null), ("rebuys", a["rebuys"].clone())] {
+                    p[k] = v;
+                }
+            }
+            other => panic!("unknown audit action {other}"),
+        }
+    }
+    players.sort_by_key(|p| p["id"].as_i64());
+    tables.sort_by_key(|t| t["table_no"].as_i64());
+    json!({"tournament": tournament, "levels": levels, "clock": clock, "tables": tables, "players": players})
+}
+
+/// felt.js `comparable`: the parts of the live state the replay rebuilds.
+fn felt_comparable(s: &serde_json::Value) -> serde_json::Value {
+    serde_json::json!({"tournament": s["tournament"], "levels": s["levels"], "clock": s["clock"], "tables": s["tables"], "players": s["players"]})
+}
+
+/// felt.js `clockAt` (level index, time left) at server time `now`.
+fn felt_clock_at(s: &serde_json::Value, now: i64) -> (usize, i64) {
+    let levels = s["levels"].as_array().unwrap();
+    let c = &s["clock"];
+    let mut index = levels
+        .iter()
+        .position(|l| l["level"] == c["level"])
+        .unwrap_or(0);
+    let mut remaining = c["remaining_ms"].as_i64().unwrap();
+    if c["running"] == 1 {
+        remaining -= now - c["started_at_ms"].as_i64().unwrap();
+        while remaining <= 0 && index + 1 < levels.len() {
+            index += 1;
+            remaining += levels[index]["duration_ms"].as_i64().unwrap();
+        }
+    }
+    (index, remaining.max(0))
+}
+
+/// One acknowledged TD action: its audit seq, what it was, and its subject (player name or id).
+type Acked = (i64, &'static str, String);
+
+/// A TD's burst: players registered, every third action busts the oldest player still in.
+async fn felt_burst(td: Td, tag: String) -> Vec<Acked> {
+    let mut acked = Vec::new();
+    let mut alive: std::collections::VecDeque<i64> = std::collections::VecDeque::new();
+    for i in 0..100_000 {
+        let r = if i % 3 == 2 && !alive.is_empty() {
+            let id = alive.pop_front().unwrap();
+            td.bust(id).await.map(|seq| (seq, "bust", id.to_string()))
+        } else {
+            let name = format!("{tag}-{i}");
+            let r = td
+                .add_player(&name)
+                .await
+                .map(|seq| (seq, "add_player", name));
+            if let Ok((_, _, name)) = &r {
+                // Its id, for a later bust (the server may be gone by now).
+                let q = serde_json::json!({"sql": "SELECT id FROM players WHERE name = ?", "args": [name]});
+                if let Ok(v) = td.call(reqwest::Method::POST, "query/exec", q).await {
+                    alive.extend(v["rows"][0][0].as_i64());
+                }
+            }
+            r
+        };
+        match r {
+            Ok(a) => acked.push(a),
+            Err(_) => break,
+        }
+    }
+    acked
+}
+
+/// After a restart: every acknowledged action is in the audit and in the state, and the audit
+/// replays to the state.
+async fn felt_check(td: &Td, state_sql: &str, acked: &[Acked]) -> serde_json::Value {
+    let audit = td.audit().await;
+    let state = td.state(state_sql).await;
+    let by_seq: std::collections::HashMap<i64, &(i64, String, serde_json::Value)> =
+        audit.iter().map(|a| (a.0, a)).collect();
+    let players = state["players"].as_array().unwrap();
+    for (seq, action, subject) in acked {
+        let (_, got, args) = by_seq
+            .get(seq)
+            .unwrap_or_else(|| panic!("acknowledged {action} #{seq} ({subject}) lost"));
+        assert_eq!(got, action, "audit #{seq}");
+        match *action {
+            "add_player" => {
+                assert_eq!(args["name"], subject.as_str(), "audit #{seq}");
+                assert!(
+                    players
+                        .iter()
+                        .any(|p| p["id"] == args["id"] && p["name"] == subject.as_str()),
+                    "player {subject} missing"
+                );
+            }
+            "bust" => {
+                assert_eq!(args["player"].to_string(), *subject, "audit #{seq}");
+                let p = players.iter().find(|p| p["id"] == args["player"]).unwrap();
+                assert_eq!(p["status"], "busted", "{p}");
+                assert_eq!(p["place"], args["place"], "{p}");
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(
+        felt_replay(&audit),
+        felt_comparable(&state),
+        "the audit replays to the state"
+    );
+    state
+}
+
+fn felt_td(base: &str, token: &str, db: &str, now: &str) -> Td {
+    Td {
+        client: client(),
+        base: base.to_owned(),
+        token: token.to_owned(),
+        db: db.to_owned(),
+        now: now.to_owned(),
+    }
+}
+
+/// Felt's guarantees across `kill -9` mid-level: a tournament made as the app makes it
+/// (synchronous=FULL), the clock started, TD batches (players added and busted) acknowledged
+/// while the process is killed. After the restart every acknowledged action is in the audit and
+/// the state, the clock neither lost nor gained time against the wall clock, and the audit
+/// replays to the state.
+#[tokio::test]
+async fn felt_kill_9_mid_level_keeps_clock_and_acknowledged_actions() {
+    let (migrations, now, state_sql) = felt_sql();
+    let dir = tempfile::tempdir().unwrap();
+    let admin = "felt-kill-admin-token-0123456789";
+    let env = [("PATCHWORK_ADMIN_TOKEN", admin)];
+    let mut server = start(dir.path(), &env);
+    let td = felt_td(&server.base, admin, "felt-kill-nine-open", &now);
+    td.create(&migrations).await;
+    let mut acked: Vec<Acked> = Vec::new();
+    for name in ["Ada", "Ben", "Cleo"] {
+        acked.push((
+            td.add_player(name).await.unwrap(),
+            "add_player",
+            name.to_owned(),
+        ));
+    }
+    // A rebuy (app.js `rebuy`): Cleo then Ben bust, Ben buys back in (no tables yet: unseated);
+    // a second rebuy while he is in play is refused by the schema.
+    td.bust(3).await.unwrap();
+    td.bust(2).await.unwrap();
+    acked.push((td.rebuy(2, None).await.unwrap(), "rebuy", "2".to_owned()));
+    let refused = td.rebuy(2, None).await.unwrap_err();
+    assert!(
+        refused.contains("only a busted player can rebuy"),
+        "{refused}"
+    );
+    let s = td.state(&state_sql).await;
+    let ben = &s["players"][1];
+    assert_eq!(
+        (&ben["status"], &ben["rebuys"], &ben["place"]),
+        (
+            &serde_json::json!("registered"),
+            &serde_json::json!(1),
+            &serde_json::Value::Null
+        ),
+        "{ben}"
+    );
+    assert_eq!(s["players"][2]["place"], 3, "{}", s["players"][2]);
+    // Start the clock; the server stamps its own time, which lies within the request's span.
+    let before = wall_ms();
+    let seq = td.start_clock(1).await.unwrap();
+    let after = wall_ms();
+    acked.push((seq, "clock", String::new()));
+    let started = td.state(&state_sql).await["clock"]["started_at_ms"]
+        .as_i64()
+        .unwrap();
+    assert!(
+        before - 5 <= started && started <= after + 5,
+        "{before} {started} {after}"
+    );
+    // Bursts of TD actions, killed mid-level.
+    let bursts: Vec<_> = (0..3)
+        .map(|b| tokio::spawn(felt_burst(td.clone(), format!("k{b}"))))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    signal(&server.child, "KILL");
+    let _ = server.child.wait();
+    drop(server);
+    for b in bursts {
+        acked.extend(b.await.unwrap());
+    }
+    assert!(acked.len() > 20, "only {} acknowledged", acked.len());
+    // Down for a while: the clock keeps running on the wall clock.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+
+    let server = start(dir.path(), &env);
+    let td = felt_td(&server.base, admin, "felt-kill-nine-open", &now);
+    let s = td
+        .call(reqwest::Method::GET, "_settings", serde_json::Value::Null)
+        .await
+        .unwrap();
+    assert_eq!(
+        s["effective"], "full",
+        "still synchronous=FULL after the restart: {s}"
+    );
+    let state = felt_check(&td, &state_sql, &acked).await;
+    let (t0, state_now) = (wall_ms(), td.state(&state_sql).await);
+    let t1 = wall_ms();
+    assert_eq!(state_now["clock"]["running"], 1, "{}", state_now["clock"]);
+    assert_eq!(
+        state_now["clock"]["started_at_ms"],
+        state["clock"]["started_at_ms"]
+    );
+    let (index, remaining) = felt_clock_at(&state_now, state_now["now_ms"].as_i64().unwrap());
+    assert_eq!(index, 0, "still mid-level 1");
+    // Expected from the wall clock alone: the level's time minus the time since the start request.
+    let (lo, hi) = (LEVEL_MS - (t1 - before), LEVEL_MS - (t0 - after));
+    let tolerance = 50;
+    assert!(
+        lo - tolerance <= remaining && remaining <= hi + tolerance,
+        "clock drifted: {remaining} ms left, expected {lo}..={hi} ms"
+    );
+    eprintln!(
+        "felt kill -9: {} acknowledged actions intact; {remaining} ms left of level 1 (expected {lo}..={hi})",
+        acked.len()
+    );
+    assert!(server.terminate().0.success());
+}
+
+/// SIGTERM during bursts of Felt TD batches: a clean exit, and after the restart every
+/// acknowledged action is there and the audit replays to the state.
+#[tokio::test]
+async fn felt_sigterm_during_td_batches_loses_no_acknowledged_action() {
+    let (migrations, now, state_sql) = felt_sql();
+    let dir = tempfile::tempdir().unwrap();
+    let admin = "felt-term-admin-token-0123456789";
+    let env = [("PATCHWORK_ADMIN_TOKEN", admin)];
+    let server = start(dir.path(), &env);
+    let td = felt_td(&server.base, admin, "felt-sigterm-cup", &now);
+    td.create(&migrations).await;
+    let mut acked: Vec<Acked> = vec![(td.start_clock(1).await.unwrap(), "clock", String::new())];
+    let bursts: Vec<_> = (0..4)
+        .map(|b| tokio::spawn(felt_burst(td.clone(), format!("t{b}"))))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let (status, _) = tokio::task::spawn_blocking(move || server.terminate())
+        .await
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    for b in bursts {
+        acked.extend(b.await.unwrap());
+    }
+    assert!(acked.len() > 20, "only {} acknowledged", acked.len());
+    let server = start(dir.path(), &env);
+    let td = felt_td(&server.base, admin, "felt-sigterm-cup", &now);
+    felt_check(&td, &state_sql, &acked).await;
+    // Past the rebuy period (through level 2) the schema refuses a rebuy.
+    td.batch(
+        "clock",
+        AuditArgs::Sql(CLOCK_AUDIT, vec![]),
+        vec![(
+            "UPDATE clock SET level = 3, running = 0, started_at_ms = NULL, remaining_ms = ?"
+                .to_owned(),
+            vec![serde_json::json!(LEVEL_MS)],
+        )],
+    )
+    .await
+    .unwrap();
+    let id = td
+        .rows("SELECT id FROM players WHERE status != 'busted' LIMIT 1")
+        .await[0][0]
+        .as_i64()
+        .unwrap();
+    td.bust(id).await.unwrap();
+    let refused = td.rebuy(id, None).await.unwrap_err();
+    assert!(refused.contains("the rebuy period is over"), "{refused}");
+    felt_check(&td, &state_sql, &acked).await;
+    assert!(server.terminate().0.success());
+}

@@ -5,7 +5,10 @@
 //! 2 on its own), busts players, breaks a table and pauses; every screen shows the same state,
 //! the screens cannot write, and the audit replays to the state. Latency from each TD action
 //! (the click's `Date.now()`) to each browser screen and to 50 plain-HTTP SSE watchers of the
-//! same query is reported as p50/p99. Screenshots: `target/screenshots/felt-*.png`.
+//! same query is reported as p50/p99. A big screen that navigates away and back, and a phone
+//! whose watch connection is cut, each get the current state (with the change made meanwhile)
+//! at once; the console and the screens show Patchwork's readiness (`/readyz`): ready, then
+//! unreachable once the server stops. Screenshots: `target/screenshots/felt-*.png`.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -122,7 +125,8 @@ async fn felt_director_and_screens_end_to_end() {
     td.fill("#new-name", "Friday Deepstack").await;
     td.js(
         "document.getElementById('new-seats').value = '4';\
-         document.getElementById('new-minutes').value = '0.05';",
+         document.getElementById('new-minutes').value = '0.05';\
+         document.getElementById('new-rebuy_level').value = '10';",
         vec![],
     )
     .await;
@@ -161,6 +165,12 @@ async fn felt_director_and_screens_end_to_end() {
             .await;
         screens.push(s);
     }
+    // Patchwork's readiness (`GET /readyz`, polled every few seconds) on the console and screens.
+    for b in std::iter::once(&td).chain(&screens) {
+        health_is(b, "ok").await;
+        assert_eq!(b.text("#health").await.to_lowercase(), "patchwork ready");
+    }
+
     // A screen's token reads but cannot write.
     let token = screens[0]
         .js(
@@ -261,6 +271,36 @@ async fn felt_director_and_screens_end_to_end() {
     }
     screens[2].wait_text("#eliminated", "8. Ivo").await;
     screens[2].wait_text("#eliminated", "10. Ben").await;
+    // A rebuy: Ben (busted first) buys back in; the pool grows by the buy-in (10 entries + 1
+    // rebuy at 100), he takes the free seat, the players busted after him move up a place.
+    act(&td, "[data-rebuy='Ben']").await;
+    let last = actions(&td).await.last().unwrap()["seq"].as_i64().unwrap();
+    for s in &screens {
+        caught_up(s, last).await;
+    }
+    let want = shown(&td).await;
+    td.wait_text("#side-pool", "1,100").await;
+    td.wait_text("#pool", "1,100").await;
+    for s in &screens {
+        assert_eq!(shown(s).await, want);
+        s.wait_text("#pool", "1,100").await;
+        s.wait_text("#rebuys", "1").await;
+        s.wait_text("#players-left", "8").await;
+    }
+    screens[2].wait_text("#eliminated", "9. Ivo").await;
+    screens[2].wait_text("#eliminated", "10. Eve").await;
+    screens[2].wait_text("#phone-body", "1 rebuy").await;
+    let ben = td
+        .js(
+            "return felt.state.players.find((p) => p.name === 'Ben');",
+            vec![],
+        )
+        .await;
+    assert_eq!(
+        (&ben["status"], &ben["rebuys"]),
+        (&json!("seated"), &json!(1)),
+        "{ben}"
+    );
     screens[1].screenshot("felt-clock-paused").await;
     screens[2].screenshot("felt-phone").await;
 
@@ -348,9 +388,75 @@ async fn felt_director_and_screens_end_to_end() {
     assert!(percentile(&mut http_click, 99.0) < 500.0, "{report}");
     assert!(percentile(&mut browser_ms, 99.0) < 500.0, "{report}");
 
+    // A screen that reconnects (navigates away, its watch stopped, then back) gets the current
+    // state at once, including what changed while it was away.
+    let away = &screens[0];
+    away.js("location.hash = '#/';", vec![]).await;
+    away.wait_for("#signin").await;
+    td.fill("#player-name", "Kai").await;
+    act(&td, "#add-player button").await;
+    let latest = actions(&td).await.last().unwrap()["seq"].as_i64().unwrap();
+    let back_ms = away
+        .js(
+            &format!(
+                "felt.state = null; window.feltBack = Date.now(); \
+                 location.hash = '#/clock/{DB}'; return 0;"
+            ),
+            vec![],
+        )
+        .await;
+    assert_eq!(back_ms, 0);
+    caught_up(away, latest).await;
+    // The first state after coming back, from the page's own clock.
+    let took = away
+        .js(
+            &format!("return felt.seen[{latest}] - window.feltBack;"),
+            vec![],
+        )
+        .await
+        .as_f64()
+        .unwrap();
+    assert_eq!(shown(away).await, shown(&td).await);
+    away.wait_text("#players-left", "9").await;
+    health_is(away, "ok").await;
+    eprintln!("felt: a reconnecting screen had the current state within {took:.0} ms");
+    assert!(took < 3000.0, "reconnect took {took} ms");
+    // A screen whose watch connection drops reconnects by itself and gets the current state.
+    let phone = &screens[2];
+    let opens = phone
+        .js("return felt.opens;", vec![])
+        .await
+        .as_i64()
+        .unwrap();
+    phone.js("felt.dropWatch(); return 0;", vec![]).await;
+    td.fill("#player-name", "Lia").await;
+    act(&td, "#add-player button").await;
+    let latest = actions(&td).await.last().unwrap()["seq"].as_i64().unwrap();
+    phone
+        .wait_until(&format!(
+            "return felt.opens > {opens} && felt.state.audit_seq >= {latest};"
+        ))
+        .await;
+    assert_eq!(shown(phone).await, shown(&td).await);
+    phone.wait_text("#players-left", "10").await;
+
+    // With Patchwork gone, the screens say so.
+    server.stop().await.unwrap();
+    health_is(&screens[1], "unreachable").await;
+    assert_eq!(
+        screens[1].text("#health").await.to_lowercase(),
+        "patchwork unreachable"
+    );
     for s in screens {
         s.close().await;
     }
     td.close().await;
-    server.stop().await.unwrap();
+}
+
+/// Waits until the page's readiness badge is `want` (`ok`, `not_ready`, `unreachable`).
+async fn health_is(b: &Browser, want: &str) {
+    b.wait_until(&format!(
+        "const e = document.getElementById('health'); return !!e && e.dataset.health === '{want}';"
+    ))
+    .await;
 }

@@ -55,7 +55,7 @@ export function objects(result) {
 
 /**
  * Reads an SSE response (GET or POST) and calls `onEvent(name, data)` for each event; reconnects
- * with a growing pause until `stop()` is called. `onOpen(response)` sees each new stream.
+ * with a growing pause until `stop()` is called (`drop()` ends only the current connection). `onOpen(response)` sees each new stream.
  */
 export function stream(path, { method = "GET", body, auth, onEvent, onOpen, onDown }) {
   const ctl = { stopped: false, abort: null };
@@ -115,5 +115,9 @@ export function stream(path, { method = "GET", body, auth, onEvent, onOpen, onDo
       pause = Math.min(pause * 2, 10000);
     }
   })();
-  return { stop() { ctl.stopped = true; if (ctl.abort) ctl.abort.abort(); } };
+  return {
+    stop() { ctl.stopped = true; if (ctl.abort) ctl.abort.abort(); },
+    /** Drops the current connection (as a network blip would); the stream reconnects. */
+    drop() { if (ctl.abort) ctl.abort.abort(); },
+  };
 }

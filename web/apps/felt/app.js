@@ -5,7 +5,7 @@
 
 import { api, stream, ApiError } from "./api.js";
 import { MIGRATIONS, NOW_MS, STATE_SQL, SCREEN_SCOPES } from "./schema.js";
-import { clockAt, fmtTime, blinds, stats, seatDraw, breakTable, balance, replay, comparable, canonical } from "./felt.js";
+import { clockAt, fmtTime, blinds, stats, seatDraw, breakTable, balance, canRebuy, rebuySeat, replay, comparable, canonical } from "./felt.js";
 import { solve } from "/apps/shared/pow.js";
 
 const view = document.getElementById("view");
@@ -14,7 +14,8 @@ let me = null; // the TD's session {subject, name, csrf_token} or null
 let cleanup = [];
 
 // What the tests read: the state shown, when each audit seq was first shown, the TD's actions.
-const probe = { state: null, seen: {}, actions: [], stateSql: STATE_SQL };
+// `opens` counts watch connections; `dropWatch()` cuts the current one (it reconnects).
+const probe = { state: null, seen: {}, actions: [], stateSql: STATE_SQL, opens: 0 };
 window.felt = probe;
 
 // ---------- DOM helpers (text only: no HTML from data) ----------
@@ -87,9 +88,42 @@ function watchState(db, render) {
       if (!(seq in probe.seen)) probe.seen[seq] = Date.now();
     },
     onDown(e) { const el = document.getElementById("conn"); if (el) el.textContent = `reconnecting… (${e.message})`; },
-    onOpen() { const el = document.getElementById("conn"); if (el) el.textContent = ""; },
+    onOpen() { probe.opens += 1; const el = document.getElementById("conn"); if (el) el.textContent = ""; },
   });
+  probe.dropWatch = () => s.drop();
   cleanup.push(() => s.stop());
+}
+
+// ---------- Patchwork's readiness, shown on the console and every screen ----------
+const HEALTH_EVERY_MS = 3000;
+const HEALTH_TEXT = { ok: "Patchwork ready", not_ready: "Patchwork not ready", unreachable: "Patchwork unreachable" };
+/**
+ * A badge polling `GET /readyz` every few seconds: `data-health` is `ok` (200), `not_ready`
+ * (any other answer, e.g. 503 while shutting down) or `unreachable` (no answer in 2 s).
+ */
+function healthBadge() {
+  const el = h("span", { class: "health", id: "health", "data-health": "unknown", title: "GET /readyz" }, "…");
+  const show = (k, why) => {
+    el.dataset.health = k;
+    el.textContent = HEALTH_TEXT[k];
+    el.title = why ? `GET /readyz: ${why}` : "GET /readyz";
+    probe.health = k;
+  };
+  let stopped = false;
+  const poll = async () => {
+    const ctl = new AbortController();
+    const t = setTimeout(() => ctl.abort(), 2000);
+    try {
+      const r = await fetch("/readyz", { cache: "no-store", credentials: "omit", signal: ctl.signal });
+      if (!stopped) show(r.ok ? "ok" : "not_ready", r.ok ? "" : `HTTP ${r.status}`);
+    } catch (e) {
+      if (!stopped) show("unreachable", e.message);
+    } finally { clearTimeout(t); }
+  };
+  poll();
+  const timer = setInterval(poll, HEALTH_EVERY_MS);
+  cleanup.push(() => { stopped = true; clearInterval(timer); });
+  return el;
 }
 
 /** Re-renders the clock parts every 200 ms from the stored clock (nothing ticks on the server). */
@@ -149,6 +183,7 @@ function createForm() {
     f("stack", "Starting stack", "10000", { type: "number", min: 1 }),
     f("seats", "Seats per table", "9", { type: "number", min: 2, max: 10 }),
     f("minutes", "Level length (minutes)", "20", { type: "number", min: 0.01, step: "any" }),
+    f("rebuy_level", "Rebuys through level (0: none)", "4", { type: "number", min: 0 }),
     err,
     h("button", { class: "btn primary", type: "submit", id: "create-btn" }, "Create"));
   form.addEventListener("submit", async (ev) => {
@@ -156,7 +191,7 @@ function createForm() {
     err.textContent = "";
     const v = (n) => form.querySelector(`[name=${n}]`).value;
     try {
-      const db = await createTournament({ name: v("name").trim(), buyIn: +v("buy_in"), stack: +v("stack"), seats: +v("seats"), minutes: +v("minutes") });
+      const db = await createTournament({ name: v("name").trim(), buyIn: +v("buy_in"), stack: +v("stack"), seats: +v("seats"), minutes: +v("minutes"), rebuyUntil: +v("rebuy_level") });
       location.hash = `#/td/${encodeURIComponent(db)}`;
     } catch (e) { err.textContent = e.message; }
   });
@@ -166,7 +201,7 @@ function createForm() {
 const STRUCTURE = [[25, 50, 0], [50, 100, 0], [75, 150, 0], [100, 200, 25], null, [150, 300, 25], [200, 400, 50], [300, 600, 75], [400, 800, 100], [600, 1200, 200]];
 
 /** The document, FULL durability, schema, tournament row, levels and clock: one audit `create`. */
-export async function createTournament({ name, buyIn, stack, seats, minutes }) {
+export async function createTournament({ name, buyIn, stack, seats, minutes, rebuyUntil = 0 }) {
   const slug = slugify(name);
   const db = `felt-${slug}`;
   const auth = authFor("");
@@ -178,10 +213,10 @@ export async function createTournament({ name, buyIn, stack, seats, minutes }) {
   const levels = STRUCTURE.map((l, i) => (l
     ? { level: i + 1, sb: l[0], bb: l[1], ante: l[2], duration_ms: ms, is_break: 0 }
     : { level: i + 1, sb: 0, bb: 0, ante: 0, duration_ms: ms, is_break: 1 }));
-  const t = { slug, name, buy_in: buyIn, starting_stack: stack, seats_per_table: seats, payouts: [50, 30, 20] };
+  const t = { slug, name, buy_in: buyIn, rebuy_until_level: rebuyUntil, starting_stack: stack, seats_per_table: seats, payouts: [50, 30, 20] };
   await batch(db, "create", { ...t, levels }, [
-    ["INSERT INTO tournament (id, slug, name, buy_in, starting_stack, seats_per_table, payouts) VALUES (1, ?, ?, ?, ?, ?, ?)",
-      [slug, name, buyIn, stack, seats, JSON.stringify(t.payouts)]],
+    ["INSERT INTO tournament (id, slug, name, buy_in, rebuy_until_level, starting_stack, seats_per_table, payouts) VALUES (1, ?, ?, ?, ?, ?, ?, ?)",
+      [slug, name, buyIn, rebuyUntil, stack, seats, JSON.stringify(t.payouts)]],
     ...levels.map((l) => ["INSERT INTO levels (level, small_blind, big_blind, ante, duration_ms, is_break) VALUES (?, ?, ?, ?, ?, ?)",
       [l.level, l.sb, l.bb, l.ante, l.duration_ms, l.is_break]]),
     ["INSERT INTO clock (id, level, running, remaining_ms) VALUES (1, 1, 0, ?)", [ms]],
@@ -240,6 +275,22 @@ const bust = (db, id) => batch(db, "bust",
   [[`UPDATE players SET status = 'busted', table_no = NULL, seat = NULL, busted_at_ms = ${NOW_MS},
       place = (SELECT count(*) FROM players WHERE status != 'busted') WHERE id = ? AND status != 'busted'`, [id]]]);
 
+/**
+ * A busted player buys back in: one more rebuy (the pool grows by the buy-in), back in play at
+ * the lowest free seat of the shortest open table (unseated when there is none). The schema's
+ * triggers refuse it for a player not busted or after the rebuy period, and move the players
+ * busted after them up a place; the audit records what was stored.
+ */
+function rebuy(db, s, id) {
+  const p = s.players.find((q) => q.id === id);
+  if (!canRebuy(s, p, s.serverNow())) { toast("No rebuy: the player is not busted or the rebuy period is over", true); return Promise.resolve(); }
+  const [t, seat] = rebuySeat(s) || [null, null];
+  return batch(db, "rebuy",
+    { sql: "SELECT json_object('player', id, 'rebuys', rebuys, 'table', table_no, 'seat', seat) FROM players WHERE id = ?", args: [id] },
+    [["UPDATE players SET rebuys = rebuys + 1, status = CASE WHEN ?2 IS NULL THEN 'registered' ELSE 'seated' END, table_no = ?2, seat = ?3, place = NULL, busted_at_ms = NULL WHERE id = ?1",
+      [id, t, seat]]]);
+}
+
 const seatStatements = (moves) => moves.map(([id, t, s]) => ["UPDATE players SET status = 'seated', table_no = ?, seat = ? WHERE id = ?", [t, s, id]]);
 
 function drawSeats(db, state) {
@@ -285,8 +336,10 @@ async function tdView(db) {
   const side = h("div", { class: "card", id: "side" });
   const share = h("div", { class: "card", id: "share" }, h("button", { class: "btn", id: "mint-screens", onclick: () => shareLinks(db, share) }, "Links for screens"));
   mount(h("section", { class: "td-grid" },
-    h("div", { class: "card wide" }, h("p", { class: "eyebrow" }, h("a", { href: "#/" }, "Felt"), ` · ${db}`, h("span", { id: "conn", class: "muted" })), head, controls),
+    h("div", { class: "card wide" }, h("p", { class: "eyebrow" }, h("a", { href: "#/" }, "Felt"), ` · ${db}`, h("span", { id: "conn", class: "muted" }), healthBadge()), head, controls),
     players, tables, side, share));
+  // Brings a tournament made before the latest schema up to date (applied versions are skipped).
+  await api("POST", `/api/v1/db/${encodeURIComponent(db)}/migrations`, { migrations: MIGRATIONS }, authFor(db));
   let state = null;
   const renderClock = () => { if (state) fill(head, ...clockBlock(state)); };
   everyTick(renderClock);
@@ -318,7 +371,8 @@ function clockBlock(s) {
     h("div", { class: "facts" },
       h("span", {}, h("b", { id: "players-left" }, String(st.alive)), ` of ${st.entries} left`),
       h("span", {}, "Avg stack ", h("b", { id: "avg-stack" }, num(st.avg))),
-      h("span", {}, "Pool ", h("b", {}, num(st.pool)))),
+      h("span", {}, "Rebuys ", h("b", { id: "rebuys" }, String(st.rebuys))),
+      h("span", {}, "Pool ", h("b", { id: "pool" }, num(st.pool)))),
     c.running ? null : h("div", { class: "state", id: "clock-state" }, c.ended ? "Final level ended" : "Paused"),
   ];
 }
@@ -336,11 +390,14 @@ function playersCard(db, s, card) {
   const busted = s.players.filter((p) => p.status === "busted").sort((a, b) => a.place - b.place);
   fill(card, h("h2", {}, `Players (${alive.length})`), form,
     h("ul", { class: "list players" }, alive.map((p) => h("li", { "data-player": p.id },
-      h("span", { class: "pname" }, p.name),
+      h("span", { class: "pname" }, p.name, p.rebuys ? h("span", { class: "muted" }, ` ·${p.rebuys}R`) : null),
       h("span", { class: "muted" }, p.status === "seated" ? `T${p.table_no} · S${p.seat}` : "unseated"),
       h("button", { class: "btn small danger", "data-bust": p.name, onclick: (e) => doing(e.currentTarget, () => bust(db, p.id)) }, "Bust")))),
-    busted.length ? h("details", {}, h("summary", {}, `Busted (${busted.length})`),
-      h("ol", { class: "list" }, busted.map((p) => h("li", {}, `${p.place}. ${p.name}`)))) : null);
+    busted.length ? h("details", { open: true }, h("summary", {}, `Busted (${busted.length})`),
+      h("ol", { class: "list" }, busted.map((p) => h("li", { "data-player": p.id },
+        h("span", { class: "pname" }, `${p.place}. ${p.name}`),
+        s.tournament.rebuy_until_level ? h("button", { class: "btn small", "data-rebuy": p.name, title: `Rebuys through level ${s.tournament.rebuy_until_level}`,
+          onclick: (e) => doing(e.currentTarget, () => rebuy(db, s, p.id)) }, "Rebuy") : null)))) : null);
 }
 
 function tablesCard(db, s, card) {
@@ -364,7 +421,9 @@ function sideCard(s, card) {
   const st = stats(s);
   const result = h("p", { id: "replay-result", class: "muted" });
   fill(card, h("h2", {}, "Prize pool"),
-    h("p", { class: "big" }, num(st.pool)),
+    h("p", { class: "big", id: "side-pool" }, num(st.pool)),
+    h("p", { class: "muted" }, `${st.entries} entries + ${st.rebuys} rebuys` +
+      (s.tournament.rebuy_until_level ? ` · rebuys through level ${s.tournament.rebuy_until_level}` : " · no rebuys")),
     h("ol", { class: "list" }, st.payouts.map((p) => h("li", {}, num(p.amount)))),
     h("h2", {}, "Audit"),
     h("ol", { class: "list audit", id: "audit" }, (s.recent || []).map((a) => h("li", {}, h("span", { class: "muted" }, `#${a.seq} ${new Date(a.at_ms).toLocaleTimeString()}`), ` ${a.action}`))),
@@ -414,7 +473,7 @@ function clockView(db) {
   document.body.className = "screen";
   const title = h("div", { class: "title", id: "title" });
   const main = h("div", { class: "big-clock", id: "big-clock" });
-  mount(h("section", { class: "screen-wrap" }, title, main, h("div", { id: "conn", class: "muted conn" })));
+  mount(h("section", { class: "screen-wrap" }, title, main, h("div", { class: "muted conn" }, h("span", { id: "conn" }), healthBadge())));
   let state = null;
   const render = () => { if (state) fill(main, ...clockBlock(state)); };
   everyTick(render);
@@ -425,7 +484,7 @@ function playerView(db) {
   document.body.className = "phone";
   const head = h("div", { class: "td-clock", id: "phone-clock" });
   const body = h("div", { id: "phone-body" });
-  mount(h("section", { class: "phone-wrap" }, h("h1", { id: "title" }), head, body, h("div", { id: "conn", class: "muted" })));
+  mount(h("section", { class: "phone-wrap" }, h("h1", { id: "title" }), head, body, h("div", { class: "muted" }, h("span", { id: "conn" }), healthBadge())));
   let state = null;
   const render = () => { if (state) fill(head, ...clockBlock(state)); };
   everyTick(render);
@@ -438,7 +497,7 @@ function playerView(db) {
     const busted = s.players.filter((p) => p.status === "busted").sort((a, b) => a.place - b.place);
     fill(body, 
       h("h2", {}, "Seats"),
-      h("ul", { class: "list" }, alive.map((p) => h("li", {}, h("span", { class: "pname" }, p.name), h("span", { class: "muted" }, p.table_no ? `Table ${p.table_no} · Seat ${p.seat}` : "not seated")))),
+      h("ul", { class: "list" }, alive.map((p) => h("li", {}, h("span", { class: "pname" }, p.name, p.rebuys ? h("span", { class: "muted" }, ` · ${p.rebuys} rebuy${p.rebuys > 1 ? "s" : ""}`) : null), h("span", { class: "muted" }, p.table_no ? `Table ${p.table_no} · Seat ${p.seat}` : "not seated")))),
       h("h2", {}, "Payouts"),
       h("ol", { class: "list" }, st.payouts.map((p) => h("li", {}, num(p.amount)))),
       busted.length ? h("h2", {}, "Eliminated") : null,

@@ -35,17 +35,18 @@ export function blinds(l) {
   return `${l.sb.toLocaleString("en")} / ${l.bb.toLocaleString("en")}${l.ante ? ` (${l.ante.toLocaleString("en")})` : ""}`;
 }
 
-/** Players left, entries, average stack, prize pool and payouts. */
+/** Players left, entries, rebuys, average stack, prize pool (a buy-in per entry and rebuy), payouts. */
 export function stats(s) {
   const t = s.tournament || {};
   const players = s.players || [];
   const alive = players.filter((p) => p.status !== "busted").length;
   const entries = players.length;
-  const chips = entries * (t.starting_stack || 0);
-  const pool = entries * (t.buy_in || 0);
+  const rebuys = players.reduce((n, p) => n + (p.rebuys || 0), 0);
+  const chips = (entries + rebuys) * (t.starting_stack || 0);
+  const pool = (entries + rebuys) * (t.buy_in || 0);
   const pcts = t.payouts || [];
   const payouts = pcts.map((pct, i) => ({ place: i + 1, amount: Math.floor((pool * pct) / 100) }));
-  return { alive, entries, avg: alive ? Math.round(chips / alive) : 0, pool, payouts };
+  return { alive, entries, rebuys, avg: alive ? Math.round(chips / alive) : 0, pool, payouts };
 }
 
 /** Open seats of the open tables, as [table_no, seat] pairs. */
@@ -112,6 +113,26 @@ export function breakTable(s, tableNo) {
 }
 
 /**
+ * Whether player `p` may rebuy at server time `now`: busted, and the clock at or before the
+ * tournament's `rebuy_until_level` (the schema's trigger checks the same).
+ */
+export function canRebuy(s, p, now) {
+  if (!p || p.status !== "busted") return false;
+  const c = clockAt(s.clock, s.levels, now);
+  return !!c && c.level.level <= ((s.tournament && s.tournament.rebuy_until_level) || 0);
+}
+
+/** Where a rebuying player sits: the lowest free seat at the shortest open table, or null. */
+export function rebuySeat(s) {
+  const players = s.players || [];
+  const tables = s.tables || [];
+  const c = counts(tables, players);
+  const free = openSeats(tables, players);
+  const best = free.sort((a, b) => c.get(a[0]) - c.get(b[0]) || a[0] - b[0] || a[1] - b[1])[0];
+  return best || null;
+}
+
+/**
  * Balancing suggestions: while the fullest and the shortest open table differ by more than one,
  * move a player from the fullest to an open seat at the shortest. Also suggests breaking the
  * shortest table when the others have room for its players.
@@ -147,7 +168,7 @@ export function replay(audit) {
   for (const { action, args: a } of audit) {
     switch (action) {
       case "create":
-        st.tournament = { slug: a.slug, name: a.name, buy_in: a.buy_in, starting_stack: a.starting_stack, seats_per_table: a.seats_per_table, payouts: a.payouts };
+        st.tournament = { slug: a.slug, name: a.name, buy_in: a.buy_in, rebuy_until_level: a.rebuy_until_level ?? 0, starting_stack: a.starting_stack, seats_per_table: a.seats_per_table, payouts: a.payouts };
         st.levels = a.levels.map((l) => ({ ...l }));
         st.clock = { level: a.levels[0].level, running: 0, started_at_ms: null, remaining_ms: a.levels[0].duration_ms };
         break;
@@ -155,7 +176,7 @@ export function replay(audit) {
         st.clock = { level: a.level, running: a.running, started_at_ms: a.started_at_ms, remaining_ms: a.remaining_ms };
         break;
       case "add_player":
-        st.players.push({ id: a.id, name: a.name, status: "registered", table_no: null, seat: null, place: null, busted_at_ms: null });
+        st.players.push({ id: a.id, name: a.name, status: "registered", table_no: null, seat: null, place: null, busted_at_ms: null, rebuys: 0 });
         break;
       case "bust":
         Object.assign(player(a.player), { status: "busted", table_no: null, seat: null, place: a.place, busted_at_ms: a.at_ms });
@@ -172,6 +193,13 @@ export function replay(audit) {
       case "move":
         seat([a.player, a.table, a.seat]);
         break;
+      case "rebuy": {
+        // The players busted after this one move up a place (the schema's trigger does the same).
+        const p = player(a.player);
+        for (const q of st.players) if (q.status === "busted" && q.place < p.place) q.place += 1;
+        Object.assign(p, { status: a.table === null ? "registered" : "seated", table_no: a.table, seat: a.seat, place: null, busted_at_ms: null, rebuys: a.rebuys });
+        break;
+      }
       default:
         throw new Error(`unknown audit action ${action}`);
     }

@@ -72,15 +72,55 @@ WHEN NEW.actor IS NOT patchwork_caller()
 BEGIN SELECT RAISE(ABORT, 'the audit actor is the caller'); END;
 `;
 
+// Rebuys (issue 19). A busted player buys back in while the clock is at or before
+// `rebuy_until_level` (0: no rebuys): `rebuys` counts them, the prize pool grows by the buy-in
+// each (computed from the counts), the player returns to play. The triggers make the rules the
+// schema's: only a busted player, only +1, only within the period (the level the clock is at
+// now, rolled on from the stored clock exactly as felt.js clockAt), and a busted player returns
+// to play only by a rebuy; the players busted after them move up one place. (Triggers, not
+// column CHECKs: Patchwork refuses `ALTER TABLE … ADD COLUMN … CHECK`, whose verification runs
+// SQLite's internal `PRAGMA quick_check`.)
+const V2 = `
+ALTER TABLE tournament ADD COLUMN rebuy_until_level INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE players ADD COLUMN rebuys INTEGER NOT NULL DEFAULT 0;
+CREATE TRIGGER tournament_rebuy_period_i BEFORE INSERT ON tournament
+WHEN typeof(NEW.rebuy_until_level) != 'integer' OR NEW.rebuy_until_level < 0
+BEGIN SELECT RAISE(ABORT, 'rebuy_until_level is a level number, 0 for no rebuys'); END;
+CREATE TRIGGER tournament_rebuy_period_u BEFORE UPDATE OF rebuy_until_level ON tournament
+WHEN typeof(NEW.rebuy_until_level) != 'integer' OR NEW.rebuy_until_level < 0
+BEGIN SELECT RAISE(ABORT, 'rebuy_until_level is a level number, 0 for no rebuys'); END;
+CREATE TRIGGER players_rebuys_start BEFORE INSERT ON players
+WHEN NEW.rebuys IS NOT 0
+BEGIN SELECT RAISE(ABORT, 'a player starts with no rebuys'); END;
+CREATE TRIGGER players_rebuy BEFORE UPDATE OF rebuys ON players
+BEGIN
+  SELECT RAISE(ABORT, 'a rebuy adds exactly one') WHERE NEW.rebuys IS NOT OLD.rebuys + 1;
+  SELECT RAISE(ABORT, 'only a busted player can rebuy') WHERE OLD.status != 'busted' OR NEW.status = 'busted';
+  SELECT RAISE(ABORT, 'the rebuy period is over')
+  WHERE (SELECT coalesce(min(l.level), (SELECT max(level) FROM levels)) FROM levels l, clock c
+         WHERE l.level >= c.level
+           AND c.remaining_ms - CASE WHEN c.running = 1 THEN ${NOW_MS} - c.started_at_ms ELSE 0 END
+             + (SELECT coalesce(sum(m.duration_ms), 0) FROM levels m WHERE m.level > c.level AND m.level <= l.level) > 0)
+        > (SELECT rebuy_until_level FROM tournament);
+END;
+CREATE TRIGGER players_unbust BEFORE UPDATE OF status ON players
+WHEN OLD.status = 'busted' AND NEW.status != 'busted' AND NEW.rebuys IS NOT OLD.rebuys + 1
+BEGIN SELECT RAISE(ABORT, 'a busted player returns to play only by a rebuy'); END;
+CREATE TRIGGER players_rebuy_places AFTER UPDATE OF rebuys ON players
+BEGIN UPDATE players SET place = place + 1 WHERE status = 'busted' AND place < OLD.place; END;
+`;
+
+// Append-only: an applied version is never edited (Patchwork keeps each one's SHA-256).
 export const MIGRATIONS = [
   { version: 1, name: "felt tournament", sql: V1 },
+  { version: 2, name: "felt rebuys", sql: V2 },
 ];
 
 /** The whole tournament as one JSON value: what every screen watches (one SQL watch). */
 export const STATE_SQL = `SELECT json_object(
   'now_ms', ${NOW_MS},
   'tournament', (SELECT json_object('slug', slug, 'name', name, 'buy_in', buy_in,
-      'starting_stack', starting_stack, 'seats_per_table', seats_per_table,
+      'rebuy_until_level', rebuy_until_level, 'starting_stack', starting_stack, 'seats_per_table', seats_per_table,
       'payouts', json(payouts)) FROM tournament),
   'levels', (SELECT json_group_array(json_object('level', level, 'sb', small_blind,
       'bb', big_blind, 'ante', ante, 'duration_ms', duration_ms, 'is_break', is_break))
@@ -90,7 +130,8 @@ export const STATE_SQL = `SELECT json_object(
   'tables', (SELECT json_group_array(json_object('table_no', table_no, 'seats', seats, 'open', open))
       FROM (SELECT * FROM tables ORDER BY table_no)),
   'players', (SELECT json_group_array(json_object('id', id, 'name', name, 'status', status,
-      'table_no', table_no, 'seat', seat, 'place', place, 'busted_at_ms', busted_at_ms))
+      'table_no', table_no, 'seat', seat, 'place', place, 'busted_at_ms', busted_at_ms,
+      'rebuys', rebuys))
       FROM (SELECT * FROM players ORDER BY id)),
   'audit_seq', (SELECT max(seq) FROM audit),
   'recent', (SELECT json_group_array(json_object('seq', seq, 'at_ms', at_ms, 'action', action,
