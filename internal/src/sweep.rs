@@ -61,6 +61,31 @@ where
     }
 }
 
+/// Adds `db_id` to the service table `table` (the documents a sweep visits) when it has rules,
+/// removes it otherwise.
+pub async fn list(
+    state: &AppState,
+    table: &'static str,
+    db_id: &DbId,
+    has_rules: bool,
+) -> Result<(), DocError> {
+    let id = db_id.to_string();
+    state
+        .service
+        .write(move |c| {
+            if has_rules {
+                c.execute(
+                    &format!("INSERT OR IGNORE INTO {table} (db_id) VALUES (?1)"),
+                    [&id],
+                )?;
+            } else {
+                c.execute(&format!("DELETE FROM {table} WHERE db_id = ?1"), [&id])?;
+            }
+            Ok(())
+        })
+        .await
+}
+
 /// After a sweep deleted something: free pages back to the file system and the WAL folded in
 /// and truncated, so the deleted bytes are gone from disk.
 pub async fn reclaim(doc: &DocHandle) -> Result<(), DocError> {

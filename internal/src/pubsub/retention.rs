@@ -90,21 +90,7 @@ pub async fn put_rules(
             Ok(sql::retention_rules(c)?)
         })
         .await?;
-    let id = db_id.to_string();
-    state
-        .service
-        .write(move |c| {
-            if has_rules {
-                c.execute(
-                    "INSERT OR IGNORE INTO retention_documents (db_id) VALUES (?1)",
-                    [&id],
-                )?;
-            } else {
-                c.execute("DELETE FROM retention_documents WHERE db_id = ?1", [&id])?;
-            }
-            Ok(())
-        })
-        .await?;
+    crate::sweep::list(&state, "retention_documents", &db_id, has_rules).await?;
     Ok(Json(json!({"rules": stored})))
 }
 

@@ -210,21 +210,7 @@ pub async fn put_rules(
             Ok(rules(c)?)
         })
         .await?;
-    let id = db_id.to_string();
-    state
-        .service
-        .write(move |c| {
-            if has_rules {
-                c.execute(
-                    "INSERT OR IGNORE INTO expiry_documents (db_id) VALUES (?1)",
-                    [&id],
-                )?;
-            } else {
-                c.execute("DELETE FROM expiry_documents WHERE db_id = ?1", [&id])?;
-            }
-            Ok(())
-        })
-        .await?;
+    crate::sweep::list(&state, "expiry_documents", &db_id, has_rules).await?;
     Ok(Json(json!({"rules": stored})))
 }
 

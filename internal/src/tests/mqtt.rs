@@ -56,6 +56,20 @@ async fn until<T>(events: &mut EventLoop, mut pick: impl FnMut(&Packet) -> Optio
     .expect("the packet arrived in time")
 }
 
+/// A raw MQTT 3.1.1 CONNECT (clean session, user `u`, `token` as password), for clients that
+/// must misbehave in ways real client libraries do not.
+fn raw_connect(client_id: &str, token: &str, keep_alive: u16) -> Vec<u8> {
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0b1100_0010];
+    body.extend_from_slice(&keep_alive.to_be_bytes());
+    for field in [client_id.as_bytes(), b"u", token.as_bytes()] {
+        body.extend_from_slice(&(field.len() as u16).to_be_bytes());
+        body.extend_from_slice(field);
+    }
+    let mut packet = vec![0x10, body.len() as u8];
+    packet.extend_from_slice(&body);
+    packet
+}
+
 async fn publish_http(server: &TestServer, db: &str, body: Value) -> Value {
     let r = server
         .admin(Method::POST, &format!("/api/v1/db/{db}/messages"))
@@ -577,14 +591,10 @@ async fn a_silent_client_is_cut_after_its_keep_alive() {
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     // CONNECT (3.1.1, clean, keep-alive 1 s) with the admin token as password.
-    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0b1100_0010, 0, 1];
-    for field in [&b"silent"[..], b"u", server.admin_token.as_bytes()] {
-        body.extend_from_slice(&(field.len() as u16).to_be_bytes());
-        body.extend_from_slice(field);
-    }
-    let mut packet = vec![0x10, body.len() as u8];
-    packet.extend_from_slice(&body);
-    stream.write_all(&packet).await.unwrap();
+    stream
+        .write_all(&raw_connect("silent", &server.admin_token, 1))
+        .await
+        .unwrap();
     let mut connack = [0u8; 4];
     stream.read_exact(&mut connack).await.unwrap();
     assert_eq!(connack, [0x20, 2, 0, 0]);
@@ -672,13 +682,7 @@ async fn a_stuck_subscriber_is_cut_off() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     // A raw client that subscribes and then never reads.
     let mut stuck = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0b1100_0010, 0, 60];
-    for field in [&b"stuck"[..], b"u", server.admin_token.as_bytes()] {
-        body.extend_from_slice(&(field.len() as u16).to_be_bytes());
-        body.extend_from_slice(field);
-    }
-    let mut packet = vec![0x10, body.len() as u8];
-    packet.extend_from_slice(&body);
+    let mut packet = raw_connect("stuck", &server.admin_token, 60);
     // SUBSCRIBE pkid 1, "db/s/#" QoS 0.
     packet.extend_from_slice(&[0x82, 11, 0, 1, 0, 6, b'd', b'b', b'/', b's', b'/', b'#', 0]);
     stuck.write_all(&packet).await.unwrap();

@@ -3,7 +3,7 @@
 // #/player/{db} (phones), #/join/{clock|player}/{invite token} (a screen joins read-only).
 // One document per tournament (`felt-{slug}`); schema.js holds the tables and the guarantees.
 
-import { api, stream, ApiError } from "./api.js";
+import { api, stream, ApiError } from "../shared/api.js";
 import { MIGRATIONS, NOW_MS, STATE_SQL, SCREEN_SCOPES } from "./schema.js";
 import { clockAt, fmtTime, blinds, stats, seatDraw, breakTable, balance, canRebuy, rebuySeat, replay, comparable, canonical } from "./felt.js";
 import { solve } from "/apps/shared/pow.js";
@@ -417,14 +417,20 @@ function tablesCard(db, s, card) {
         h("button", { class: "btn small", onclick: (e) => doing(e.currentTarget, () => (x.kind === "break" ? doBreak(db, s, x.table) : move(db, x))) }, "Do it")))) : null);
 }
 
+/** 1st, 2nd, 3rd, 4th… */
+function ordinal(n) {
+  const teen = n % 100 >= 11 && n % 100 <= 13;
+  return n + (teen ? "th" : ["th", "st", "nd", "rd"][n % 10] || "th");
+}
+
 function sideCard(s, card) {
   const st = stats(s);
   const result = h("p", { id: "replay-result", class: "muted" });
   fill(card, h("h2", {}, "Prize pool"),
     h("p", { class: "big", id: "side-pool" }, num(st.pool)),
-    h("p", { class: "muted" }, `${st.entries} entries + ${st.rebuys} rebuys` +
+    h("p", { class: "muted" }, `${st.entries} entries + ${st.rebuys} rebuy${st.rebuys === 1 ? "" : "s"}` +
       (s.tournament.rebuy_until_level ? ` · rebuys through level ${s.tournament.rebuy_until_level}` : " · no rebuys")),
-    h("ol", { class: "list" }, st.payouts.map((p) => h("li", {}, num(p.amount)))),
+    h("ol", { class: "list" }, st.payouts.map((p, i) => h("li", {}, h("span", { class: "muted" }, ordinal(i + 1)), num(p.amount)))),
     h("h2", {}, "Audit"),
     h("ol", { class: "list audit", id: "audit" }, (s.recent || []).map((a) => h("li", {}, h("span", { class: "muted" }, `#${a.seq} ${new Date(a.at_ms).toLocaleTimeString()}`), ` ${a.action}`))),
     h("button", { class: "btn", id: "verify-audit", onclick: () => verifyAudit(s, result) }, "Replay audit"), result);
@@ -499,7 +505,7 @@ function playerView(db) {
       h("h2", {}, "Seats"),
       h("ul", { class: "list" }, alive.map((p) => h("li", {}, h("span", { class: "pname" }, p.name, p.rebuys ? h("span", { class: "muted" }, ` · ${p.rebuys} rebuy${p.rebuys > 1 ? "s" : ""}`) : null), h("span", { class: "muted" }, p.table_no ? `Table ${p.table_no} · Seat ${p.seat}` : "not seated")))),
       h("h2", {}, "Payouts"),
-      h("ol", { class: "list" }, st.payouts.map((p) => h("li", {}, num(p.amount)))),
+      h("ol", { class: "list" }, st.payouts.map((p, i) => h("li", {}, h("span", { class: "muted" }, ordinal(i + 1)), num(p.amount)))),
       busted.length ? h("h2", {}, "Eliminated") : null,
       h("ol", { class: "list", id: "eliminated" }, busted.map((p) => h("li", {}, `${p.place}. ${p.name}`))));
   });

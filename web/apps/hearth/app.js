@@ -2,7 +2,7 @@
 // Hash routes: #/ (rooms), #/room/{db_id}, #/join/{invite token}.
 // One document per room (db_id `hearth-{slug}`); see schema.js for the rules it enforces.
 
-import { api, sql, objects, stream, ApiError } from "./api.js";
+import { api, sql, objects, stream, ApiError } from "../shared/api.js";
 import { MIGRATIONS, EXPIRY, guestScopes } from "./schema.js";
 import { solve } from "/apps/shared/pow.js";
 

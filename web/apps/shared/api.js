@@ -1,6 +1,6 @@
-// Felt's thin client for the Patchwork API (same as Hearth's): JSON requests with the TD's web
-// session (cookie + X-CSRF-Token) or a screen's read-only bearer token, and server-sent events
-// read over fetch (query watches are POSTs, which EventSource cannot make).
+// The apps' thin client for the Patchwork API (Hearth, Felt): JSON requests with a web session
+// (cookie + X-CSRF-Token) or a bearer token (an invite's short-lived token), and server-sent
+// events read over fetch (query watches are POSTs, which EventSource cannot make).
 
 /** An API error carrying the server's `{error: {code, message}}`. */
 export class ApiError extends Error {
