@@ -89,6 +89,10 @@ fi
 if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
   apt_install chromium chromium-driver fonts-liberation
 fi
+# Colour emoji for the apps' reactions in the screenshots (FlowList, Hearth).
+if [ ! -f /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf ]; then
+  apt_install fonts-noto-color-emoji
+fi
 
 
 # S3-compatible server for the S3 blob store tests (internal/src/testing/s3.rs starts it):

@@ -319,13 +319,12 @@ async fn sigterm_with_requests_in_flight_exits_zero_and_keeps_acknowledged_work(
     for id in &acked {
         let path = dir.path().join("documents").join(format!("{id}.sqlite3"));
         assert!(path.exists(), "{id} was acknowledged but is missing");
-        // Closed cleanly: the WAL was checkpointed away.
-        assert!(
-            !dir.path()
-                .join("documents")
-                .join(format!("{id}.sqlite3-wal"))
-                .exists()
-        );
+        // Closed cleanly: the WAL was checkpointed and truncated (the empty file is kept).
+        let wal = dir
+            .path()
+            .join("documents")
+            .join(format!("{id}.sqlite3-wal"));
+        assert_eq!(std::fs::metadata(&wal).map_or(0, |m| m.len()), 0, "{id}");
     }
 }
 
@@ -967,18 +966,45 @@ fn js_between<'a>(src: &'a str, start: &str, end: &str) -> &'a str {
     &src[from..from + len]
 }
 
+/// A schema.js block with its `${NAME}` interpolations filled in from the module's own
+/// `const NAME = "…";` / `` const NAME = `…`; `` definitions (recursively).
+fn js_resolve(block: &str) -> String {
+    let mut out = block.to_owned();
+    while let Some(at) = out.find("${") {
+        let end = at + out[at..].find('}').expect("closing brace");
+        let name = out[at + 2..end].to_owned();
+        let quoted = format!("const {name} = \"");
+        let value = if FELT_SCHEMA_JS.contains(&quoted) {
+            js_between(FELT_SCHEMA_JS, &quoted, "\";").to_owned()
+        } else {
+            js_resolve(js_between(
+                FELT_SCHEMA_JS,
+                &format!("const {name} = `"),
+                "`;",
+            ))
+        };
+        out.replace_range(at..=end, &value);
+    }
+    out
+}
+
 /// `(MIGRATIONS as the POST /migrations body's list, NOW_MS, STATE_SQL)` from schema.js.
 fn felt_sql() -> (serde_json::Value, String, String) {
     let now = js_between(FELT_SCHEMA_JS, "export const NOW_MS = \"", "\";").to_owned();
-    let v1 = js_between(FELT_SCHEMA_JS, "const V1 = `", "`;").to_owned();
-    let v2 = js_between(FELT_SCHEMA_JS, "const V2 = `", "`;").replace("${NOW_MS}", &now);
-    let state =
-        js_between(FELT_SCHEMA_JS, "export const STATE_SQL = `", "`;").replace("${NOW_MS}", &now);
+    let v = |n: u32| js_resolve(js_between(FELT_SCHEMA_JS, &format!("const V{n} = `"), "`;"));
+    let (v1, v2, v3) = (v(1), v(2), v(3));
+    let state = js_resolve(js_between(
+        FELT_SCHEMA_JS,
+        "export const STATE_SQL = `",
+        "`;",
+    ));
     assert!(v1.contains("CREATE TABLE audit") && !state.contains("${"));
     assert!(v2.contains("players_rebuy") && !v2.contains("${"));
+    assert!(v3.contains("players_addon") && !v3.contains("${"));
     let migrations = serde_json::json!([
         {"version": 1, "name": "felt tournament", "sql": v1},
         {"version": 2, "name": "felt rebuys", "sql": v2},
+        {"version": 3, "name": "felt add-ons, late registration, structure editing, chip counts, undo bust", "sql": v3},
     ]);
     (migrations, now, state)
 }
@@ -1143,7 +1169,7 @@ impl Td {
     async fn add_player(&self, name: &str) -> Result<i64, String> {
         self.batch(
             "add_player",
-            AuditArgs::Sql("SELECT json_object('id', id, 'name', name) FROM players WHERE id = (SELECT max(id) FROM players)", vec![]),
+            AuditArgs::Sql("SELECT json_object('id', id, 'name', name, 'table', table_no, 'seat', seat) FROM players WHERE id = (SELECT max(id) FROM players)", vec![]),
             vec![(format!("INSERT INTO players (name, registered_at_ms) VALUES (?, {})", self.now), vec![serde_json::json!(name)])],
         )
         .await
@@ -1152,16 +1178,17 @@ impl Td {
     async fn bust(&self, id: i64) -> Result<i64, String> {
         self.batch(
             "bust",
-            AuditArgs::Sql("SELECT json_object('player', id, 'place', place, 'at_ms', busted_at_ms) FROM players WHERE id = ?", vec![serde_json::json!(id)]),
+            AuditArgs::Sql("SELECT json_object('player', id, 'place', place, 'at_ms', busted_at_ms, 'table', busted_table, 'seat', busted_seat) FROM players WHERE id = ?", vec![serde_json::json!(id)]),
             vec![(
-                format!("UPDATE players SET status = 'busted', table_no = NULL, seat = NULL, busted_at_ms = {}, place = (SELECT count(*) FROM players WHERE status != 'busted') WHERE id = ? AND status != 'busted'", self.now),
+                format!("UPDATE players SET status = 'busted', busted_table = table_no, busted_seat = seat, table_no = NULL, seat = NULL, chips = NULL, busted_at_ms = {}, place = (SELECT count(*) FROM players WHERE status != 'busted') WHERE id = ? AND status != 'busted'", self.now),
                 vec![serde_json::json!(id)],
             )],
         )
         .await
     }
 
-    /// app.js `rebuy`: back in play at `seat` (`(table, seat)`, or unseated).
+    /// app.js `rebuy` of a busted player: back in play at `seat` (`(table, seat)`, or unseated)
+    /// with a starting stack.
     async fn rebuy(&self, id: i64, seat: Option<(i64, i64)>) -> Result<i64, String> {
         let (t, s) = seat.map_or(
             (serde_json::Value::Null, serde_json::Value::Null),
@@ -1169,10 +1196,26 @@ impl Td {
         );
         self.batch(
             "rebuy",
-            AuditArgs::Sql("SELECT json_object('player', id, 'rebuys', rebuys, 'table', table_no, 'seat', seat) FROM players WHERE id = ?", vec![serde_json::json!(id)]),
+            AuditArgs::Sql("SELECT json_object('player', id, 'rebuys', rebuys, 'table', table_no, 'seat', seat, 'chips', chips) FROM players WHERE id = ?", vec![serde_json::json!(id)]),
             vec![(
-                "UPDATE players SET rebuys = rebuys + 1, status = CASE WHEN ?2 IS NULL THEN 'registered' ELSE 'seated' END, table_no = ?2, seat = ?3, place = NULL, busted_at_ms = NULL WHERE id = ?1".to_owned(),
+                "UPDATE players SET rebuys = rebuys + 1, status = CASE WHEN ?2 IS NULL THEN 'registered' ELSE 'seated' END, table_no = ?2, seat = ?3, place = NULL, busted_at_ms = NULL, busted_table = NULL, busted_seat = NULL, chips = (SELECT starting_stack FROM tournament) WHERE id = ?1".to_owned(),
                 vec![serde_json::json!(id), t, s],
+            )],
+        )
+        .await
+    }
+
+    /// app.js `countChips`: the TD records a player's stack.
+    async fn chips(&self, id: i64, chips: i64) -> Result<i64, String> {
+        self.batch(
+            "chips",
+            AuditArgs::Sql(
+                "SELECT json_object('player', id, 'chips', chips) FROM players WHERE id = ?",
+                vec![serde_json::json!(id)],
+            ),
+            vec![(
+                "UPDATE players SET chips = ? WHERE id = ?".to_owned(),
+                vec![serde_json::json!(chips), serde_json::json!(id)],
             )],
         )
         .await
@@ -1217,6 +1260,7 @@ fn felt_replay(audit: &[(i64, String, serde_json::Value)]) -> serde_json::Value 
     let (mut tournament, mut levels, mut clock) = (Value::Null, json!([]), Value::Null);
     let mut tables: Vec<Value> = Vec::new();
     let mut players: Vec<Value> = Vec::new();
+    let or = |v: &Value, d: Value| if v.is_null() { d } else { v.clone() };
     fn seat(players: &mut [Value], id: &Value, t: &Value, s: &Value) {
         let p = players
             .iter_mut()
@@ -1226,22 +1270,80 @@ fn felt_replay(audit: &[(i64, String, serde_json::Value)]) -> serde_json::Value 
         p["table_no"] = t.clone();
         p["seat"] = s.clone();
     }
+    fn set(p: &mut Value, kv: Vec<(&str, Value)>) {
+        for (k, v) in kv {
+            p[k] = v;
+        }
+    }
+    /// A busted player back in play: the players busted after them move up a place.
+    fn unbust(players: &mut [Value], id: &Value) {
+        let from = players
+            .iter()
+            .find(|p| p["id"] == *id)
+            .expect("player exists")["place"]
+            .as_i64()
+            .expect("busted");
+        for q in players
+            .iter_mut()
+            .filter(|q| q["status"] == "busted" && q["place"].as_i64() < Some(from))
+        {
+            q["place"] = json!(q["place"].as_i64().unwrap() + 1);
+        }
+    }
+    fn back(a: &Value) -> Vec<(&'static str, Value)> {
+        let status = if a["table"].is_null() {
+            "registered"
+        } else {
+            "seated"
+        };
+        vec![
+            ("status", json!(status)),
+            ("table_no", a["table"].clone()),
+            ("seat", a["seat"].clone()),
+            ("place", Value::Null),
+            ("busted_at_ms", Value::Null),
+            ("busted_table", Value::Null),
+            ("busted_seat", Value::Null),
+        ]
+    }
+    let player = |players: &mut Vec<Value>, id: &Value| -> usize {
+        players
+            .iter()
+            .position(|p| p["id"] == *id)
+            .expect("player exists")
+    };
     for (_, action, a) in audit {
         match action.as_str() {
             "create" => {
-                tournament = json!({"slug": a["slug"], "name": a["name"], "buy_in": a["buy_in"], "rebuy_until_level": a.get("rebuy_until_level").cloned().unwrap_or(json!(0)), "starting_stack": a["starting_stack"], "seats_per_table": a["seats_per_table"], "payouts": a["payouts"]});
+                tournament = json!({"slug": a["slug"], "name": a["name"], "buy_in": a["buy_in"], "rebuy_until_level": or(&a["rebuy_until_level"], json!(0)), "starting_stack": a["starting_stack"], "seats_per_table": a["seats_per_table"], "payouts": a["payouts"],
+                    "late_reg_until_level": a["late_reg_until_level"], "addon_chips": or(&a["addon_chips"], json!(0)), "addon_cost": or(&a["addon_cost"], json!(0)), "addon_until_level": or(&a["addon_until_level"], json!(0))});
                 levels = a["levels"].clone();
                 clock = json!({"level": a["levels"][0]["level"], "running": 0, "started_at_ms": null, "remaining_ms": a["levels"][0]["duration_ms"]});
             }
             "clock" => {
                 clock = json!({"level": a["level"], "running": a["running"], "started_at_ms": a["started_at_ms"], "remaining_ms": a["remaining_ms"]});
             }
-            "add_player" => players.push(json!({"id": a["id"], "name": a["name"], "status": "registered", "table_no": null, "seat": null, "place": null, "busted_at_ms": null, "rebuys": 0})),
-            "bust" => {
-                let p = players.iter_mut().find(|p| p["id"] == a["player"]).expect("busted player exists");
-                for (k, v) in [("status", json!("busted")), ("table_no", Value::Null), ("seat", Value::Null), ("place", a["place"].clone()), ("busted_at_ms", a["at_ms"].clone())] {
-                    p[k] = v;
+            "add_player" => {
+                players.push(json!({"id": a["id"], "name": a["name"], "status": "registered", "table_no": null, "seat": null, "place": null, "busted_at_ms": null, "rebuys": 0, "addons": 0, "chips": null, "undos": 0, "busted_table": null, "busted_seat": null}));
+                if !a["table"].is_null() {
+                    seat(&mut players, &a["id"], &a["table"], &a["seat"]);
                 }
+            }
+            "bust" => {
+                let i = player(&mut players, &a["player"]);
+                set(
+                    &mut players[i],
+                    vec![
+                        ("status", json!("busted")),
+                        ("table_no", Value::Null),
+                        ("seat", Value::Null),
+                        ("place", a["place"].clone()),
+                        ("busted_at_ms", a["at_ms"].clone()),
+                        ("chips", Value::Null),
+                        ("busted_table", a["table"].clone()),
+                        ("busted_seat", a["seat"].clone()),
+                    ],
+                );
             }
             "seat_draw" => {
                 for p in players.iter_mut().filter(|p| p["status"] == "seated") {
@@ -1249,7 +1351,12 @@ fn felt_replay(audit: &[(i64, String, serde_json::Value)]) -> serde_json::Value 
                     p["table_no"] = Value::Null;
                     p["seat"] = Value::Null;
                 }
-                tables = a["tables"].as_array().unwrap().iter().map(|t| json!({"table_no": t["table_no"], "seats": t["seats"], "open": 1})).collect();
+                tables = a["tables"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|t| json!({"table_no": t["table_no"], "seats": t["seats"], "open": 1}))
+                    .collect();
                 for m in a["seats"].as_array().unwrap() {
                     seat(&mut players, &m[0], &m[1], &m[2]);
                 }
@@ -1264,15 +1371,52 @@ fn felt_replay(audit: &[(i64, String, serde_json::Value)]) -> serde_json::Value 
             }
             "move" => seat(&mut players, &a["player"], &a["table"], &a["seat"]),
             "rebuy" => {
-                // The players busted after this one move up a place (as the schema's trigger does).
-                let from = players.iter().find(|p| p["id"] == a["player"]).expect("rebuying player exists")["place"].as_i64().expect("busted");
-                for q in players.iter_mut().filter(|q| q["status"] == "busted" && q["place"].as_i64() < Some(from)) {
-                    q["place"] = json!(q["place"].as_i64().unwrap() + 1);
+                let i = player(&mut players, &a["player"]);
+                if players[i]["status"] == "busted" {
+                    unbust(&mut players, &a["player"]);
+                    set(&mut players[i], back(a));
                 }
-                let p = players.iter_mut().find(|p| p["id"] == a["player"]).unwrap();
-                let status = if a["table"].is_null() { "registered" } else { "seated" };
-                for (k, v) in [("status", json!(status)), ("table_no", a["table"].clone()), ("seat", a["seat"].clone()), ("place", Value::Null), ("busted_at_ms", Value::Null), ("rebuys", a["rebuys"].clone())] {
-                    p[k] = v;
+                set(
+                    &mut players[i],
+                    vec![
+                        ("rebuys", a["rebuys"].clone()),
+                        ("chips", a["chips"].clone()),
+                    ],
+                );
+            }
+            "undo_bust" => {
+                let i = player(&mut players, &a["player"]);
+                unbust(&mut players, &a["player"]);
+                set(&mut players[i], back(a));
+                players[i]["undos"] = a["undos"].clone();
+            }
+            "addon" => {
+                let i = player(&mut players, &a["player"]);
+                set(
+                    &mut players[i],
+                    vec![
+                        ("addons", a["addons"].clone()),
+                        ("chips", a["chips"].clone()),
+                    ],
+                );
+            }
+            "chips" => {
+                let i = player(&mut players, &a["player"]);
+                players[i]["chips"] = a["chips"].clone();
+            }
+            "settings" => {
+                for (k, v) in a.as_object().unwrap() {
+                    tournament[k] = v.clone();
+                }
+            }
+            "structure" => {
+                levels = a["levels"].clone();
+                for k in [
+                    "rebuy_until_level",
+                    "late_reg_until_level",
+                    "addon_until_level",
+                ] {
+                    tournament[k] = a[k].clone();
                 }
             }
             other => panic!("unknown audit action {other}"),
@@ -1413,14 +1557,16 @@ async fn felt_kill_9_mid_level_keeps_clock_and_acknowledged_actions() {
             name.to_owned(),
         ));
     }
-    // A rebuy (app.js `rebuy`): Cleo then Ben bust, Ben buys back in (no tables yet: unseated);
-    // a second rebuy while he is in play is refused by the schema.
+    // A rebuy (app.js `rebuy`): Cleo then Ben bust, Ben buys back in (no tables yet: unseated,
+    // a starting stack); a second rebuy while he is in play above the starting stack is refused
+    // by the schema.
     td.bust(3).await.unwrap();
     td.bust(2).await.unwrap();
     acked.push((td.rebuy(2, None).await.unwrap(), "rebuy", "2".to_owned()));
+    acked.push((td.chips(2, 25_000).await.unwrap(), "chips", "2".to_owned()));
     let refused = td.rebuy(2, None).await.unwrap_err();
     assert!(
-        refused.contains("only a busted player can rebuy"),
+        refused.contains("rebuys only at or below the starting stack"),
         "{refused}"
     );
     let s = td.state(&state_sql).await;

@@ -157,6 +157,11 @@ pub const BODIES: &[BodyCheck] = &[
         path: "/api/v1/db/{db_id}/_settings",
         check: doc_settings,
     },
+    BodyCheck {
+        method: "PATCH",
+        path: "/api/v1/db/{db_id}/members/{subject}",
+        check: member_update,
+    },
 ];
 
 /// The route's extractor: `axum::Json` (content type aside), its rejection as the route answers it.
@@ -298,6 +303,12 @@ fn ws_publish_frame(body: &[u8]) -> Result<(), ApiError> {
 
 fn invite_mint(body: &[u8]) -> Result<(), ApiError> {
     let grants = extract::<crate::invites::MintBody>(body)?.check()?;
+    assert!(!grants.is_empty() && grants.len() <= 32);
+    Ok(())
+}
+
+fn member_update(body: &[u8]) -> Result<(), ApiError> {
+    let grants = extract::<crate::invites::MemberBody>(body)?.check()?;
     assert!(!grants.is_empty() && grants.len() <= 32);
     Ok(())
 }
@@ -447,6 +458,10 @@ mod tests {
                 r#"{"hash":"af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262","size":0}"#,
             ),
             ("/api/v1/db/{db_id}/blobs/{hash}/claim", ""),
+            (
+                "/api/v1/db/{db_id}/members/{subject}",
+                r#"{"scopes":["query.read",{"action":"query.write","resource_prefix":null}]}"#,
+            ),
             (
                 "/api/v1/db/{db_id}/events/ws",
                 r#"{"type":"publish","ref":1,"topic":"a","payload":null}"#,

@@ -1,18 +1,23 @@
 //! Black-box tests: the real server over TCP. Each capability adds a module here.
 
+mod alter_check;
 mod auth;
 mod blob_parts;
 mod blobs;
 mod blobs_s3;
+mod checklist;
 mod connections;
 mod dashboard;
+mod docs;
 mod felt;
+mod flowlist;
 mod hearth;
 mod hostile;
 mod identity;
 mod invites;
 mod leases;
 mod media;
+mod members;
 mod mqtt;
 mod oidc;
 mod openapi;

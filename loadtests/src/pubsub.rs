@@ -25,13 +25,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context as _, bail, ensure};
 use hdrhistogram::Histogram;
 use hyper::{Method, StatusCode};
-use tokio::sync::{Semaphore, watch};
+use tokio::io::AsyncReadExt as _;
+use tokio::sync::Semaphore;
 use tokio::task::{AbortHandle, JoinSet};
 
 use crate::driver::{Body, Ctx, Failure, Reply, RequestSpec};
 use crate::sse::{
-    AbortOnDrop, ErrorLog, OpenStage, OpenStream, SseParser, StreamKinds, StreamRequest, lock,
-    next_events, nofile_soft_limit, open_stream,
+    AbortOnDrop, Dechunker, ErrorLog, EventScanner, Framing, OpenStage, RawRequest, RawStream,
+    event_fields, lock, nofile_soft_limit, open_raw_stream,
 };
 use crate::{Config, round};
 
@@ -118,35 +119,44 @@ pub static STATIC_PAYLOAD_B64: LazyLock<String> = LazyLock::new(|| {
 });
 
 /// Reads the stamp from the start of a payload's base64 text.
+#[cfg(test)]
 pub fn decode_stamp(b64: &str) -> Option<Stamp> {
-    let bytes = base64_decode(b64.as_bytes().get(..STAMP_B64_LEN)?)?;
+    decode_stamp_bytes(b64.as_bytes())
+}
+
+/// [`decode_stamp`] of bytes, without allocating.
+fn decode_stamp_bytes(b64: &[u8]) -> Option<Stamp> {
+    let mut bytes = [0u8; STAMP_LEN];
+    base64_decode_into(b64.get(..STAMP_B64_LEN)?, &mut bytes)?;
     let word = |i: usize| {
-        bytes
-            .get(i * 8..i * 8 + 8)
-            .and_then(|b| <[u8; 8]>::try_from(b).ok())
-            .map(u64::from_le_bytes)
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&bytes[i * 8..i * 8 + 8]);
+        u64::from_le_bytes(w)
     };
     Some(Stamp {
-        sent_us: word(0)?,
-        seq: word(1)?,
-        run: word(2)?,
+        sent_us: word(0),
+        seq: word(1),
+        run: word(2),
     })
 }
 
+/// The key before the payload in a message's JSON (no spaces: the server writes compact JSON).
+static PAYLOAD_KEY: LazyLock<memchr::memmem::Finder<'static>> =
+    LazyLock::new(|| memchr::memmem::Finder::new(b"\"payload_base64\":\""));
+
 /// The stamp of a `message` event's data
-/// (`{"content_type","created_at","id","payload_base64","producer","topic"}`). Looks for the
-/// `payload_base64` key directly (the data are parsed for every delivery); falls back to a full
-/// JSON parse if that fails (other spacing or escaping).
+/// (`{"content_type","created_at","id","payload_base64","producer","topic"}`), or of the start
+/// of it (the subscribers only keep an event's first bytes). Looks for the `payload_base64` key
+/// directly, without parsing or allocating.
+pub fn stamp_in(data: &[u8]) -> Option<Stamp> {
+    let at = PAYLOAD_KEY.find(data)?;
+    decode_stamp_bytes(&data[at + PAYLOAD_KEY.needle().len()..])
+}
+
+/// [`stamp_in`], falling back to a full JSON parse (other spacing or escaping).
+#[cfg(test)]
 pub fn stamp_of(data: &str) -> Option<Stamp> {
-    const KEY: &[u8] = b"\"payload_base64\":\"";
-    // A plain scan: the key is near the start, and building a `str::find` searcher for every
-    // delivery costs more than that.
-    let bytes = data.as_bytes();
-    if let Some(i) = bytes
-        .windows(KEY.len())
-        .position(|w| w[1] == b'p' && w[0] == b'"' && w == KEY)
-        && let Some(stamp) = data.get(i + KEY.len()..).and_then(decode_stamp)
-    {
+    if let Some(stamp) = stamp_in(data.as_bytes()) {
         return Some(stamp);
     }
     let json: serde_json::Value = serde_json::from_str(data).ok()?;
@@ -176,8 +186,19 @@ pub fn base64_encode(data: &[u8]) -> String {
 
 /// Decodes whole groups of four standard base64 characters without padding (used on a prefix
 /// of a longer text); `None` on any other character or a partial group.
+#[cfg(test)]
 fn base64_decode(text: &[u8]) -> Option<Vec<u8>> {
     if !text.len().is_multiple_of(4) {
+        return None;
+    }
+    let mut out = vec![0; text.len() / 4 * 3];
+    base64_decode_into(text, &mut out)?;
+    Some(out)
+}
+
+/// Decodes `text` (whole groups of four, no padding) into `out` (exactly 3/4 of its length).
+fn base64_decode_into(text: &[u8], out: &mut [u8]) -> Option<()> {
+    if !text.len().is_multiple_of(4) || out.len() != text.len() / 4 * 3 {
         return None;
     }
     let sextet = |c: u8| -> Option<u32> {
@@ -190,15 +211,14 @@ fn base64_decode(text: &[u8]) -> Option<Vec<u8>> {
             _ => return None,
         }))
     };
-    let mut out = Vec::with_capacity(text.len() / 4 * 3);
-    for group in text.chunks_exact(4) {
+    for (group, dst) in text.chunks_exact(4).zip(out.chunks_exact_mut(3)) {
         let mut n = 0u32;
         for &c in group {
             n = (n << 6) | sextet(c)?;
         }
-        out.extend_from_slice(&n.to_be_bytes()[1..]);
+        dst.copy_from_slice(&n.to_be_bytes()[1..]);
     }
-    Some(out)
+    Some(())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -261,7 +281,82 @@ impl RssSampler {
 }
 
 // ---------------------------------------------------------------------------------------------
+// CPU time
+
+/// Clock ticks per second of the CPU times in `/proc/PID/stat` (`USER_HZ`, 100 on Linux).
+const USER_HZ: f64 = 100.0;
+
+/// User + system CPU time in clock ticks from the text of `/proc/PID/stat` (fields 14 and 15;
+/// the command name in field 2 may hold spaces and parentheses).
+pub fn parse_stat_cpu_ticks(stat: &str) -> Option<u64> {
+    let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace();
+    let utime: u64 = fields.nth(11)?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// CPU ticks of `pid` (all its threads, living and ended), or of this process.
+fn cpu_ticks(pid: Option<u32>) -> Option<u64> {
+    let path = match pid {
+        Some(pid) => format!("/proc/{pid}/stat"),
+        None => "/proc/self/stat".to_owned(),
+    };
+    parse_stat_cpu_ticks(&std::fs::read_to_string(path).ok()?)
+}
+
+/// CPU times of the server (with `--server-pid`) and of this load generator at one moment.
+struct CpuSample {
+    at: Instant,
+    server: Option<u64>,
+    generator: Option<u64>,
+}
+
+/// CPU seconds used between two samples, and the wall time between them.
+#[derive(Debug, Clone, Copy)]
+struct CpuUse {
+    wall_s: f64,
+    server_s: Option<f64>,
+    generator_s: Option<f64>,
+}
+
+impl CpuSample {
+    fn take(server_pid: Option<u32>) -> Self {
+        Self {
+            at: Instant::now(),
+            server: server_pid.and_then(|p| cpu_ticks(Some(p))),
+            generator: cpu_ticks(None),
+        }
+    }
+
+    fn since(&self, start: &Self) -> CpuUse {
+        let secs = |a: Option<u64>, b: Option<u64>| Some(a?.saturating_sub(b?) as f64 / USER_HZ);
+        CpuUse {
+            wall_s: self.at.duration_since(start.at).as_secs_f64(),
+            server_s: secs(self.server, start.server),
+            generator_s: secs(self.generator, start.generator),
+        }
+    }
+}
+
+/// The 1-minute load average, from `/proc/loadavg`.
+fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+// ---------------------------------------------------------------------------------------------
 // Subscribers
+
+/// Every this-many-th subscriber (0, N, 2N, …: spread over the whole range, so over every
+/// stage of the server's fan-out) takes the time of every message it receives; the others
+/// only count them (and check their ids and stamps), which keeps the load generator light.
+pub const SAMPLE_EVERY: usize = 10;
+/// Read buffer of each subscriber (reused for every read).
+const SUB_READ_BUF: usize = 64 << 10;
 
 /// What the subscriber tasks and the controller share.
 struct Shared {
@@ -277,7 +372,7 @@ struct Shared {
     /// Per subscriber: the task ended (stream closed, error, or stopped).
     ended: Vec<AtomicBool>,
     /// Per subscriber: timed messages received (one cache line each: they are bumped by
-    /// different threads for every delivery).
+    /// different threads for every read).
     received: Vec<PaddedCounter>,
     /// Messages not published by this run.
     foreign: AtomicU64,
@@ -287,8 +382,10 @@ struct Shared {
     out_of_order: AtomicU64,
     heartbeats: AtomicU64,
     open_retries: AtomicU64,
-    /// Publish-to-delivery latency in µs of every timed delivery; merged as subscribers end.
-    latency: Mutex<Histogram<u64>>,
+    /// Publish-to-delivery latency in µs of every timed delivery to a sampled subscriber
+    /// (`idx % SAMPLE_EVERY == 0`), one histogram each (locked once per read by its owner
+    /// only, so the tasks can be aborted at the end without losing anything).
+    latency: Vec<Mutex<Histogram<u64>>>,
     errors: Mutex<ErrorLog>,
 }
 
@@ -308,7 +405,9 @@ impl Shared {
             out_of_order: AtomicU64::new(0),
             heartbeats: AtomicU64::new(0),
             open_retries: AtomicU64::new(0),
-            latency: Mutex::new(new_histogram()),
+            latency: (0..subscribers.div_ceil(SAMPLE_EVERY))
+                .map(|_| Mutex::new(new_histogram()))
+                .collect(),
             errors: Mutex::new(ErrorLog::default()),
         }
     }
@@ -326,6 +425,16 @@ impl Shared {
             .iter()
             .map(|r| r.0.load(Ordering::SeqCst))
             .sum()
+    }
+
+    /// Every sampled subscriber's latencies, merged.
+    fn latency(&self) -> Histogram<u64> {
+        let mut all = new_histogram();
+        for h in &self.latency {
+            // Both auto-resize, so adding cannot fail.
+            let _ = all.add(&*lock(h));
+        }
+        all
     }
 }
 
@@ -361,102 +470,183 @@ fn open_kind(stage: OpenStage) -> &'static str {
     }
 }
 
-async fn subscriber(
-    idx: usize,
-    req: Arc<StreamRequest>,
-    shared: Arc<Shared>,
-    open: Arc<Semaphore>,
-    stop: watch::Receiver<bool>,
-) {
-    let mut hist = new_histogram();
-    let result = subscribe(idx, &req, &shared, &open, stop.clone(), &mut hist).await;
+/// One subscriber task; the controller aborts it at the end (everything it counts is in
+/// `shared` as it goes).
+async fn subscriber(idx: usize, req: Arc<RawRequest>, shared: Arc<Shared>, open: Arc<Semaphore>) {
+    let result = subscribe(idx, &req, &shared, &open).await;
     shared.ended[idx].store(true, Ordering::SeqCst);
-    if !hist.is_empty() {
-        // Both auto-resize, so adding cannot fail.
-        let _ = lock(&shared.latency).add(&hist);
-    }
-    if let Err((kind, msg)) = result
-        && !*stop.borrow()
-    {
+    if let Err((kind, msg)) = result {
         shared.error(kind, || msg);
     }
 }
 
+/// What one subscriber has seen, between reads.
+struct SubState {
+    idx: usize,
+    /// Takes the time of every message (see [`SAMPLE_EVERY`]).
+    sampled: bool,
+    last_id: i64,
+    /// Timed messages received in the current read.
+    received: u64,
+    /// Set by an event that ends the stream (`slow_consumer`).
+    fatal: Option<SubError>,
+}
+
+impl SubState {
+    /// One event, from its first bytes.
+    fn event(
+        &mut self,
+        shared: &Shared,
+        hist: Option<&mut Histogram<u64>>,
+        head: &[u8],
+        cut: bool,
+    ) {
+        let f = event_fields(head);
+        match f.event {
+            b"message" => {
+                if let Some(id) = f.id.and_then(parse_i64) {
+                    if id <= self.last_id {
+                        shared.out_of_order.fetch_add(1, Ordering::Relaxed);
+                    }
+                    self.last_id = self.last_id.max(id);
+                }
+                match stamp_in(f.data) {
+                    Some(s) if s.run == shared.run && s.seq == WARMUP_SEQ => {
+                        if !shared.ready[self.idx].swap(true, Ordering::SeqCst) {
+                            shared.ready_count.fetch_add(1, Ordering::SeqCst);
+                        }
+                    }
+                    Some(s) if s.run == shared.run => {
+                        self.received += 1;
+                        if let Some(h) = hist {
+                            record(h, shared.now_us().saturating_sub(s.sent_us));
+                        }
+                    }
+                    _ => {
+                        shared.foreign.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            b"heartbeat" => {
+                shared.heartbeats.fetch_add(1, Ordering::Relaxed);
+            }
+            b"error" => {
+                let data = String::from_utf8_lossy(f.data).into_owned();
+                let code = if cut {
+                    // Only the start is here; the code is the first key of the server's JSON.
+                    memchr::memmem::find(f.data, b"\"code\":\"slow_consumer\"")
+                        .map(|_| "slow_consumer".to_owned())
+                } else {
+                    serde_json::from_str::<serde_json::Value>(&data)
+                        .ok()
+                        .and_then(|j| j.get("code")?.as_str().map(str::to_owned))
+                };
+                if code.as_deref() == Some("slow_consumer") {
+                    // The server ends the stream after this; that is not another error.
+                    shared.slow_consumers.fetch_add(1, Ordering::SeqCst);
+                    self.fatal.get_or_insert(("slow_consumer", data));
+                } else {
+                    shared.error("sub_error_event", || data);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// A decimal `i64` (an SSE id), without allocating.
+fn parse_i64(b: &[u8]) -> Option<i64> {
+    std::str::from_utf8(b).ok()?.parse().ok()
+}
+
 async fn subscribe(
     idx: usize,
-    req: &StreamRequest,
+    req: &RawRequest,
     shared: &Shared,
     open: &Semaphore,
-    mut stop: watch::Receiver<bool>,
-    hist: &mut Histogram<u64>,
 ) -> Result<(), SubError> {
-    let OpenStream {
-        mut body,
-        conn: _conn,
+    let RawStream {
+        mut conn,
+        framing,
+        leftover,
     } = {
         let _permit = open
             .acquire()
             .await
             .map_err(|e| ("sub_open", e.to_string()))?;
-        open_stream(req, idx, &shared.open_retries)
+        open_raw_stream(req, idx, &shared.open_retries)
             .await
             .map_err(|(stage, msg)| (open_kind(stage), msg))?
     };
     shared.headed[idx].store(true, Ordering::SeqCst);
-    let mut parser = SseParser::default();
-    let mut events = Vec::new();
-    let mut last_id = i64::MIN;
-    let kinds = StreamKinds {
-        closed: "sub_closed",
-        body: "sub_body",
-        bad_event: "sub_bad_event",
+    let mut st = SubState {
+        idx,
+        sampled: idx.is_multiple_of(SAMPLE_EVERY),
+        last_id: i64::MIN,
+        received: 0,
+        fatal: None,
     };
+    let mut reader = Reader {
+        framing,
+        dechunk: Dechunker::default(),
+        scanner: EventScanner::default(),
+    };
+    reader.process(shared, &mut st, &leftover)?;
+    drop(leftover);
+    let mut buf = vec![0u8; SUB_READ_BUF];
     loop {
-        if !next_events(&mut body, &mut stop, &mut parser, &mut events, &kinds).await? {
+        let n = match conn.read(&mut buf).await {
+            Ok(0) => return Err(("sub_closed", "the server closed the connection".to_owned())),
+            Ok(n) => n,
+            Err(e) => return Err(("sub_body", e.to_string())),
+        };
+        reader.process(shared, &mut st, &buf[..n])?;
+    }
+}
+
+/// A subscriber's body decoding: chunked framing, then events.
+struct Reader {
+    framing: Framing,
+    dechunk: Dechunker,
+    scanner: EventScanner,
+}
+
+impl Reader {
+    /// Handles the bytes of one read; an error ends the subscriber.
+    fn process(&mut self, shared: &Shared, st: &mut SubState, data: &[u8]) -> Result<(), SubError> {
+        if data.is_empty() {
             return Ok(());
         }
-        for ev in events.drain(..) {
-            match ev.event.as_str() {
-                "message" => {
-                    let now = shared.now_us();
-                    if let Some(id) = ev.id.as_deref().and_then(|i| i.parse::<i64>().ok()) {
-                        if id <= last_id {
-                            shared.out_of_order.fetch_add(1, Ordering::Relaxed);
-                        }
-                        last_id = last_id.max(id);
-                    }
-                    match stamp_of(&ev.data) {
-                        Some(s) if s.run == shared.run && s.seq == WARMUP_SEQ => {
-                            if !shared.ready[idx].swap(true, Ordering::SeqCst) {
-                                shared.ready_count.fetch_add(1, Ordering::SeqCst);
-                            }
-                        }
-                        Some(s) if s.run == shared.run => {
-                            record(hist, now.saturating_sub(s.sent_us));
-                            shared.received[idx].0.fetch_add(1, Ordering::Relaxed);
-                        }
-                        _ => {
-                            shared.foreign.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                }
-                "heartbeat" => {
-                    shared.heartbeats.fetch_add(1, Ordering::Relaxed);
-                }
-                "error" => {
-                    let code = serde_json::from_str::<serde_json::Value>(&ev.data)
-                        .ok()
-                        .and_then(|j| j.get("code")?.as_str().map(str::to_owned));
-                    if code.as_deref() == Some("slow_consumer") {
-                        // The server ends the stream after this; that is not another error.
-                        shared.slow_consumers.fetch_add(1, Ordering::SeqCst);
-                        return Err(("slow_consumer", ev.data));
-                    }
-                    shared.error("sub_error_event", || ev.data.clone());
-                }
-                _ => {}
+        let mut hist = st
+            .sampled
+            .then(|| lock(&shared.latency[st.idx / SAMPLE_EVERY]));
+        let scanner = &mut self.scanner;
+        let mut on_event = |head: &[u8], cut: bool| {
+            st.event(shared, hist.as_deref_mut(), head, cut);
+        };
+        let ended = match self.framing {
+            Framing::Chunked => self
+                .dechunk
+                .feed(data, |d| scanner.feed(d, &mut on_event))
+                .map_err(|e| ("sub_bad_chunk", e))?,
+            Framing::UntilClose => {
+                scanner.feed(data, &mut on_event);
+                false
             }
+        };
+        drop(hist);
+        if st.received > 0 {
+            shared.received[st.idx]
+                .0
+                .fetch_add(std::mem::take(&mut st.received), Ordering::Relaxed);
         }
+        if let Some(fatal) = st.fatal.take() {
+            return Err(fatal);
+        }
+        if ended {
+            return Err(("sub_closed", "the server ended the stream".to_owned()));
+        }
+        Ok(())
     }
 }
 
@@ -639,6 +829,12 @@ struct Outcome {
     heartbeats: u64,
     /// KiB: start, peak, end, after close.
     rss: Option<[Option<u64>; 4]>,
+    /// CPU time over the timed phase and the drain.
+    cpu: Option<CpuUse>,
+    /// Live subscribers that take the time of every message.
+    sampled: usize,
+    /// 1-minute load average when the timed phase started.
+    load_average: Option<f64>,
     errors: ErrorLog,
 }
 
@@ -721,15 +917,12 @@ async fn phases(cfg: &Config, fc: FanoutConfig) -> anyhow::Result<Outcome> {
 
     // 1. Open the streams.
     let req = Arc::new(
-        StreamRequest::new(
+        RawRequest::get(
             cfg,
-            Method::GET,
             &format!("/api/v1/db/{}/events/stream?{FILTER_QUERY}", cfg.db),
-            None,
         )
         .await?,
     );
-    let (stop_tx, stop_rx) = watch::channel(false);
     let open_sem = Arc::new(Semaphore::new(OPEN_PARALLELISM));
     let mut tasks = JoinSet::new();
     let mut handles: Vec<AbortHandle> = Vec::with_capacity(n);
@@ -741,7 +934,6 @@ async fn phases(cfg: &Config, fc: FanoutConfig) -> anyhow::Result<Outcome> {
             Arc::clone(&req),
             Arc::clone(&shared),
             Arc::clone(&open_sem),
-            stop_rx.clone(),
         )));
     }
     let open_deadline = open_start + open_timeout(n);
@@ -810,8 +1002,12 @@ async fn phases(cfg: &Config, fc: FanoutConfig) -> anyhow::Result<Outcome> {
     // 3. The timed phase.
     let mut published = Published::default();
     let mut drain_s = 0.0;
+    let mut cpu = None;
+    let mut load = None;
     if connected > 0 {
         tokio::time::sleep(SETTLE).await;
+        load = load_average();
+        let cpu_start = CpuSample::take(fc.server_pid);
         eprintln!(
             "loadtests: publishing {} msg/s for {:?} to {connected} subscribers",
             fc.rate, cfg.run.duration
@@ -856,20 +1052,13 @@ async fn phases(cfg: &Config, fc: FanoutConfig) -> anyhow::Result<Outcome> {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         drain_s = drain_start.elapsed().as_secs_f64();
+        cpu = Some(CpuSample::take(fc.server_pid).since(&cpu_start));
     }
     let rss_end = rss.as_ref().and_then(RssSampler::sample);
 
-    // Close every stream, then collect the subscribers' numbers.
-    let _ = stop_tx.send(true);
-    if tokio::time::timeout(Duration::from_secs(5), async {
-        while tasks.join_next().await.is_some() {}
-    })
-    .await
-    .is_err()
-    {
-        eprintln!("loadtests: some subscriber tasks did not stop in 5 s; aborting them");
-        tasks.abort_all();
-    }
+    // Close every stream (the subscribers keep their numbers in `shared` as they go).
+    tasks.abort_all();
+    while tasks.join_next().await.is_some() {}
     let rss = match rss {
         Some(r) => {
             // Give the server a moment to notice the closed connections.
@@ -889,7 +1078,7 @@ async fn phases(cfg: &Config, fc: FanoutConfig) -> anyhow::Result<Outcome> {
     for (kind, sample) in &errors.samples {
         eprintln!("loadtests: first {kind} error: {sample}");
     }
-    let latency = std::mem::replace(&mut *lock(&shared.latency), new_histogram());
+    let latency = shared.latency();
     Ok(Outcome {
         connected,
         open_s,
@@ -903,6 +1092,12 @@ async fn phases(cfg: &Config, fc: FanoutConfig) -> anyhow::Result<Outcome> {
         out_of_order: shared.out_of_order.load(Ordering::SeqCst),
         heartbeats: shared.heartbeats.load(Ordering::SeqCst),
         rss,
+        cpu,
+        sampled: (0..n)
+            .step_by(SAMPLE_EVERY)
+            .filter(|&i| shared.ready[i].load(Ordering::SeqCst))
+            .count(),
+        load_average: load,
         errors,
     })
 }
@@ -920,6 +1115,16 @@ fn report(cfg: &Config, fc: FanoutConfig, o: &Outcome) -> serde_json::Value {
     let secs = p.elapsed.as_secs_f64();
     let ack = p.ack.as_ref();
     let rss = |i: usize| mib(o.rss.and_then(|r| r[i]));
+    let cpu_s = |f: fn(&CpuUse) -> Option<f64>| o.cpu.as_ref().and_then(f).map(|s| round(s, 2));
+    let cores = |f: fn(&CpuUse) -> Option<f64>| {
+        let c = o.cpu.as_ref()?;
+        let used = f(c)?;
+        (c.wall_s > 0.0).then(|| round(used / c.wall_s, 2))
+    };
+    let per_delivery = |f: fn(&CpuUse) -> Option<f64>| {
+        let s = o.cpu.as_ref().and_then(f)?;
+        (o.received > 0).then(|| round(s * 1e6 / o.received as f64, 3))
+    };
     serde_json::json!({
         "scenario": NAME,
         "subscribers": fc.subscribers,
@@ -952,6 +1157,16 @@ fn report(cfg: &Config, fc: FanoutConfig, o: &Outcome) -> serde_json::Value {
         "drain_s": round(o.drain_s, 3),
         "foreign_messages": o.foreign,
         "out_of_order": o.out_of_order,
+        "latency_sampled_subscribers": o.sampled,
+        "latency_samples": o.latency.len(),
+        "cpu_window_s": o.cpu.map(|c| round(c.wall_s, 3)),
+        "server_cpu_s": cpu_s(|c| c.server_s),
+        "server_cpu_cores": cores(|c| c.server_s),
+        "server_cpu_us_per_delivery": per_delivery(|c| c.server_s),
+        "generator_cpu_s": cpu_s(|c| c.generator_s),
+        "generator_cpu_cores": cores(|c| c.generator_s),
+        "generator_cpu_us_per_delivery": per_delivery(|c| c.generator_s),
+        "load_average_1m": o.load_average.map(|l| round(l, 2)),
         "error_kinds": o.errors.kinds,
     })
 }
@@ -990,6 +1205,20 @@ fn print_table(j: &serde_json::Value, o: &Outcome) {
         "slow_consumer cut-offs: {}  out-of-order: {}  foreign messages: {}  heartbeats: {}",
         o.slow_consumers, o.out_of_order, o.foreign, o.heartbeats
     );
+    if let Some(c) = &o.cpu {
+        println!(
+            "CPU over {:.2} s (timed phase + drain; load average {}): server {} s = {} µs per \
+             delivery, load generator {} s = {} µs per delivery; latency from {} sampled \
+             subscribers",
+            c.wall_s,
+            n("load_average_1m"),
+            n("server_cpu_s"),
+            n("server_cpu_us_per_delivery"),
+            n("generator_cpu_s"),
+            n("generator_cpu_us_per_delivery"),
+            o.sampled,
+        );
+    }
     if o.rss.is_some() {
         println!(
             "server RSS MiB: start {}  peak {}  end {}  1 s after close {}",
@@ -1005,7 +1234,7 @@ fn print_table(j: &serde_json::Value, o: &Outcome) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sse::SseEvent;
+    use crate::sse::{SseEvent, SseParser};
 
     #[test]
     fn base64_matches_the_standard_vectors() {
@@ -1112,6 +1341,143 @@ mod tests {
         assert_eq!(id.as_deref(), Some("5"));
         assert_eq!(got, &data);
         assert_eq!(stamp_of(got), Some(stamp));
+    }
+
+    /// `body` in chunked framing, cut into chunks of `size` (with an extension on the first).
+    fn chunked(body: &[u8], size: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (i, c) in body.chunks(size).enumerate() {
+            let ext = if i == 0 { ";x=1" } else { "" };
+            out.extend_from_slice(format!("{:X}{ext}\r\n", c.len()).as_bytes());
+            out.extend_from_slice(c);
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"0\r\n\r\n");
+        out
+    }
+
+    fn message_event(id: i64, stamp: Stamp) -> String {
+        format!(
+            "event: message\nid: {id}\ndata: {{\"content_type\":\"application/octet-stream\",\
+             \"created_at\":\"2025-01-01T00:00:00.000Z\",\"id\":{id},\"payload_base64\":\"{}\",\
+             \"producer\":null,\"topic\":\"bench/0\"}}\n\n",
+            payload_base64(stamp)
+        )
+    }
+
+    #[test]
+    fn the_light_reader_counts_every_event_wherever_the_reads_split() {
+        let run = 77;
+        let stamp = |seq, run| Stamp {
+            sent_us: 1,
+            seq,
+            run,
+        };
+        let mut body = String::from("event: heartbeat\ndata: {\"time\":\"x\"}\n\n");
+        body.push_str(&message_event(1, stamp(WARMUP_SEQ, run)));
+        body.push_str(&message_event(2, stamp(0, run)));
+        body.push_str(&message_event(3, stamp(1, run)));
+        body.push_str(&message_event(3, stamp(2, run))); // not above the previous id
+        body.push_str(&message_event(5, stamp(3, run + 1))); // another run's
+        body.push_str(
+            "event: error\ndata: {\"code\":\"slow_consumer\",\"message\":\"too slow\"}\n\n",
+        );
+        let body = body.into_bytes();
+        for (framing, wire) in [
+            (Framing::Chunked, chunked(&body, 1000)),
+            (Framing::Chunked, chunked(&body, 7)),
+            (Framing::UntilClose, body.clone()),
+        ] {
+            for read in [1, 2, 3, 50, 1401, wire.len()] {
+                for idx in [0, 1] {
+                    let shared = Shared::new(2, run);
+                    let mut st = SubState {
+                        idx,
+                        sampled: idx.is_multiple_of(SAMPLE_EVERY),
+                        last_id: i64::MIN,
+                        received: 0,
+                        fatal: None,
+                    };
+                    let mut reader = Reader {
+                        framing,
+                        dechunk: Dechunker::default(),
+                        scanner: EventScanner::default(),
+                    };
+                    let mut result = Ok(());
+                    for part in wire.chunks(read) {
+                        result = reader.process(&shared, &mut st, part);
+                        if result.is_err() {
+                            break;
+                        }
+                    }
+                    let what = format!("{framing:?}, reads of {read}, subscriber {idx}");
+                    assert_eq!(result.map_err(|e| e.0), Err("slow_consumer"), "{what}");
+                    assert_eq!(shared.received_total(), 3, "{what}");
+                    assert!(shared.ready[idx].load(Ordering::SeqCst), "{what}");
+                    assert_eq!(shared.ready_count.load(Ordering::SeqCst), 1, "{what}");
+                    assert_eq!(shared.heartbeats.load(Ordering::SeqCst), 1, "{what}");
+                    assert_eq!(shared.foreign.load(Ordering::SeqCst), 1, "{what}");
+                    assert_eq!(shared.out_of_order.load(Ordering::SeqCst), 1, "{what}");
+                    assert_eq!(shared.slow_consumers.load(Ordering::SeqCst), 1, "{what}");
+                    // Only sampled subscribers take times.
+                    let samples = shared.latency().len();
+                    assert_eq!(samples, if idx == 0 { 3 } else { 0 }, "{what}");
+                }
+            }
+        }
+        // The end of the chunked body ends the stream.
+        let shared = Shared::new(1, run);
+        let mut st = SubState {
+            idx: 0,
+            sampled: true,
+            last_id: i64::MIN,
+            received: 0,
+            fatal: None,
+        };
+        let mut reader = Reader {
+            framing: Framing::Chunked,
+            dechunk: Dechunker::default(),
+            scanner: EventScanner::default(),
+        };
+        let wire = chunked(&message_event(9, stamp(0, run)).into_bytes(), 100);
+        assert_eq!(
+            reader.process(&shared, &mut st, &wire).map_err(|e| e.0),
+            Err("sub_closed")
+        );
+        assert_eq!(shared.received_total(), 1);
+    }
+
+    #[test]
+    fn stamps_are_found_in_cut_event_heads() {
+        let s = Stamp {
+            sent_us: 123_456,
+            seq: 9,
+            run: 4,
+        };
+        let event = message_event(12, s);
+        let mut scanner = EventScanner::default();
+        let mut heads = Vec::new();
+        scanner.feed(event.as_bytes(), |head, cut| {
+            heads.push((head.to_vec(), cut))
+        });
+        assert_eq!(heads.len(), 1);
+        let (head, cut) = &heads[0];
+        assert!(*cut, "a 1 KiB message is longer than the kept head");
+        let f = event_fields(head);
+        assert_eq!(f.event, b"message");
+        assert_eq!(f.id, Some(&b"12"[..]));
+        assert_eq!(stamp_in(f.data), Some(s));
+        // Too short to hold the stamp.
+        assert_eq!(stamp_in(br#"{"payload_base64":"AAAA"#), None);
+    }
+
+    #[test]
+    fn cpu_ticks_are_read_from_proc_stat() {
+        let stat = "4242 (my (odd) name) S 1 2 3 4 5 6 7 8 9 10 250 50 0 0 20 0 8 0 100 0 0";
+        assert_eq!(parse_stat_cpu_ticks(stat), Some(300));
+        assert_eq!(parse_stat_cpu_ticks("4242 (x) S 1 2"), None);
+        assert!(cpu_ticks(None).is_some());
+        assert!(cpu_ticks(Some(std::process::id())).is_some());
     }
 
     #[test]

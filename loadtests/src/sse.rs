@@ -352,6 +352,447 @@ pub async fn resolve(host: &str, port: u16) -> anyhow::Result<SocketAddr> {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Raw streams (`sse-fanout`): hand-written HTTP/1.1 on a tokio `TcpStream`, chunked decoding
+// and event counting straight from one reusable read buffer, nothing allocated per event.
+
+/// Largest response head accepted from the server.
+const MAX_HEAD: usize = 16 << 10;
+/// Bytes of each event kept for a look at its fields (the rest is only scanned for its end).
+pub const EVENT_HEAD: usize = 512;
+
+/// A `GET` of an event stream, written by hand (request line, `Host`, bearer token, `Accept`).
+pub struct RawRequest {
+    pub addr: SocketAddr,
+    request: Vec<u8>,
+    pub timeout: Duration,
+}
+
+impl RawRequest {
+    /// `GET {--url}{path}` with the bearer token; resolves the (loopback) target.
+    pub async fn get(cfg: &Config, path: &str) -> anyhow::Result<Self> {
+        let url: Uri = cfg.target.base.parse().context("base URL")?;
+        let authority = url.authority().context("base URL has no host")?;
+        let prefix = url.path().trim_end_matches('/');
+        // The same check hyper makes: no CR, LF or other control bytes in a header.
+        HeaderValue::try_from(format!("Bearer {}", cfg.token))
+            .context("the token contains characters not allowed in a header")?;
+        ensure!(
+            !path.bytes().any(|b| b.is_ascii_control() || b == b' '),
+            "the stream path contains spaces or control characters"
+        );
+        let request = format!(
+            "GET {prefix}{path} HTTP/1.1\r\nHost: {authority}\r\nAuthorization: Bearer {}\r\n\
+             Accept: text/event-stream\r\n\r\n",
+            cfg.token
+        );
+        Ok(Self {
+            addr: resolve(&cfg.target.host, cfg.target.port).await?,
+            request: request.into_bytes(),
+            timeout: cfg.timeout,
+        })
+    }
+}
+
+/// How the body of an open raw stream is framed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// `Transfer-Encoding: chunked` (what the server sends for a stream).
+    Chunked,
+    /// Neither chunked nor a length: the body runs until the connection closes.
+    UntilClose,
+}
+
+/// An open raw stream: the connection, and the body bytes that came with the head.
+pub struct RawStream {
+    pub conn: tokio::net::TcpStream,
+    pub framing: Framing,
+    /// Body bytes read together with the response head.
+    pub leftover: Vec<u8>,
+}
+
+/// A parsed response head.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ResponseHead {
+    pub status: u16,
+    pub content_type: Option<String>,
+    pub chunked: bool,
+    pub content_length: Option<usize>,
+}
+
+/// Parses an HTTP/1.1 response head (everything before the blank line, without it).
+pub fn parse_response_head(head: &[u8]) -> Result<ResponseHead, String> {
+    let text = std::str::from_utf8(head).map_err(|_| "response head is not UTF-8".to_owned())?;
+    let mut lines = text.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let mut parts = status_line.splitn(3, ' ');
+    let version = parts.next().unwrap_or_default();
+    if version != "HTTP/1.1" && version != "HTTP/1.0" {
+        return Err(format!("not an HTTP/1 status line: {status_line:?}"));
+    }
+    let status = parts
+        .next()
+        .and_then(|c| c.parse::<u16>().ok())
+        .filter(|c| (100..600).contains(c))
+        .ok_or_else(|| format!("bad status line: {status_line:?}"))?;
+    let mut out = ResponseHead {
+        status,
+        content_type: None,
+        chunked: false,
+        content_length: None,
+    };
+    for line in lines {
+        let (name, value) = line
+            .split_once(':')
+            .ok_or_else(|| format!("bad header line: {line:?}"))?;
+        let value = value.trim();
+        if name.eq_ignore_ascii_case("content-type") {
+            out.content_type = Some(value.to_owned());
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            out.chunked = value
+                .rsplit(',')
+                .next()
+                .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"));
+        } else if name.eq_ignore_ascii_case("content-length") {
+            out.content_length = Some(
+                value
+                    .parse()
+                    .map_err(|_| format!("bad content-length: {value:?}"))?,
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// Opens the stream on a new connection and waits for a `200` head with
+/// `content-type: text/event-stream`. `503` and `429` answers are retried (counted in
+/// `retries`) for as long as the caller lets this run: wrap it in a timeout or abort the task.
+pub async fn open_raw_stream(
+    req: &RawRequest,
+    idx: usize,
+    retries: &AtomicU64,
+) -> Result<RawStream, (OpenStage, String)> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    loop {
+        let mut conn = tokio::time::timeout(req.timeout, tokio::net::TcpStream::connect(req.addr))
+            .await
+            .map_err(|_| (OpenStage::Connect, "connect timed out".to_owned()))?
+            .map_err(|e| (OpenStage::Connect, e.to_string()))?;
+        let _ = conn.set_nodelay(true);
+        let head = tokio::time::timeout(req.timeout, async {
+            conn.write_all(&req.request).await?;
+            let mut buf = Vec::with_capacity(4096);
+            loop {
+                if let Some(end) = memchr::memmem::find(&buf, b"\r\n\r\n") {
+                    return Ok(Some((buf, end)));
+                }
+                if buf.len() >= MAX_HEAD {
+                    return Ok(None);
+                }
+                if buf.capacity() == buf.len() {
+                    buf.reserve(4096);
+                }
+                if conn.read_buf(&mut buf).await? == 0 {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "the server closed the connection before the response head",
+                    ));
+                }
+            }
+        })
+        .await
+        .map_err(|_| (OpenStage::Timeout, "no response head in time".to_owned()))?
+        .map_err(|e| (OpenStage::Transport, e.to_string()))?;
+        let Some((mut buf, end)) = head else {
+            return Err((
+                OpenStage::Handshake,
+                format!("response head longer than {MAX_HEAD} bytes"),
+            ));
+        };
+        let parsed = parse_response_head(&buf[..end]).map_err(|e| (OpenStage::Handshake, e))?;
+        buf.drain(..end + 4);
+        if parsed.status == 200 {
+            let is_sse = parsed
+                .content_type
+                .as_deref()
+                .is_some_and(|c| c.trim_start().starts_with("text/event-stream"));
+            if !is_sse {
+                return Err((
+                    OpenStage::Status,
+                    format!(
+                        "stream answered 200 with content-type {:?}",
+                        parsed.content_type
+                    ),
+                ));
+            }
+            let framing = if parsed.chunked {
+                Framing::Chunked
+            } else if parsed.content_length.is_some() {
+                return Err((
+                    OpenStage::Status,
+                    "stream answered 200 with a content-length".to_owned(),
+                ));
+            } else {
+                Framing::UntilClose
+            };
+            return Ok(RawStream {
+                conn,
+                framing,
+                leftover: buf,
+            });
+        }
+        // An error answer: read what of its body arrives quickly, for the message.
+        let _ = tokio::time::timeout(Duration::from_millis(200), async {
+            let want = parsed.content_length.unwrap_or(4096).min(4096);
+            while buf.len() < want {
+                buf.reserve(want - buf.len());
+                if conn.read_buf(&mut buf).await.unwrap_or(0) == 0 {
+                    break;
+                }
+            }
+        })
+        .await;
+        let body = String::from_utf8_lossy(&buf).into_owned();
+        if matches!(parsed.status, 503 | 429) {
+            // Overloaded or rate limited: back off and retry until the open phase gives up.
+            retries.fetch_add(1, Ordering::SeqCst);
+            drop(conn);
+            tokio::time::sleep(Duration::from_millis(100 + (idx % 100) as u64)).await;
+            continue;
+        }
+        return Err((
+            OpenStage::Status,
+            format!("stream open answered {}: {body}", parsed.status),
+        ));
+    }
+}
+
+/// Incremental decoder of a `Transfer-Encoding: chunked` body: hands out the data as slices
+/// of the input (no copy), whatever the read boundaries.
+#[derive(Debug, Default)]
+pub struct Dechunker {
+    state: ChunkState,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+enum ChunkState {
+    /// Reading the hex size (`digits` so far).
+    #[default]
+    SizeStart,
+    Size {
+        value: u64,
+        digits: u8,
+    },
+    /// A chunk extension after `;`, up to the line end.
+    Ext {
+        value: u64,
+    },
+    /// `\r` of the size line seen.
+    SizeLf {
+        value: u64,
+    },
+    Data {
+        left: u64,
+    },
+    DataCr,
+    DataLf,
+    /// The last (empty) chunk was seen: the body ended.
+    Done,
+}
+
+impl Dechunker {
+    /// Feeds `input`, calling `data` with every piece of chunk data in order. `Ok(true)` once
+    /// the last chunk has been seen (what follows it, trailers included, is ignored).
+    pub fn feed(&mut self, input: &[u8], mut data: impl FnMut(&[u8])) -> Result<bool, String> {
+        let mut i = 0;
+        while i < input.len() {
+            let b = input[i];
+            self.state = match self.state {
+                ChunkState::Done => return Ok(true),
+                ChunkState::Data { left } => {
+                    let take = (input.len() - i).min(usize::try_from(left).unwrap_or(usize::MAX));
+                    data(&input[i..i + take]);
+                    i += take;
+                    let left = left - take as u64;
+                    self.state = if left == 0 {
+                        ChunkState::DataCr
+                    } else {
+                        ChunkState::Data { left }
+                    };
+                    continue;
+                }
+                ChunkState::SizeStart => match hex_digit(b) {
+                    Some(d) => ChunkState::Size {
+                        value: u64::from(d),
+                        digits: 1,
+                    },
+                    None => return Err(format!("bad chunk size byte {b:#04x}")),
+                },
+                ChunkState::Size { value, digits } => match (b, hex_digit(b)) {
+                    (_, Some(d)) if digits < 15 => ChunkState::Size {
+                        value: value << 4 | u64::from(d),
+                        digits: digits + 1,
+                    },
+                    (_, Some(_)) => return Err("chunk size too large".to_owned()),
+                    (b';' | b' ' | b'\t', _) => ChunkState::Ext { value },
+                    (b'\r', _) => ChunkState::SizeLf { value },
+                    _ => return Err(format!("bad chunk size byte {b:#04x}")),
+                },
+                ChunkState::Ext { value } => match b {
+                    b'\r' => ChunkState::SizeLf { value },
+                    b'\n' => return Err("bare LF in a chunk extension".to_owned()),
+                    _ => ChunkState::Ext { value },
+                },
+                ChunkState::SizeLf { value } => match b {
+                    b'\n' if value == 0 => ChunkState::Done,
+                    b'\n' => ChunkState::Data { left: value },
+                    _ => return Err("chunk size line not ended by CRLF".to_owned()),
+                },
+                ChunkState::DataCr => match b {
+                    b'\r' => ChunkState::DataLf,
+                    _ => return Err("chunk data not followed by CRLF".to_owned()),
+                },
+                ChunkState::DataLf => match b {
+                    b'\n' => ChunkState::SizeStart,
+                    _ => return Err("chunk data not followed by CRLF".to_owned()),
+                },
+            };
+            i += 1;
+        }
+        Ok(self.state == ChunkState::Done)
+    }
+}
+
+fn hex_digit(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// Finds the events of a `text/event-stream` body without building them: every event's end
+/// (a blank line; lines end in `\n` or `\r\n`) is found with `memchr`, and only its first
+/// [`EVENT_HEAD`] bytes are kept, in a fixed buffer, for a look at its fields.
+pub struct EventScanner {
+    head: [u8; EVENT_HEAD],
+    head_len: usize,
+    /// Bytes of the current event so far (blank lines excluded).
+    event_len: usize,
+    /// Bytes of the current line so far (of them, kept in `head`), and its last byte.
+    line_len: usize,
+    line_kept: usize,
+    line_last: u8,
+}
+
+impl Default for EventScanner {
+    fn default() -> Self {
+        Self {
+            head: [0; EVENT_HEAD],
+            head_len: 0,
+            event_len: 0,
+            line_len: 0,
+            line_kept: 0,
+            line_last: 0,
+        }
+    }
+}
+
+impl EventScanner {
+    /// Scans `input`; for every event it completes, calls `event(head, truncated)` with the
+    /// event's first bytes (its lines with their line ends) and whether there was more.
+    /// Events with nothing in them (extra blank lines) are not reported.
+    pub fn feed(&mut self, mut input: &[u8], mut event: impl FnMut(&[u8], bool)) {
+        while !input.is_empty() {
+            let Some(pos) = memchr::memchr(b'\n', input) else {
+                self.line_kept += self.keep(input);
+                self.line_len += input.len();
+                self.line_last = input[input.len() - 1];
+                return;
+            };
+            let len = self.line_len + pos;
+            let last = if pos > 0 {
+                input[pos - 1]
+            } else {
+                self.line_last
+            };
+            if len == 0 || (len == 1 && last == b'\r') {
+                // A blank line (its `\r` may have been kept already): the event ends.
+                self.head_len -= self.line_kept;
+                self.event_len -= self.line_len;
+                if self.event_len > 0 {
+                    event(&self.head[..self.head_len], self.event_len > self.head_len);
+                }
+                self.head_len = 0;
+                self.event_len = 0;
+            } else {
+                self.keep(&input[..=pos]);
+            }
+            self.line_len = 0;
+            self.line_kept = 0;
+            input = &input[pos + 1..];
+        }
+    }
+
+    /// Counts `bytes` in the event and keeps what fits of them; returns how many were kept.
+    fn keep(&mut self, bytes: &[u8]) -> usize {
+        let n = bytes.len().min(EVENT_HEAD - self.head_len);
+        self.head[self.head_len..self.head_len + n].copy_from_slice(&bytes[..n]);
+        self.head_len += n;
+        self.event_len += bytes.len();
+        n
+    }
+}
+
+/// The fields of an event's head (as given by [`EventScanner`]): `event` (`message` when
+/// absent), the last `id`, and the start of the first `data` line (cut where the head was).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventHead<'a> {
+    pub event: &'a [u8],
+    pub id: Option<&'a [u8]>,
+    pub data: &'a [u8],
+}
+
+/// Splits an event head into its fields, up to the first `data` line (the fields after it are
+/// not looked at); lines may end in `\r\n`; a cut last line counts as it is.
+pub fn event_fields(head: &[u8]) -> EventHead<'_> {
+    let mut out = EventHead {
+        event: b"message",
+        id: None,
+        data: b"",
+    };
+    let mut rest = head;
+    while !rest.is_empty() {
+        let (raw, next) = match memchr::memchr(b'\n', rest) {
+            Some(i) => (&rest[..i], &rest[i + 1..]),
+            None => (rest, &b""[..]),
+        };
+        rest = next;
+        let line = raw.strip_suffix(b"\r").unwrap_or(raw);
+        if line.is_empty() || line[0] == b':' {
+            continue;
+        }
+        let (field, value) = match memchr::memchr(b':', line) {
+            Some(i) => {
+                let v = &line[i + 1..];
+                (&line[..i], v.strip_prefix(b" ").unwrap_or(v))
+            }
+            None => (line, &b""[..]),
+        };
+        match field {
+            b"event" => out.event = value,
+            b"id" => out.id = Some(value),
+            b"data" => {
+                out.data = value;
+                break;
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
 // Helpers
 
 /// Error counts by kind, with the first message of each kind.
@@ -528,6 +969,108 @@ mod tests {
                 assert_eq!(find_newline(&s), want, "len {len}, newline at {at}");
             }
         }
+    }
+
+    /// The events the scanner finds in `chunks`, with their heads.
+    fn scan(chunks: &[&[u8]]) -> Vec<(Vec<u8>, bool)> {
+        let mut scanner = EventScanner::default();
+        let mut out = Vec::new();
+        for c in chunks {
+            scanner.feed(c, |head, cut| out.push((head.to_vec(), cut)));
+        }
+        out
+    }
+
+    #[test]
+    fn the_scanner_finds_every_event_wherever_the_input_splits() {
+        let bytes = STREAM.as_bytes();
+        let want = scan(&[bytes]);
+        // As many events as the full parser finds, plus the comment-only one it drops.
+        assert_eq!(want.len(), 4);
+        assert_eq!(want[1].0, b": keep-alive comment\n");
+        let fields: Vec<EventHead<'_>> = want.iter().map(|(h, _)| event_fields(h)).collect();
+        assert_eq!(fields[0].event, b"snapshot");
+        assert_eq!(fields[0].id, Some(&b"abc"[..]));
+        assert_eq!(fields[0].data, br#"{"watch_id":1,"seq":1,"rows":[[0]]}"#);
+        assert_eq!(fields[2].event, b"heartbeat");
+        assert_eq!(fields[2].id, None);
+        assert_eq!(fields[3].event, b"update");
+        assert_eq!(fields[3].id, Some(&b"def"[..]));
+        assert_eq!(fields[3].data, br#"{"rows":[[7]],"#);
+        assert!(want.iter().all(|(_, cut)| !cut));
+        for cut in 0..bytes.len() {
+            assert_eq!(scan(&[&bytes[..cut], &bytes[cut..]]), want, "cut at {cut}");
+        }
+        let singles: Vec<&[u8]> = bytes.chunks(1).collect();
+        assert_eq!(scan(&singles), want);
+        // A long event: only its head is kept, and it says so.
+        let mut long = b"data: ".to_vec();
+        long.extend(std::iter::repeat_n(b'x', 3 * EVENT_HEAD));
+        long.extend_from_slice(b"\r\n\r\n\n\nevent: b\ndata: y\n\n");
+        for step in [1, 7, 100, long.len()] {
+            let parts: Vec<&[u8]> = long.chunks(step).collect();
+            let got = scan(&parts);
+            assert_eq!(got.len(), 2, "step {step}");
+            assert_eq!(got[0].0.len(), EVENT_HEAD);
+            assert!(got[0].1);
+            assert_eq!(got[1], (b"event: b\ndata: y\n".to_vec(), false));
+        }
+        // Blank lines alone are no events, whether `\r\n` is split or not.
+        assert!(scan(&[b"\r", b"\n\r\n\n"]).is_empty());
+    }
+
+    #[test]
+    fn chunked_bodies_are_decoded_wherever_the_input_splits() {
+        let wire = b"5;name=value\r\nhello\r\n1A\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\nx-trailer: 1\r\n\r\n";
+        let want = b"helloabcdefghijklmnopqrstuvwxyz".to_vec();
+        for step in 1..=wire.len() {
+            let mut d = Dechunker::default();
+            let mut got = Vec::new();
+            let mut done = false;
+            for part in wire.chunks(step) {
+                done = d.feed(part, |b| got.extend_from_slice(b)).unwrap();
+            }
+            assert!(done, "step {step}");
+            assert_eq!(got, want, "step {step}");
+        }
+        for bad in [
+            &b"x\r\n"[..],
+            b"5\nhello",
+            b"2\r\nabX",
+            b"2\r\nab\rX",
+            b"1234567890abcdef0\r\n",
+        ] {
+            let mut d = Dechunker::default();
+            assert!(d.feed(bad, |_| {}).is_err(), "{bad:?}");
+        }
+        // Not done before the last chunk.
+        let mut d = Dechunker::default();
+        assert!(!d.feed(b"1\r\na\r\n", |_| {}).unwrap());
+    }
+
+    #[test]
+    fn response_heads_are_parsed() {
+        let head = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\
+                     Transfer-Encoding: chunked\r\ncache-control: no-cache";
+        assert_eq!(
+            parse_response_head(head),
+            Ok(ResponseHead {
+                status: 200,
+                content_type: Some("text/event-stream".to_owned()),
+                chunked: true,
+                content_length: None,
+            })
+        );
+        let head = b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 12";
+        let h = parse_response_head(head).unwrap();
+        assert_eq!(
+            (h.status, h.chunked, h.content_length),
+            (503, false, Some(12))
+        );
+        assert!(parse_response_head(b"HTTP/2 200").is_err());
+        assert!(parse_response_head(b"HTTP/1.1 abc").is_err());
+        assert!(parse_response_head(b"HTTP/1.1 200 OK\r\nno colon").is_err());
+        assert!(parse_response_head(b"HTTP/1.1 200 OK\r\ncontent-length: x").is_err());
     }
 
     #[test]

@@ -122,6 +122,100 @@ pub fn scope_grants(scope: &Scope, db_id: &str, action: Action, resource: Option
     }
 }
 
+/// Does `token` pass a DB route's declared check: one of `actions` on `db_id`, for the path's
+/// resource `value` ([`ResourceFrom::Path`]), for no resource ([`ResourceFrom::None`]), or
+/// for some resource the handler will check ([`ResourceFrom::Handler`])?
+pub fn route_grants(
+    token: &TokenRow,
+    db_id: &str,
+    actions: &[Action],
+    resource: ResourceFrom,
+    value: Option<&str>,
+) -> bool {
+    token.meta.is_admin
+        || actions.iter().any(|&action| {
+            token.meta.scopes.iter().any(|s| match resource {
+                ResourceFrom::None => scope_grants(s, db_id, action, None),
+                ResourceFrom::Path(_) => scope_grants(s, db_id, action, value),
+                ResourceFrom::Handler => s.covers(db_id, action),
+            })
+        })
+}
+
+/// One check a request passed, as [`Checks`] keeps it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Check {
+    /// The route's declaration ([`route_grants`]).
+    Route {
+        actions: &'static [Action],
+        resource: ResourceFrom,
+        value: Option<String>,
+    },
+    /// A handler's [`Authorized::require`] / [`Authorized::resource`].
+    Grant {
+        action: Action,
+        resource: Option<String>,
+    },
+}
+
+/// What a request was authorized for (the route's check and the handler's own, up to the
+/// moment a long-lived stream starts: [`Authorized::invalidated`]), and the caller's grants as
+/// they are now once they changed. When a person's grants change, their open streams re-check
+/// what they were allowed against the new grants: still allowed, they go on under the new
+/// grants (later checks, e.g. a WebSocket's publish frames, use them); otherwise they end.
+#[derive(Default)]
+pub struct Checks {
+    frozen: std::sync::atomic::AtomicBool,
+    made: std::sync::Mutex<Vec<Check>>,
+    /// The route template (for the open-streams gauge).
+    route: std::sync::OnceLock<&'static str>,
+    current: std::sync::RwLock<Option<Arc<TokenRow>>>,
+}
+
+/// Checks kept per request at most (a stream's set-up makes a handful).
+const MAX_CHECKS: usize = 64;
+
+impl Checks {
+    fn record(&self, check: Check) {
+        if self.frozen.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
+        let mut made = self.made.lock().unwrap_or_else(|p| p.into_inner());
+        if made.len() < MAX_CHECKS && !made.contains(&check) {
+            made.push(check);
+        }
+    }
+
+    fn freeze(&self) {
+        self.frozen
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether `token` passes every check recorded (on `db_id`, or `*` off DB routes).
+    fn all_pass(&self, token: &TokenRow, db_id: &str) -> bool {
+        let made = self.made.lock().unwrap_or_else(|p| p.into_inner());
+        made.iter().all(|check| match check {
+            Check::Route {
+                actions,
+                resource,
+                value,
+            } => route_grants(token, db_id, actions, *resource, value.as_deref()),
+            Check::Grant { action, resource } => {
+                token_grants(token, db_id, *action, resource.as_deref())
+            }
+        })
+    }
+}
+
+fn token_grants(token: &TokenRow, db_id: &str, action: Action, resource: Option<&str>) -> bool {
+    token.meta.is_admin
+        || token
+            .meta
+            .scopes
+            .iter()
+            .any(|s| scope_grants(s, db_id, action, resource))
+}
+
 /// The witness a handler receives: the caller passed the route's [`Access`].
 #[derive(Clone)]
 pub struct Authorized {
@@ -137,6 +231,8 @@ pub struct Authorized {
     pub web: Option<Arc<crate::identity::WebPrincipal>>,
     /// That session's id (to notice when it ends while a stream is open).
     pub session_id: Option<tower_sessions::session::Id>,
+    /// What this request was checked for, shared by its clones ([`Checks`]).
+    pub checks: Arc<Checks>,
 }
 
 impl Authorized {
@@ -153,21 +249,119 @@ impl Authorized {
 
     /// Resolves when the caller stops being valid: its token is revoked, deleted or expires, or
     /// a person's web session ends (signed out, idle or absolute expiry: checked every two
-    /// seconds); never on public and anonymous routes. Long-lived streams select on it and end.
+    /// seconds, following the session through a rotation to its new id), or that person's
+    /// grants change so that what this request was checked for is no longer allowed (at once,
+    /// [`crate::identity::users::Owners::grant_changes`]); never on public and anonymous
+    /// routes. Long-lived streams select on it and end. Checks made after this call are not
+    /// recorded for re-checking (they use the grants as they are then).
     pub fn invalidated(&self, app: &crate::state::App) -> super::Invalidated {
+        use crate::ops::metrics::{ReasonLabel, RouteLabel};
+        /// Counts an open stream until dropped.
+        struct Open(prometheus_client::metrics::gauge::Gauge);
+        impl Drop for Open {
+            fn drop(&mut self) {
+                self.0.dec();
+            }
+        }
+        self.checks.freeze();
+        let route = self.checks.route.get().copied().unwrap_or("unknown");
+        let open = app
+            .metrics
+            .streams
+            .open
+            .get_or_create(&RouteLabel { route })
+            .clone();
+        open.inc();
+        let open = Open(open);
+        let metrics = Arc::clone(&app.metrics);
+        let until = self.until_invalid(app);
+        Box::pin(async move {
+            let _open = open;
+            let reason = until.await;
+            metrics
+                .streams
+                .ended
+                .get_or_create(&ReasonLabel {
+                    reason: reason.ended_code(),
+                })
+                .inc();
+            reason
+        })
+    }
+
+    fn until_invalid(&self, app: &crate::state::App) -> super::Invalidated {
         if let (Some(web), Some(id)) = (&self.web, self.session_id)
             && web.token_id.is_none()
         {
             let sessions = app.sessions.clone();
+            let owners = Arc::clone(&app.owners);
+            // Subscribed before anything is checked: a change from now on is seen.
+            let mut changes = owners.grant_changes();
+            let checks = Arc::clone(&self.checks);
+            let web = Arc::clone(web);
+            let db = self
+                .db_id
+                .as_ref()
+                .map_or_else(|| "*".to_owned(), |d| d.as_str().to_owned());
             let absolute = i64::try_from(app.config.session_absolute_secs).unwrap_or(i64::MAX);
             let ends_at = web.created_at.saturating_add(absolute);
             return Box::pin(async move {
+                use crate::identity::store::{ROTATION_MEMORY, Successor};
+                use tokio::sync::broadcast::error::RecvError;
                 use tower_sessions::SessionStore as _;
+                let mut id = id;
+                let period = std::time::Duration::from_secs(2);
+                let mut tick =
+                    tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                let mut changes_open = true;
+                // The grants as they are now pass every check, or the stream ends; also once at
+                // the start (a change between the request's authorization and the
+                // subscription above is not missed).
+                let still_allowed = || {
+                    let now = Arc::new(crate::identity::users::principal_row(
+                        &web.subject,
+                        web.name.as_deref(),
+                        web.is_admin,
+                        &owners,
+                    ));
+                    if !checks.all_pass(&now, &db) {
+                        return false;
+                    }
+                    *checks.current.write().unwrap_or_else(|p| p.into_inner()) = Some(now);
+                    true
+                };
+                if !still_allowed() {
+                    return super::AuthFailure::GrantsChanged;
+                }
                 loop {
-                    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
-                    let now = time::OffsetDateTime::now_utc().unix_timestamp();
-                    if now >= ends_at || !matches!(sessions.load(&id).await, Ok(Some(_))) {
-                        return super::AuthFailure::SessionEnded;
+                    let recheck = tokio::select! {
+                        _ = tick.tick() => {
+                            let now = time::OffsetDateTime::now_utc().unix_timestamp();
+                            if now >= ends_at {
+                                return super::AuthFailure::SessionEnded;
+                            }
+                            if !matches!(sessions.load(&id).await, Ok(Some(_))) {
+                                // Rotated to a new id (privilege change): follow it.
+                                match sessions.successor(&id, ROTATION_MEMORY) {
+                                    Successor::Id(new) => id = new,
+                                    Successor::Pending => {}
+                                    Successor::None => return super::AuthFailure::SessionEnded,
+                                }
+                            }
+                            false
+                        }
+                        change = changes.recv(), if changes_open => match change {
+                            Ok(change) => change.subject == web.subject && (db == "*" || change.db_id == db),
+                            Err(RecvError::Lagged(_)) => true,
+                            Err(RecvError::Closed) => {
+                                changes_open = false;
+                                false
+                            }
+                        },
+                    };
+                    if recheck && !still_allowed() {
+                        return super::AuthFailure::GrantsChanged;
                     }
                 }
             });
@@ -214,18 +408,52 @@ impl Authorized {
     }
 
     fn grants(&self, action: Action, resource: Option<&str>) -> bool {
-        let Some(token) = &self.token else {
+        let db = self.db_id.as_ref().map_or("*", DbId::as_str);
+        // Only a person's grants change under an open stream (a token's are fixed).
+        if self.web.is_none() {
+            return self
+                .token
+                .as_ref()
+                .is_some_and(|token| token_grants(token, db, action, resource));
+        }
+        // The grants as they are now, when they changed while a stream was open.
+        let current = self
+            .checks
+            .current
+            .read()
+            .unwrap_or_else(|p| p.into_inner());
+        let Some(token) = current.as_ref().or(self.token.as_ref()) else {
             return false;
         };
-        if token.meta.is_admin {
-            return true;
+        let granted = token_grants(token, db, action, resource);
+        drop(current);
+        if granted {
+            self.checks.record(Check::Grant {
+                action,
+                resource: resource.map(str::to_owned),
+            });
         }
-        let db = self.db_id.as_ref().map_or("*", DbId::as_str);
-        token
-            .meta
-            .scopes
-            .iter()
-            .any(|s| scope_grants(s, db, action, resource))
+        granted
+    }
+
+    /// Records that the route's declared check passed (the authorization middleware; kept for
+    /// a person's requests, whose grants may change while a stream is open).
+    pub(crate) fn record_route(
+        &self,
+        path: &'static str,
+        actions: &'static [Action],
+        resource: ResourceFrom,
+        value: Option<&str>,
+    ) {
+        let _ = self.checks.route.set(path);
+        if self.web.is_none() {
+            return;
+        }
+        self.checks.record(Check::Route {
+            actions,
+            resource,
+            value: value.map(str::to_owned),
+        });
     }
 
     /// `403` unless the caller holds `action` (unprefixed) on this document.

@@ -12,7 +12,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::Action;
-use super::access::{Access, Authorized, ResourceFrom, RouteSpec, scope_grants};
+use super::access::{Access, Authorized, ResourceFrom, RouteSpec, route_grants};
 use super::{AuthFailure, presented_token};
 use crate::error::ApiError;
 use crate::registry::DbId;
@@ -124,6 +124,7 @@ async fn check(
         resource: None,
         web: None,
         session_id: None,
+        checks: Default::default(),
     };
     match spec.access {
         Access::Public => return Ok((req, public)),
@@ -219,17 +220,14 @@ async fn check(
                 ResourceFrom::Path(name) => Some(param(name).unwrap_or_default()),
                 _ => None,
             };
-            let mut granted = is_admin
-                || actions.iter().any(|&action| {
-                    token.meta.scopes.iter().any(|s| match resource {
-                        ResourceFrom::None => scope_grants(s, db_id.as_str(), action, None),
-                        ResourceFrom::Path(_) => {
-                            scope_grants(s, db_id.as_str(), action, resource_value.as_deref())
-                        }
-                        // The handler checks the resource once it has read it.
-                        ResourceFrom::Handler => s.covers(db_id.as_str(), action),
-                    })
-                });
+            // (With `ResourceFrom::Handler` the handler checks the resource once it has read it.)
+            let mut granted = route_grants(
+                &token,
+                db_id.as_str(),
+                actions,
+                resource,
+                resource_value.as_deref(),
+            );
             // A signed-in person creating a new document becomes its owner.
             if !granted
                 && spec.path == crate::identity::OPEN_ROUTE
@@ -288,14 +286,17 @@ async fn check(
         }
         Access::Public | Access::Anonymous => unreachable!("handled above"),
     };
-    Ok((
-        req,
-        Authorized {
-            token: Some(token),
-            db_id,
-            resource,
-            session_id,
-            web,
-        },
-    ))
+    let authorized = Authorized {
+        token: Some(token),
+        db_id,
+        resource,
+        session_id,
+        web,
+        checks: Default::default(),
+    };
+    // What a long-lived stream of a person re-checks when their grants change.
+    if let Access::Db { actions, resource } = spec.access {
+        authorized.record_route(spec.path, actions, resource, authorized.resource.as_deref());
+    }
+    Ok((req, authorized))
 }

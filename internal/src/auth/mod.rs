@@ -42,6 +42,8 @@ pub enum AuthFailure {
     Revoked,
     /// A person's web session ended (signed out, expired, deleted).
     SessionEnded,
+    /// A person's grants on the document changed and no longer allow what the stream does.
+    GrantsChanged,
 }
 
 impl AuthFailure {
@@ -52,6 +54,9 @@ impl AuthFailure {
             AuthFailure::Expired => "the token has expired",
             AuthFailure::Revoked => "the token has been revoked",
             AuthFailure::SessionEnded => "the web session has ended; sign in again",
+            AuthFailure::GrantsChanged => {
+                "the caller's grants on this document changed and no longer allow this stream"
+            }
         }
     }
 
@@ -61,6 +66,7 @@ impl AuthFailure {
         match self {
             AuthFailure::Expired => "token_expired",
             AuthFailure::SessionEnded => "session_ended",
+            AuthFailure::GrantsChanged => "grants_changed",
             _ => "token_revoked",
         }
     }

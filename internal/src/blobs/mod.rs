@@ -1323,6 +1323,7 @@ async fn object(
             resource: None,
             web: None,
             session_id: None,
+            checks: Default::default(),
         };
         auth.resource(Action::BlobRead, &hash)?;
     }

@@ -220,9 +220,9 @@ pub async fn resolve(
     method: &Method,
     headers: &HeaderMap,
 ) -> Result<Option<(Arc<TokenRow>, Arc<WebPrincipal>)>, ApiError> {
-    if session.id().is_none() {
+    let Some(cookie_id) = session.id() else {
         return Ok(None);
-    }
+    };
     // A record that no longer reads (e.g. written by another version) is dropped, not a 500.
     let principal = match session.get::<WebPrincipal>(PRINCIPAL).await {
         Ok(principal) => principal,
@@ -232,8 +232,14 @@ pub async fn resolve(
             None
         }
     };
-    let Some(mut principal) = principal else {
-        return Ok(None);
+    let mut principal = match principal {
+        Some(principal) => principal,
+        // Not (or no longer) stored: maybe rotated a moment ago by a request of the same
+        // browser that overtook this one.
+        None => match adopt_rotated(app, session, cookie_id).await? {
+            Some(principal) => principal,
+            None => return Ok(None),
+        },
     };
     let now = now();
     let absolute = i64::try_from(app.config.session_absolute_secs).unwrap_or(i64::MAX);
@@ -274,6 +280,8 @@ pub async fn resolve(
             &app.owners,
         )),
     };
+    // A session marked after a change of the person's grants gets its new id now.
+    rotate_if_marked(app, session, cookie_id).await?;
     let idle = i64::try_from(app.config.session_idle_secs).unwrap_or(i64::MAX);
     if now - principal.touched_at >= (idle / 4).clamp(0, 60) {
         principal.touched_at = now;
@@ -283,6 +291,69 @@ pub async fn resolve(
             .map_err(store_error)?;
     }
     Ok(Some((token, Arc::new(principal))))
+}
+
+/// A session marked for rotation ([`store::ServiceStore::rotate_subject`], after a change of
+/// the person's grants) gets a new id now: the old row is deleted (its cookie stops working,
+/// save for [`store::ROTATION_GRACE`] for requests already on their way), the response carries
+/// the new cookie, and the CSRF token stays (pages keep working without a reload).
+async fn rotate_if_marked(
+    app: &App,
+    session: &Session,
+    cookie_id: tower_sessions::session::Id,
+) -> Result<(), ApiError> {
+    if !matches!(session.get::<bool>(store::ROTATE).await, Ok(Some(true))) {
+        return Ok(());
+    }
+    app.sessions.begin_rotation(cookie_id);
+    session
+        .remove_value(store::ROTATE)
+        .await
+        .map_err(store_error)?;
+    session.cycle_id().await.map_err(store_error)?;
+    // Saved now, so the new id is known to this request (a stream it opens follows it).
+    session.save().await.map_err(store_error)?;
+    if let Some(new) = session.id() {
+        app.sessions.note_rotation(cookie_id, new);
+    }
+    app.metrics.streams.sessions_rotated.inc();
+    tracing::info!("audit: web session rotated after a change of grants");
+    Ok(())
+}
+
+/// A request whose session id was rotated less than [`store::ROTATION_GRACE`] ago (it left
+/// the browser before the response with the new cookie arrived) continues as a new session of
+/// the same sign-in, with a cookie of its own; otherwise `None`.
+async fn adopt_rotated(
+    app: &App,
+    session: &Session,
+    cookie_id: tower_sessions::session::Id,
+) -> Result<Option<WebPrincipal>, ApiError> {
+    use tower_sessions::SessionStore as _;
+    let Some(successor) = app
+        .sessions
+        .successor_settled(&cookie_id, store::ROTATION_GRACE)
+        .await
+    else {
+        return Ok(None);
+    };
+    let Some(record) = app.sessions.load(&successor).await.map_err(store_error)? else {
+        return Ok(None);
+    };
+    let Some(principal) = record
+        .data
+        .get(PRINCIPAL)
+        .and_then(|v| serde_json::from_value::<WebPrincipal>(v.clone()).ok())
+    else {
+        return Ok(None);
+    };
+    session.clear().await;
+    session
+        .insert(PRINCIPAL, &principal)
+        .await
+        .map_err(store_error)?;
+    session.save().await.map_err(store_error)?;
+    Ok(Some(principal))
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-use rusqlite::params;
+use rusqlite::{OptionalExtension, params};
 use time::OffsetDateTime;
 
 use crate::auth::{Action, Scope, TokenMeta, TokenRow};
@@ -39,10 +39,32 @@ pub async fn upsert(service: &DocHandle, user: SignedIn) -> Result<(), DocError>
 
 /// `db_id` → owner subject, mirrored from `document_owners`; and the grants people hold on
 /// documents they joined by invite (`document_members`), by subject.
-#[derive(Default)]
 pub struct Owners {
     by_db: RwLock<HashMap<String, String>>,
     members: RwLock<HashMap<String, Vec<Scope>>>,
+    /// Announces every change of a member's grants (after the in-memory copy is updated), so
+    /// open streams re-check theirs at once ([`Owners::grant_changes`]).
+    changes: tokio::sync::broadcast::Sender<Arc<GrantChange>>,
+}
+
+impl Default for Owners {
+    fn default() -> Self {
+        Self {
+            by_db: Default::default(),
+            members: Default::default(),
+            changes: tokio::sync::broadcast::channel(GRANT_CHANGES).0,
+        }
+    }
+}
+
+/// Grant changes a lagging listener may fall behind by before it re-checks unconditionally.
+const GRANT_CHANGES: usize = 256;
+
+/// `subject`'s grants on `db_id` changed (joined, changed, or ended).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GrantChange {
+    pub db_id: String,
+    pub subject: String,
 }
 
 /// One member of a document (joined through an invite from a web session).
@@ -53,6 +75,18 @@ pub struct Member {
     pub scopes: Vec<crate::invites::Grant>,
     pub invite_id: Option<String>,
     pub created_at: String,
+}
+
+/// A `document_members` row (`subject, name, scopes, invite_id, created_at`) as a [`Member`].
+fn member_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Member> {
+    let scopes: String = r.get(2)?;
+    Ok(Member {
+        subject: r.get(0)?,
+        name: r.get(1)?,
+        scopes: serde_json::from_str(&scopes).unwrap_or_default(),
+        invite_id: r.get(3)?,
+        created_at: r.get(4)?,
+    })
 }
 
 fn member_scopes(rows: &[(String, String, String)]) -> HashMap<String, Vec<Scope>> {
@@ -79,6 +113,7 @@ impl Owners {
         Ok(Arc::new(Self {
             by_db: RwLock::new(rows.into_iter().collect()),
             members: RwLock::new(members),
+            ..Self::default()
         }))
     }
 
@@ -94,10 +129,28 @@ impl Owners {
         Ok(member_scopes(&rows))
     }
 
-    async fn reload_members(&self, service: &DocHandle) -> Result<(), DocError> {
+    /// Re-reads the members and announces that `subject`'s grants on `db_id` changed.
+    async fn reload_members(
+        &self,
+        service: &DocHandle,
+        db_id: &str,
+        subject: &str,
+    ) -> Result<(), DocError> {
         let members = Self::load_members(service).await?;
         *self.members.write().unwrap_or_else(|p| p.into_inner()) = members;
+        // After the swap: a listener woken by this sees the new grants. No listener: no error.
+        let _ = self.changes.send(Arc::new(GrantChange {
+            db_id: db_id.to_owned(),
+            subject: subject.to_owned(),
+        }));
         Ok(())
+    }
+
+    /// Every later change of a member's grants (`Lagged` when more than 256 came at once: then
+    /// re-check whatever you hold). Long-lived streams of a person select on it
+    /// ([`crate::auth::Authorized::invalidated`]).
+    pub fn grant_changes(&self) -> tokio::sync::broadcast::Receiver<Arc<GrantChange>> {
+        self.changes.subscribe()
     }
 
     /// The grants `subject` holds as a member of other people's documents.
@@ -119,7 +172,7 @@ impl Owners {
         name: Option<&str>,
         grants: &[crate::invites::Grant],
         invite_id: &str,
-    ) -> Result<(), DocError> {
+    ) -> Result<serde_json::Value, DocError> {
         let (db, who, name, invite) = (
             db_id.to_owned(),
             subject.to_owned(),
@@ -127,19 +180,73 @@ impl Owners {
             invite_id.to_owned(),
         );
         let scopes = serde_json::to_string(grants).unwrap_or_else(|_| "[]".into());
-        service
+        // An invite admits a person once: an existing member keeps the grants the owner set
+        // (redeeming a link again must not undo a downgrade made with `PATCH /members`).
+        let (now, added) = service
             .write(move |conn| {
-                conn.execute(
+                let added = conn.execute(
                     "INSERT INTO document_members (db_id, subject, name, scopes, invite_id, created_at)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-                     ON CONFLICT (db_id, subject) DO UPDATE SET name = ?3, scopes = ?4,
-                         invite_id = ?5",
+                     ON CONFLICT (db_id, subject) DO NOTHING",
                     params![db, who, name, scopes, invite, rfc3339(OffsetDateTime::now_utc())],
+                )? == 1;
+                let now: String = conn.query_row(
+                    "SELECT scopes FROM document_members WHERE db_id = ?1 AND subject = ?2",
+                    params![db, who],
+                    |r| r.get(0),
                 )?;
-                Ok(())
+                Ok((now, added))
             })
             .await?;
-        self.reload_members(service).await
+        if added {
+            self.reload_members(service, db_id, subject).await?;
+        }
+        Ok(serde_json::from_str(&now).unwrap_or(serde_json::Value::Null))
+    }
+
+    /// Replaces the grants of `subject`, a member of `db_id`: the member as it is now, with
+    /// whether the grants changed, or `None` when `subject` is not a member there.
+    pub async fn set_member_scopes(
+        &self,
+        service: &DocHandle,
+        db_id: &str,
+        subject: &str,
+        grants: &[crate::invites::Grant],
+    ) -> Result<Option<(Member, bool)>, DocError> {
+        let (db, who) = (db_id.to_owned(), subject.to_owned());
+        let scopes = serde_json::to_string(grants).unwrap_or_else(|_| "[]".into());
+        let updated = service
+            .write(move |conn| {
+                let before: Option<String> = conn
+                    .query_row(
+                        "SELECT scopes FROM document_members WHERE db_id = ?1 AND subject = ?2",
+                        params![db, who],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                let Some(before) = before else {
+                    return Ok(None);
+                };
+                conn.execute(
+                    "UPDATE document_members SET scopes = ?3 WHERE db_id = ?1 AND subject = ?2",
+                    params![db, who, scopes],
+                )?;
+                let member = conn.query_row(
+                    "SELECT subject, name, scopes, invite_id, created_at FROM document_members
+                     WHERE db_id = ?1 AND subject = ?2",
+                    params![db, who],
+                    member_row,
+                )?;
+                let before: Vec<crate::invites::Grant> =
+                    serde_json::from_str(&before).unwrap_or_default();
+                let changed = before != member.scopes;
+                Ok(Some((member, changed)))
+            })
+            .await?;
+        if updated.is_some() {
+            self.reload_members(service, db_id, subject).await?;
+        }
+        Ok(updated)
     }
 
     /// Ends `subject`'s membership of `db_id` (at once: scopes are read per request); whether
@@ -159,7 +266,9 @@ impl Owners {
                 )? > 0)
             })
             .await?;
-        self.reload_members(service).await?;
+        if removed {
+            self.reload_members(service, db_id, subject).await?;
+        }
         Ok(removed)
     }
 
@@ -172,16 +281,7 @@ impl Owners {
                     "SELECT subject, name, scopes, invite_id, created_at FROM document_members
                      WHERE db_id = ?1 ORDER BY created_at, subject",
                 )?;
-                let rows = stmt.query_map([&db], |r| {
-                    let scopes: String = r.get(2)?;
-                    Ok(Member {
-                        subject: r.get(0)?,
-                        name: r.get(1)?,
-                        scopes: serde_json::from_str(&scopes).unwrap_or_default(),
-                        invite_id: r.get(3)?,
-                        created_at: r.get(4)?,
-                    })
-                })?;
+                let rows = stmt.query_map([&db], member_row)?;
                 Ok(rows.collect::<Result<_, _>>()?)
             })
             .await

@@ -15,7 +15,7 @@ pub mod keys;
 
 use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode};
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, patch, post};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use hmac::{Hmac, Mac};
@@ -78,9 +78,7 @@ impl MintBody {
     /// grants, normalised.
     pub(crate) fn check(&self) -> Result<Vec<Grant>, ApiError> {
         let bad = |m: String| ApiError::bad_request("invalid_invite_request", m);
-        if self.scopes.is_empty() || self.scopes.len() > MAX_GRANTS {
-            return Err(bad(format!("scopes must hold 1 to {MAX_GRANTS} grants")));
-        }
+        let grants = check_grants(&self.scopes).map_err(bad)?;
         if !(60..=MAX_TTL_SECS).contains(&self.ttl_secs) {
             return Err(bad(format!("ttl_secs must be 60 to {MAX_TTL_SECS}")));
         }
@@ -94,29 +92,64 @@ impl MintBody {
                 "room must be 1 to 128 characters without control characters".into(),
             ));
         }
-        let grants: Vec<Grant> = self
-            .scopes
-            .iter()
-            .map(|g| match g {
-                GrantIn::Action(action) => Grant {
-                    action: *action,
-                    resource_prefix: None,
-                },
-                GrantIn::Full(g) => g.clone(),
-            })
-            .collect();
-        for g in &grants {
-            if g.action == Action::AdminToken {
-                return Err(bad("an invite cannot grant admin.token".into()));
-            }
-            if g.resource_prefix
-                .as_ref()
-                .is_some_and(|p| p.is_empty() || p.len() > 512)
-            {
-                return Err(bad("resource_prefix must be 1 to 512 bytes".into()));
-            }
-        }
         Ok(grants)
+    }
+}
+
+/// The grants an invite or a member may be given: 1 to 32, never `admin.token`, a
+/// `resource_prefix` of 1 to 512 bytes; normalised to [`Grant`]s.
+fn check_grants(scopes: &[GrantIn]) -> Result<Vec<Grant>, String> {
+    if scopes.is_empty() || scopes.len() > MAX_GRANTS {
+        return Err(format!("scopes must hold 1 to {MAX_GRANTS} grants"));
+    }
+    let grants: Vec<Grant> = scopes
+        .iter()
+        .map(|g| match g {
+            GrantIn::Action(action) => Grant {
+                action: *action,
+                resource_prefix: None,
+            },
+            GrantIn::Full(g) => g.clone(),
+        })
+        .collect();
+    for g in &grants {
+        if g.action == Action::AdminToken {
+            return Err("admin.token cannot be granted by invite or to a member".into());
+        }
+        if g.resource_prefix
+            .as_ref()
+            .is_some_and(|p| p.is_empty() || p.len() > 512)
+        {
+            return Err("resource_prefix must be 1 to 512 bytes".into());
+        }
+    }
+    Ok(grants)
+}
+
+/// `403` unless the caller holds every one of `grants` on this document itself (no one hands
+/// out more than they hold): what `POST /invites` and `PATCH /members/{subject}` both ask.
+fn require_grantable(auth: &Authorized, grants: &[Grant]) -> Result<(), ApiError> {
+    for g in grants {
+        match &g.resource_prefix {
+            None => auth.require(g.action)?,
+            Some(prefix) => auth.resource(g.action, prefix)?,
+        }
+    }
+    Ok(())
+}
+
+/// `PATCH /members/{subject}`: the member's new grants (replacing theirs), as `POST /invites`
+/// takes them.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemberBody {
+    scopes: Vec<GrantIn>,
+}
+
+impl MemberBody {
+    /// The checks `PATCH /members/{subject}` makes before it looks at the caller's own grants.
+    pub(crate) fn check(&self) -> Result<Vec<Grant>, ApiError> {
+        check_grants(&self.scopes).map_err(|m| ApiError::bad_request("invalid_member_request", m))
     }
 }
 
@@ -227,6 +260,12 @@ pub fn routes() -> Vec<Route> {
             MINT,
             delete(remove_member),
         ),
+        Route::new(
+            Method::PATCH,
+            "/api/v1/db/{db_id}/members/{subject}",
+            MINT,
+            patch(update_member),
+        ),
     ];
     // Redemption needs no token (the link is the credential): anonymous, rate limited per IP.
     for path in ["/api/v1/invites/redeem", "/invites/redeem"] {
@@ -249,13 +288,8 @@ async fn mint(
     Json(body): Json<MintBody>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let grants = body.check()?;
-    for g in &grants {
-        // No more than the inviter holds.
-        match &g.resource_prefix {
-            None => auth.require(g.action)?,
-            Some(prefix) => auth.resource(g.action, prefix)?,
-        }
-    }
+    // No more than the inviter holds.
+    require_grantable(&auth, &grants)?;
     let db_id = auth.db()?.to_string();
     let (kid, key) = keys::current(&state).await?;
     let id = crate::auth::token::new_id();
@@ -384,7 +418,7 @@ async fn redeem(
     }
     state.metrics.invites.redeemed.inc();
     if let Some(person) = person {
-        state
+        let scopes = state
             .owners
             .add_member(
                 &state.service,
@@ -401,7 +435,7 @@ async fn redeem(
             "member": person.subject,
             "db_id": db_id.as_str(),
             "room": payload.r,
-            "scopes": payload.s,
+            "scopes": scopes,
         })));
     }
     let ttl = i64::try_from(state.config.invite_token_ttl_secs).unwrap_or(i64::MAX);
@@ -507,6 +541,10 @@ async fn remove_member(
         .owners
         .remove_member(&state.service, &db, &subject)
         .await?;
+    if removed {
+        // Their open sessions get new ids on their next request (privilege change).
+        state.sessions.rotate_subject(&subject).await?;
+    }
     if !removed && subject.len() <= 64 && subject.bytes().all(|b| b.is_ascii_alphanumeric()) {
         let (id, doc) = (subject.clone(), db.clone());
         let minted_here: bool = state
@@ -531,6 +569,33 @@ async fn remove_member(
     } else {
         Err(ApiError::not_found("no such member of this document"))
     }
+}
+
+/// `PATCH /members/{subject} {scopes}`: the member's grants on this document become `scopes`
+/// (each one the caller must hold, as for `POST /invites`), effective from the person's next
+/// request; their open streams that the new grants no longer allow end within a second, and
+/// when the grants changed their web sessions are rotated (a new id on their next request).
+async fn update_member(
+    State(state): State<AppState>,
+    auth: Authorized,
+    Path((_, subject)): Path<(String, String)>,
+    Json(body): Json<MemberBody>,
+) -> Result<Json<Value>, ApiError> {
+    let grants = body.check()?;
+    require_grantable(&auth, &grants)?;
+    let db = auth.db()?.to_string();
+    let Some((member, changed)) = state
+        .owners
+        .set_member_scopes(&state.service, &db, &subject, &grants)
+        .await?
+    else {
+        return Err(ApiError::not_found("no such member of this document"));
+    };
+    if changed {
+        state.sessions.rotate_subject(&subject).await?;
+        tracing::info!(db_id = %db, subject, actor = %auth.actor(), "audit: member grants changed");
+    }
+    Ok(Json(json!({"member": member})))
 }
 
 /// A link signed with the server's current key, with any expiry (tests make expired links).

@@ -407,6 +407,7 @@ fn authorized(token: &Arc<TokenRow>, db: DbId) -> Authorized {
         resource: None,
         web: None,
         session_id: None,
+        checks: Default::default(),
     }
 }
 

@@ -90,6 +90,48 @@ pub struct Metrics {
     pub mqtt: MqttMetrics,
     pub presence: PresenceMetrics,
     pub invites: InviteMetrics,
+    pub streams: StreamMetrics,
+}
+
+/// Long-lived streams of authenticated callers and their ends (`patchwork_streams_*`), and
+/// web sessions rotated on a privilege change.
+pub struct StreamMetrics {
+    /// Open SSE and WebSocket streams (pub/sub, query watches, presence, sync) and byte-relay
+    /// waits of authenticated callers, by route.
+    pub open: Family<RouteLabel, Gauge>,
+    /// Streams ended because their caller stopped being valid, by reason.
+    pub ended: Family<ReasonLabel, Counter>,
+    /// Web sessions given a new id after the person's grants changed.
+    pub sessions_rotated: Counter,
+}
+
+impl StreamMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let m = Self {
+            open: Family::default(),
+            ended: Family::default(),
+            sessions_rotated: Counter::default(),
+        };
+        let sub = registry.sub_registry_with_prefix("streams");
+        sub.register(
+            "open",
+            "Open long-lived requests of authenticated callers (SSE and WebSocket streams: \
+             pub/sub, query watches, presence, sync; byte-relay waits), by route template",
+            m.open.clone(),
+        );
+        sub.register(
+            "ended",
+            "Streams ended because the caller stopped being valid, by reason (token_revoked, \
+             token_expired, session_ended, grants_changed)",
+            m.ended.clone(),
+        );
+        registry.register(
+            "sessions_rotated",
+            "Web sessions given a new id after the person's grants changed",
+            m.sessions_rotated.clone(),
+        );
+        m
+    }
 }
 
 /// Invite links (`patchwork_invites_*`).
@@ -497,10 +539,12 @@ impl Metrics {
         let mqtt = MqttMetrics::register(&mut registry);
         let invites = InviteMetrics::register(&mut registry);
         let presence = PresenceMetrics::register(&mut registry);
+        let streams = StreamMetrics::register(&mut registry);
         Arc::new(Self {
             mqtt,
             invites,
             presence,
+            streams,
             blob_objects,
             blob_bytes,
             blob_uploads,

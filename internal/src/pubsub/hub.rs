@@ -81,6 +81,11 @@ pub struct Subscription {
 impl Subscription {
     fn wanted(&self, m: &Message) -> bool {
         let filters = self.filters.lock().unwrap_or_else(|p| p.into_inner());
+        self.wanted_by(&filters, m)
+    }
+
+    /// [`Self::wanted`] with the filters already locked (once per batch, not per message).
+    fn wanted_by(&self, filters: &[String], m: &Message) -> bool {
         filters.iter().any(|f| topic::matches(f, &m.topic))
             // Double-check per message: a prefixed scope never sees topics outside its prefix.
             && self.auth.resource(Action::PubSubscribe, &m.topic).is_ok()
@@ -146,10 +151,22 @@ impl Subscription {
         let period = self.heartbeat.unwrap_or(Duration::from_secs(3600));
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         let mut last_wake = tokio::time::Instant::now() - COALESCE;
+        // The wanted messages of one wake-up, offered together (reused from wake to wake).
+        let mut batch: Vec<Arc<Message>> = Vec::new();
+        // Made once, not at every wake-up: the client leaving, shutdown (a child token, so the
+        // wait is registered with this subscription's own node rather than with the server's
+        // token that every subscription shares), and the coalescing pause.
+        let closed = out.closed();
+        tokio::pin!(closed);
+        let shutdown = self.shutdown.child_token();
+        let cancelled = shutdown.cancelled();
+        tokio::pin!(cancelled);
+        let pause = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(pause);
         loop {
             let change: Result<ChangeEvent, broadcast::error::RecvError> = tokio::select! {
-                () = out.closed() => return Ok(()),
-                () = self.shutdown.cancelled() => {
+                () = &mut closed => return Ok(()),
+                () = &mut cancelled => {
                     let _ = out.try_send(Delivery::Closed);
                     return Ok(());
                 }
@@ -164,24 +181,30 @@ impl Subscription {
             // Woken again within COALESCE: let the next commits gather (see COALESCE).
             let since = last_wake.elapsed();
             if change.is_ok() && since < COALESCE {
-                tokio::time::sleep(COALESCE - since).await;
+                pause.as_mut().reset(last_wake + COALESCE);
+                (&mut pause).await;
             }
             last_wake = tokio::time::Instant::now();
+            // Take every commit that arrived meanwhile, with the filters locked once.
             let mut change = change;
-            while let Ok(event) = &change {
-                if !self.deliver(event, &mut last, &out).await {
-                    return Ok(());
+            {
+                let filters = self.filters.lock().unwrap_or_else(|p| p.into_inner());
+                while let Ok(event) = &change {
+                    self.collect(event, &mut last, &filters, &mut batch);
+                    change = match events.try_recv() {
+                        Ok(next) => Ok(next),
+                        Err(broadcast::error::TryRecvError::Empty) => break,
+                        Err(broadcast::error::TryRecvError::Lagged(n)) => {
+                            Err(broadcast::error::RecvError::Lagged(n))
+                        }
+                        Err(broadcast::error::TryRecvError::Closed) => {
+                            Err(broadcast::error::RecvError::Closed)
+                        }
+                    };
                 }
-                change = match events.try_recv() {
-                    Ok(next) => Ok(next),
-                    Err(broadcast::error::TryRecvError::Empty) => break,
-                    Err(broadcast::error::TryRecvError::Lagged(n)) => {
-                        Err(broadcast::error::RecvError::Lagged(n))
-                    }
-                    Err(broadcast::error::TryRecvError::Closed) => {
-                        Err(broadcast::error::RecvError::Closed)
-                    }
-                };
+            }
+            if !self.deliver(&mut batch, &out).await {
+                return Ok(());
             }
             match change {
                 Ok(_) => {}
@@ -201,29 +224,54 @@ impl Subscription {
         }
     }
 
-    /// Offers the wanted messages of one commit (those after `last`); false when the subscriber
-    /// is gone or too slow.
-    async fn deliver(
+    /// Adds the wanted messages of one commit (those after `last`) to `batch`.
+    fn collect(
         &self,
         change: &ChangeEvent,
         last: &mut i64,
-        out: &mpsc::Sender<Delivery>,
-    ) -> bool {
+        filters: &[String],
+        batch: &mut Vec<Arc<Message>>,
+    ) {
         for a in change.announcements.iter() {
-            let Ok(m) = Arc::clone(a).downcast::<Message>() else {
+            // Looked at in place: the shared count is only touched for a wanted message.
+            let Some(m) = a.downcast_ref::<Message>() else {
                 continue;
             };
             if m.id <= *last {
                 continue;
             }
             *last = m.id;
-            if self.wanted(&m) {
-                self.metrics
-                    .fanout_lag
-                    .observe((crate::time_fmt::now_ms() - m.created_ms).max(0) as f64 / 1000.0);
-                if !self.offer(out, Delivery::Message(m)).await {
-                    return false;
-                }
+            if self.wanted_by(filters, m)
+                && let Ok(m) = Arc::clone(a).downcast::<Message>()
+            {
+                batch.push(m);
+            }
+        }
+    }
+
+    /// Offers the messages of `batch` in order (emptying it); false when the subscriber is gone
+    /// or too slow.
+    async fn deliver(&self, batch: &mut Vec<Arc<Message>>, out: &mpsc::Sender<Delivery>) -> bool {
+        if batch.is_empty() {
+            return true;
+        }
+        let now = crate::time_fmt::now_ms();
+        for m in batch.iter() {
+            self.metrics
+                .fanout_lag
+                .observe((now - m.created_ms).max(0) as f64 / 1000.0);
+        }
+        // Room for the whole batch: reserved at once, one wake-up of the receiver.
+        if let Ok(permits) = out.try_reserve_many(batch.len()) {
+            for (permit, m) in permits.zip(batch.drain(..)) {
+                permit.send(Delivery::Message(m));
+            }
+            return true;
+        }
+        // Not enough room (or closed): one by one, as far as they fit (see `offer`).
+        for m in batch.drain(..) {
+            if !self.offer(out, Delivery::Message(m)).await {
+                return false;
             }
         }
         true

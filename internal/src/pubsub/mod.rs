@@ -393,6 +393,26 @@ fn delivery_frame(d: &Delivery) -> bytes::Bytes {
     }
 }
 
+/// A body frame holds at most this many queued deliveries.
+const BATCH_DELIVERIES: usize = 64;
+
+/// The frames of `deliveries` (emptied) as one: the shared frame itself when there is one
+/// delivery, their concatenation (in order) otherwise.
+fn batch_frame(deliveries: &mut Vec<Delivery>) -> bytes::Bytes {
+    if deliveries.len() == 1 {
+        return deliveries
+            .pop()
+            .map(|d| delivery_frame(&d))
+            .unwrap_or_default();
+    }
+    let frames: Vec<bytes::Bytes> = deliveries.drain(..).map(|d| delivery_frame(&d)).collect();
+    let mut out = bytes::BytesMut::with_capacity(frames.iter().map(|f| f.len()).sum());
+    for f in &frames {
+        out.extend_from_slice(f);
+    }
+    out.freeze()
+}
+
 /// The last event of an SSE stream whose token stopped being valid: `error` with code
 /// `token_revoked` or `token_expired` (and `watch_id` on a query watch).
 pub fn token_ended_event(reason: crate::auth::AuthFailure, watch_id: Option<u64>) -> Event {
@@ -496,12 +516,14 @@ async fn stream(
             subscription_failed(e, &failed);
         }
     });
-    // The body yields each delivery's shared bytes; the HTTP connection writes every frame that
-    // is ready in one go, and the hub wakes a busy subscriber once per batch (hub::COALESCE).
+    // The hub wakes a busy subscriber once per batch (hub::COALESCE) and queues the batch's
+    // deliveries; the body takes everything queued at once as one frame (one chunk, one write),
+    // so the per-frame work of the HTTP stack is paid once per batch, not once per message.
+    let mut queued = Vec::new();
     let events = futures_util::stream::poll_fn(move |cx| {
         let _connection = &connection;
-        rx.poll_recv(cx)
-            .map(|d| d.map(|d| Ok::<_, Infallible>(delivery_frame(&d))))
+        rx.poll_recv_many(cx, &mut queued, BATCH_DELIVERIES)
+            .map(|n| (n > 0).then(|| Ok::<_, Infallible>(batch_frame(&mut queued))))
     });
     // A revoked or expired token ends the stream with an `error` event (the subscription task
     // then sees its queue closed and stops).
@@ -538,15 +560,45 @@ pub fn subscription_failed(e: DocError, tx: &mpsc::Sender<Delivery>) {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn queued_deliveries_are_sent_as_one_frame_in_order() {
+        // One delivery: its frame as it is.
+        let mut one = vec![Delivery::SlowConsumer];
+        let frame = delivery_frame(&Delivery::SlowConsumer);
+        assert_eq!(batch_frame(&mut one), frame);
+        assert!(one.is_empty());
+        // Several: concatenated in order.
+        let mut many: Vec<Delivery> = (0..5)
+            .map(|i| Delivery::Failed {
+                code: "c",
+                message: format!("m{i}"),
+            })
+            .collect();
+        many.push(Delivery::SlowConsumer);
+        let want: Vec<u8> = many
+            .iter()
+            .flat_map(|d| delivery_frame(d).to_vec())
+            .collect();
+        assert_eq!(batch_frame(&mut many), want);
+        assert!(many.is_empty());
+        let text = String::from_utf8(want).unwrap();
+        let order: Vec<usize> = (0..5)
+            .map(|i| text.find(&format!("m{i}")).unwrap())
+            .collect();
+        assert!(order.windows(2).all(|w| w[0] < w[1]));
+    }
+
     #[test]
     fn sse_events_are_one_data_line_per_line() {
         assert_eq!(
-            super::sse_event("message", Some(5), r#"{"a":1}"#),
+            sse_event("message", Some(5), r#"{"a":1}"#),
             "event: message\nid: 5\ndata: {\"a\":1}\n\n"
         );
         // A line break in data (never in compact JSON) cannot end the event early.
         assert_eq!(
-            super::sse_event("error", None, "a\r\nb"),
+            sse_event("error", None, "a\r\nb"),
             "event: error\ndata: a\ndata: b\n\n"
         );
     }

@@ -39,21 +39,40 @@ pub fn validate_filter(filter: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Whether a (valid) filter matches a (valid) topic.
+/// Whether a (valid) filter matches a (valid) topic. Runs for every message and subscriber
+/// in the fan-out, so it walks the bytes level by level without building anything.
 pub fn matches(filter: &str, topic: &str) -> bool {
     if topic.starts_with('$') && filter.starts_with(['+', '#']) {
         return false;
     }
-    let mut f = filter.split('/');
-    let mut t = topic.split('/');
+    let (f, t) = (filter.as_bytes(), topic.as_bytes());
+    // End of the level starting at `from`.
+    let level_end = |s: &[u8], from: usize| {
+        s[from..]
+            .iter()
+            .position(|&b| b == b'/')
+            .map_or(s.len(), |p| from + p)
+    };
+    let (mut fi, mut ti) = (0, 0);
     loop {
-        match (f.next(), t.next()) {
-            (Some("#"), _) => return true,
-            (Some("+"), Some(_)) => {}
-            (Some(fl), Some(tl)) if fl == tl => {}
-            (None, None) => return true,
-            _ => return false,
+        let fe = level_end(f, fi);
+        let level = &f[fi..fe];
+        if level == b"#" {
+            return true;
         }
+        let te = level_end(t, ti);
+        if level != b"+" && level != &t[ti..te] {
+            return false;
+        }
+        match (fe == f.len(), te == t.len()) {
+            (true, true) => return true,
+            (true, false) => return false,
+            // The topic ended first: only a last `#` matches nothing more (`a/#` matches `a`).
+            (false, true) => return &f[fe + 1..] == b"#",
+            (false, false) => {}
+        }
+        fi = fe + 1;
+        ti = te + 1;
     }
 }
 

@@ -191,6 +191,8 @@ struct Classified {
     reads: ReadSet,
     change: Option<Change>,
     ddl: bool,
+    /// [`Seen::altering`], for the statement's run.
+    altering: Option<String>,
 }
 
 /// A prepared, classified statement.
@@ -432,6 +434,35 @@ struct Seen {
     /// [`enforce`]: Patchwork itself runs the statements and may use savepoints (and the
     /// `defer_foreign_keys` that applying a changeset sets for its own transaction).
     patchwork_savepoints: bool,
+    /// The table an `ALTER TABLE` (classified, and running) alters, lower-cased: SQLite checks
+    /// a column it adds with a CHECK constraint (or to a STRICT table) by running
+    /// `pragma_quick_check('{table}')` itself while the ALTER executes ([`internal_quick_check`]).
+    altering: Option<String>,
+}
+
+/// Whether a PRAGMA prepared while a statement runs is the check SQLite itself makes while an
+/// `ALTER TABLE … ADD COLUMN` executes: `quick_check` of exactly the altered table in `main`,
+/// outside any trigger or view, and only while that classified ALTER runs. (No user SQL can
+/// run inside an ALTER TABLE: CHECK constraints and defaults take no subqueries, and an ALTER
+/// fires no triggers; a user's own `quick_check` is still a maintenance PRAGMA.)
+fn internal_quick_check(seen: &Seen, ctx: &AuthContext<'_>) -> bool {
+    let AuthAction::Pragma {
+        pragma_name,
+        pragma_value: Some(table),
+    } = ctx.action
+    else {
+        return false;
+    };
+    seen.running
+        && pragma_name.eq_ignore_ascii_case("quick_check")
+        && ctx.accessor.is_none()
+        && ctx
+            .database_name
+            .is_none_or(|db| db.eq_ignore_ascii_case("main"))
+        && seen
+            .altering
+            .as_deref()
+            .is_some_and(|altered| altered.eq_ignore_ascii_case(table))
 }
 
 /// User-visible tables that Patchwork itself writes (webhook deliveries, kept blobs).
@@ -451,6 +482,10 @@ fn internal(name: &str) -> bool {
 
 fn observe(seen: &mut Seen, ctx: &AuthContext<'_>) -> Authorization {
     seen.events += 1;
+    // SQLite's own check of a column an ALTER TABLE adds, while that ALTER runs.
+    if internal_quick_check(seen, ctx) {
+        return Authorization::Allow;
+    }
     let mut refuse = |why: String| {
         seen.refused.get_or_insert(why);
         Authorization::Deny
@@ -549,9 +584,15 @@ fn observe(seen: &mut Seen, ctx: &AuthContext<'_>) -> Authorization {
         {
             return refuse(format!("the name {table_name} is reserved for Patchwork"));
         }
-        AuthAction::AlterTable { table_name, .. } => {
+        AuthAction::AlterTable {
+            database_name,
+            table_name,
+        } => {
             if internal(table_name) {
                 return refuse(format!("{table_name} is maintained by Patchwork"));
+            }
+            if !seen.running && database_name.eq_ignore_ascii_case("main") {
+                seen.altering = Some(table_name.to_ascii_lowercase());
             }
             seen.schema = true;
             seen.ddl = true;
@@ -650,6 +691,15 @@ pub fn prepare<'c>(conn: &'c Connection, sql: &str) -> Result<Prepared<'c>, Clas
 
 fn finish_prepare<'c>(stmt: Stmt<'c>, c: Classified, guard: Guard<'c>) -> Prepared<'c> {
     let reprepares = stmt.get_status(StatementStatus::RePrepare);
+    if c.altering.is_some()
+        && let Some(running) = guard
+            .seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_mut()
+    {
+        running.altering = c.altering.clone();
+    }
     Prepared {
         stmt,
         class: c.class,
@@ -720,6 +770,7 @@ fn classify_compiled<'c>(
             reads: seen.reads,
             change: seen.change,
             ddl: seen.ddl,
+            altering: seen.altering,
         },
     ))
 }
@@ -910,5 +961,73 @@ mod tests {
             )
             .unwrap();
         assert_eq!(n, 1);
+    }
+
+    /// Prepares and runs `sql` as the query routes do: what SQLite was refused while it ran.
+    fn run(conn: &Connection, sql: &str) -> Result<Class, String> {
+        let mut prepared = prepare(conn, sql).map_err(|e| e.to_string())?;
+        let class = prepared.class;
+        let ran = {
+            let mut rows = prepared.stmt.raw_query();
+            loop {
+                match rows.next() {
+                    Ok(Some(_)) => {}
+                    Ok(None) => break Ok(()),
+                    Err(e) => break Err(e),
+                }
+            }
+        };
+        let refused = prepared.finish();
+        match (refused, ran) {
+            (Some(why), _) => Err(why),
+            (None, Err(e)) => Err(e.to_string()),
+            (None, Ok(_)) => Ok(class),
+        }
+    }
+
+    /// `ALTER TABLE … ADD COLUMN` with a CHECK constraint (or on a STRICT table) makes SQLite
+    /// run `pragma_quick_check` on that table while the ALTER executes: that internal check is
+    /// allowed; a user's own `quick_check` is classified and refused at run time as before.
+    #[test]
+    fn alter_table_add_column_with_check_runs() {
+        for installed in [false, true] {
+            let conn = Connection::open_in_memory().unwrap();
+            crate::migrations::apply(&conn, crate::migrations::Schema::Document).unwrap();
+            if installed {
+                install(&conn);
+            }
+            conn.execute_batch(
+                "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT);
+                 INSERT INTO t (v) VALUES ('a');
+                 CREATE TABLE s (id INTEGER PRIMARY KEY) STRICT;
+                 INSERT INTO s VALUES (1);",
+            )
+            .unwrap();
+            for sql in [
+                "ALTER TABLE t ADD COLUMN c INTEGER CHECK (c >= 0)",
+                "ALTER TABLE t ADD COLUMN d INTEGER NOT NULL DEFAULT 0 CHECK (d >= 0)",
+                "ALTER TABLE s ADD COLUMN n INTEGER",
+                "ALTER TABLE \"t\" ADD COLUMN \"e f\" TEXT CHECK (length(\"e f\") < 9)",
+            ] {
+                assert_eq!(run(&conn, sql), Ok(Class::Admin), "{sql} ({installed})");
+            }
+            // The CHECK still checks: a default that breaks it is refused by SQLite itself.
+            let e = run(
+                &conn,
+                "ALTER TABLE t ADD COLUMN g INTEGER DEFAULT -1 CHECK (g >= 0)",
+            )
+            .unwrap_err();
+            assert!(e.contains("CHECK constraint failed"), "{e}");
+            // A user's own quick_check is what it was.
+            assert_eq!(run(&conn, "PRAGMA quick_check"), Ok(Class::Admin));
+            assert_eq!(run(&conn, "PRAGMA quick_check(t)"), Ok(Class::Admin));
+            let e = run(&conn, "SELECT * FROM pragma_quick_check('t')").unwrap_err();
+            assert!(e.contains("maintenance PRAGMA"), "{e}");
+            let e = run(&conn, "SELECT * FROM pragma_quick_check").unwrap_err();
+            assert!(e.contains("maintenance PRAGMA"), "{e}");
+            if installed {
+                uninstall();
+            }
+        }
     }
 }

@@ -396,6 +396,13 @@ fn quote(name: &str) -> String {
 fn open(path: &Path) -> anyhow::Result<Connection> {
     let conn = Connection::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     conn.busy_timeout(Duration::from_secs(10))?;
+    // The server's changes already hold what its triggers did: firing the copy's triggers
+    // again would do it twice, and those calling Patchwork's SQL functions
+    // (`patchwork_caller()`) cannot run outside the server at all.
+    conn.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_TRIGGER,
+        false,
+    )?;
     Ok(conn)
 }
 

@@ -35,18 +35,29 @@ export function blinds(l) {
   return `${l.sb.toLocaleString("en")} / ${l.bb.toLocaleString("en")}${l.ante ? ` (${l.ante.toLocaleString("en")})` : ""}`;
 }
 
-/** Players left, entries, rebuys, average stack, prize pool (a buy-in per entry and rebuy), payouts. */
+/**
+ * Players left, entries, rebuys, add-ons, chips in play, average stack, prize pool, payouts,
+ * chip leader. The pool is a buy-in per entry and rebuy plus the add-on cost per add-on; chips in
+ * play a starting stack per entry and rebuy plus the add-on chips per add-on. The average stack
+ * is the mean of the TD's recorded counts when every player still in has one (`counted`), else
+ * chips in play / players left.
+ */
 export function stats(s) {
   const t = s.tournament || {};
   const players = s.players || [];
-  const alive = players.filter((p) => p.status !== "busted").length;
+  const alive = players.filter((p) => p.status !== "busted");
   const entries = players.length;
   const rebuys = players.reduce((n, p) => n + (p.rebuys || 0), 0);
-  const chips = (entries + rebuys) * (t.starting_stack || 0);
-  const pool = (entries + rebuys) * (t.buy_in || 0);
+  const addons = players.reduce((n, p) => n + (p.addons || 0), 0);
+  const chips = (entries + rebuys) * (t.starting_stack || 0) + addons * (t.addon_chips || 0);
+  const pool = (entries + rebuys) * (t.buy_in || 0) + addons * (t.addon_cost || 0);
   const pcts = t.payouts || [];
-  const payouts = pcts.map((pct, i) => ({ place: i + 1, amount: Math.floor((pool * pct) / 100) }));
-  return { alive, entries, rebuys, avg: alive ? Math.round(chips / alive) : 0, pool, payouts };
+  const payouts = pcts.map((pct, i) => ({ place: i + 1, pct, amount: Math.floor((pool * pct) / 100) }));
+  const counts = alive.filter((p) => p.chips !== null && p.chips !== undefined);
+  const counted = alive.length > 0 && counts.length === alive.length;
+  const avg = !alive.length ? 0 : Math.round(counted ? counts.reduce((n, p) => n + p.chips, 0) / alive.length : chips / alive.length);
+  const leader = counts.slice().sort((a, b) => b.chips - a.chips || a.id - b.id)[0] || null;
+  return { alive: alive.length, entries, rebuys, addons, chips, avg, counted, pool, payouts, leader };
 }
 
 /** Open seats of the open tables, as [table_no, seat] pairs. */
@@ -112,14 +123,91 @@ export function breakTable(s, tableNo) {
   return { table: tableNo, moves };
 }
 
+/** The level record the clock is at, at server time `now` (null without a structure). */
+export function levelNow(s, now) {
+  const c = clockAt(s.clock, s.levels, now);
+  return c ? c.level.level : null;
+}
+
 /**
- * Whether player `p` may rebuy at server time `now`: busted, and the clock at or before the
- * tournament's `rebuy_until_level` (the schema's trigger checks the same).
+ * Whether player `p` may rebuy at server time `now`: busted, or still in with a recorded stack at
+ * or below the starting stack; and the clock at or before `rebuy_until_level` (the schema's
+ * trigger checks the same).
  */
 export function canRebuy(s, p, now) {
-  if (!p || p.status !== "busted") return false;
+  if (!p) return false;
+  const t = s.tournament || {};
+  const inPlay = p.status !== "busted";
+  if (inPlay && (p.chips === null || p.chips === undefined || p.chips > t.starting_stack)) return false;
+  const lv = levelNow(s, now);
+  return lv !== null && lv <= (t.rebuy_until_level || 0);
+}
+
+/**
+ * Whether player `p` may take an add-on at `now`: still in, none yet, add-ons offered, and the
+ * clock at a break or at/after the last rebuy level, at or before `addon_until_level`.
+ */
+export function canAddon(s, p, now) {
+  const t = s.tournament || {};
+  if (!p || p.status === "busted" || p.addons || !t.addon_chips) return false;
   const c = clockAt(s.clock, s.levels, now);
-  return !!c && c.level.level <= ((s.tournament && s.tournament.rebuy_until_level) || 0);
+  if (!c) return false;
+  const lv = c.level.level;
+  return lv <= t.addon_until_level && (lv >= t.rebuy_until_level || !!c.level.is_break);
+}
+
+/** Whether registration is open at `now`: no limit, or the clock at or before the last late-registration level. */
+export function canRegister(s, now) {
+  const t = s.tournament || {};
+  if (t.late_reg_until_level === null || t.late_reg_until_level === undefined) return true;
+  const lv = levelNow(s, now);
+  return lv === null || lv <= t.late_reg_until_level;
+}
+
+/** Where an undone bust sits again: the seat they left if its table is open and it is free, else a balanced seat. */
+export function undoSeat(s, p) {
+  const table = (s.tables || []).find((t) => t.table_no === p.busted_table && t.open);
+  const taken = (s.players || []).some((q) => q.status === "seated" && q.table_no === p.busted_table && q.seat === p.busted_seat);
+  if (table && p.busted_seat && !taken) return [p.busted_table, p.busted_seat];
+  return rebuySeat(s);
+}
+
+/**
+ * The structure after an edit (what the console sends, and what the schema's triggers allow:
+ * only levels after `current` change). `op`: `edit` (level `n` gets `l`), `insert` (`l` becomes
+ * level `n`, later ones renumbered up), `remove` (level `n` goes, later ones renumbered down).
+ * Returns `{levels, shift(n)}` or `{error}`; `shift` moves a period's level number likewise.
+ */
+export function editLevels(levels, current, op, n, l) {
+  if (n <= current) return { error: `level ${n} has been played` };
+  const out = levels.map((x) => ({ ...x }));
+  if (op === "edit") {
+    const i = out.findIndex((x) => x.level === n);
+    if (i < 0) return { error: `no level ${n}` };
+    out[i] = { ...l, level: n };
+    return { levels: out, shift: (k) => k };
+  }
+  if (op === "insert") {
+    if (n > out.length + 1) return { error: `no level ${n - 1}` };
+    for (const x of out) if (x.level >= n) x.level += 1;
+    out.push({ ...l, level: n });
+    out.sort((a, b) => a.level - b.level);
+    return { levels: out, shift: (k) => (k !== null && k >= n ? k + 1 : k) };
+  }
+  if (op === "remove") {
+    if (out.length <= 1 || !out.some((x) => x.level === n)) return { error: `no level ${n} to remove` };
+    return { levels: out.filter((x) => x.level !== n).map((x) => (x.level > n ? { ...x, level: x.level - 1 } : x)), shift: (k) => (k !== null && k >= n ? k - 1 : k) };
+  }
+  return { error: `unknown edit ${op}` };
+}
+
+/** Payout percentages from text ("50, 30, 20"): positive, summing to 100; or `{error}`. */
+export function parsePayouts(text) {
+  const pcts = String(text).split(/[\s,;]+/).filter(Boolean).map(Number);
+  if (!pcts.length || pcts.some((x) => !Number.isFinite(x) || x <= 0)) return { error: "payouts are positive percentages" };
+  const sum = pcts.reduce((a, b) => a + b, 0);
+  if (Math.abs(sum - 100) > 0.0001) return { error: `payouts sum to ${Math.round(sum * 1000) / 1000}, not 100` };
+  return { payouts: pcts };
 }
 
 /** Where a rebuying player sits: the lowest free seat at the shortest open table, or null. */
@@ -165,10 +253,19 @@ export function replay(audit) {
   const st = { tournament: null, levels: [], clock: null, tables: [], players: [] };
   const player = (id) => st.players.find((p) => p.id === id);
   const seat = ([id, t, s]) => Object.assign(player(id), { status: "seated", table_no: t, seat: s });
+  // A busted player back in play: the players busted after them move up a place (the schema's
+  // triggers do the same).
+  const unbust = (p) => { for (const q of st.players) if (q.status === "busted" && q.place < p.place) q.place += 1; };
+  const back = (a) => ({ status: a.table === null || a.table === undefined ? "registered" : "seated", table_no: a.table ?? null, seat: a.seat ?? null, place: null, busted_at_ms: null, busted_table: null, busted_seat: null });
+  const PERIODS = ["rebuy_until_level", "late_reg_until_level", "addon_until_level"];
   for (const { action, args: a } of audit) {
     switch (action) {
       case "create":
-        st.tournament = { slug: a.slug, name: a.name, buy_in: a.buy_in, rebuy_until_level: a.rebuy_until_level ?? 0, starting_stack: a.starting_stack, seats_per_table: a.seats_per_table, payouts: a.payouts };
+        st.tournament = {
+          slug: a.slug, name: a.name, buy_in: a.buy_in, rebuy_until_level: a.rebuy_until_level ?? 0, starting_stack: a.starting_stack,
+          seats_per_table: a.seats_per_table, payouts: a.payouts, late_reg_until_level: a.late_reg_until_level ?? null,
+          addon_chips: a.addon_chips ?? 0, addon_cost: a.addon_cost ?? 0, addon_until_level: a.addon_until_level ?? 0,
+        };
         st.levels = a.levels.map((l) => ({ ...l }));
         st.clock = { level: a.levels[0].level, running: 0, started_at_ms: null, remaining_ms: a.levels[0].duration_ms };
         break;
@@ -176,11 +273,14 @@ export function replay(audit) {
         st.clock = { level: a.level, running: a.running, started_at_ms: a.started_at_ms, remaining_ms: a.remaining_ms };
         break;
       case "add_player":
-        st.players.push({ id: a.id, name: a.name, status: "registered", table_no: null, seat: null, place: null, busted_at_ms: null, rebuys: 0 });
+        st.players.push({ id: a.id, name: a.name, status: "registered", table_no: null, seat: null, place: null, busted_at_ms: null, rebuys: 0, addons: 0, chips: null, undos: 0, busted_table: null, busted_seat: null });
+        if (a.table !== null && a.table !== undefined) seat([a.id, a.table, a.seat]);
         break;
-      case "bust":
-        Object.assign(player(a.player), { status: "busted", table_no: null, seat: null, place: a.place, busted_at_ms: a.at_ms });
+      case "bust": {
+        const p = player(a.player);
+        Object.assign(p, { status: "busted", table_no: null, seat: null, place: a.place, busted_at_ms: a.at_ms, chips: null, busted_table: a.table ?? null, busted_seat: a.seat ?? null });
         break;
+      }
       case "seat_draw":
         for (const p of st.players) if (p.status === "seated") Object.assign(p, { status: "registered", table_no: null, seat: null });
         st.tables = a.tables.map((t) => ({ table_no: t.table_no, seats: t.seats, open: 1 }));
@@ -194,12 +294,30 @@ export function replay(audit) {
         seat([a.player, a.table, a.seat]);
         break;
       case "rebuy": {
-        // The players busted after this one move up a place (the schema's trigger does the same).
         const p = player(a.player);
-        for (const q of st.players) if (q.status === "busted" && q.place < p.place) q.place += 1;
-        Object.assign(p, { status: a.table === null ? "registered" : "seated", table_no: a.table, seat: a.seat, place: null, busted_at_ms: null, rebuys: a.rebuys });
+        if (p.status === "busted") { unbust(p); Object.assign(p, back(a)); }
+        Object.assign(p, { rebuys: a.rebuys, chips: a.chips ?? null });
         break;
       }
+      case "undo_bust": {
+        const p = player(a.player);
+        unbust(p);
+        Object.assign(p, back(a), { undos: a.undos });
+        break;
+      }
+      case "addon":
+        Object.assign(player(a.player), { addons: a.addons, chips: a.chips });
+        break;
+      case "chips":
+        player(a.player).chips = a.chips;
+        break;
+      case "settings":
+        Object.assign(st.tournament, a);
+        break;
+      case "structure":
+        st.levels = a.levels.map((l) => ({ ...l }));
+        for (const k of PERIODS) st.tournament[k] = a[k];
+        break;
       default:
         throw new Error(`unknown audit action ${action}`);
     }

@@ -3,6 +3,7 @@
 // One document per room (db_id `hearth-{slug}`); see schema.js for the rules it enforces.
 
 import { api, sql, objects, stream, ApiError } from "../shared/api.js";
+import { h, toast, initials } from "../shared/dom.js";
 import { MIGRATIONS, EXPIRY, guestScopes } from "./schema.js";
 import { solve } from "/apps/shared/pow.js";
 
@@ -13,33 +14,8 @@ const whoami = document.getElementById("whoami");
 let me = null; // the owner's session: {subject, name, csrf_token} or null
 let cleanup = []; // stoppers of the current view's streams and timers
 
-// ---------- small DOM helpers (text only: no HTML from data) ----------
-function h(tag, attrs = {}, ...kids) {
-  const el = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs)) {
-    if (v === undefined || v === null || v === false) continue;
-    if (k.startsWith("on")) el.addEventListener(k.slice(2), v);
-    else if (k === "class") el.className = v;
-    else el.setAttribute(k, v === true ? "" : v);
-  }
-  for (const kid of kids.flat()) {
-    if (kid === null || kid === undefined || kid === false) continue;
-    el.append(kid instanceof Node ? kid : document.createTextNode(String(kid)));
-  }
-  return el;
-}
+// ---------- DOM helpers (h, toast, initials: ../shared/dom.js) ----------
 function mount(...kids) { view.replaceChildren(...kids); }
-function toast(text, bad = false) {
-  const t = document.getElementById("toast");
-  t.textContent = text;
-  t.className = bad ? "toast bad" : "toast";
-  t.hidden = false;
-  clearTimeout(toast.timer);
-  toast.timer = setTimeout(() => { t.hidden = true; }, 3200);
-}
-function initials(name) {
-  return (name || "?").split(/\s+/).filter(Boolean).slice(0, 2).map((w) => w[0].toUpperCase()).join("") || "?";
-}
 function hue(s) { let x = 0; for (const c of s || "") x = (x * 31 + c.charCodeAt(0)) >>> 0; return x % 360; }
 function avatar(name, id) {
   const a = h("span", { class: "avatar", "aria-hidden": "true" }, initials(name));

@@ -496,9 +496,32 @@ pub fn describe(method: &Method, path: &str) -> Option<Doc> {
         .ok(200, "The members.", json::<MemberList>()),
         ("DELETE", "/api/v1/db/{db_id}/members/{subject}") => Doc::new(
             "Remove a member",
-            "The person's grants on this document end at once (their open sessions included).",
+            "The person's grants on this document end at once: their next request is refused, \
+             their web sessions get a new id on their next request, and their open streams on \
+             this document end within a second (`grants_changed`). A guest token redeemed from \
+             this document's invites (its id as `subject`) is revoked instead.",
         )
         .status(204, "Removed.")
+        .status(404, "`not_found`: no such member."),
+        ("PATCH", "/api/v1/db/{db_id}/members/{subject}") => Doc::new(
+            "Change a member's grants",
+            "The member's grants on this document become `scopes` (each an action the caller \
+             holds, never `admin.token`, as for invites), from the person's next request on. \
+             Their open streams on this document that the new grants no longer allow end within \
+             a second (`grants_changed`); when the grants changed, their web sessions get a new \
+             id on their next request (the CSRF token stays).",
+        )
+        .body(json::<MemberBody>())
+        .ok(200, "The member as now.", json::<MemberUpdated>())
+        .status(
+            400,
+            "`invalid_member_request`: no or too many scopes, `admin.token`, a bad \
+             `resource_prefix`.",
+        )
+        .status(
+            403,
+            "The caller lacks `admin.token`, or an action it would grant.",
+        )
         .status(404, "`not_found`: no such member."),
         ("POST", "/api/v1/invites/redeem" | "/invites/redeem") => Doc::new(
             "Redeem an invite",

@@ -843,6 +843,19 @@ pub struct MemberList {
 
 #[derive(ToSchema)]
 #[serde(deny_unknown_fields)]
+pub struct MemberBody {
+    /// 1 to 32 grants (a string or `{action, resource_prefix}`), replacing the member's.
+    #[schema(min_items = 1, max_items = 32)]
+    scopes: Vec<InviteGrant>,
+}
+
+#[derive(ToSchema)]
+pub struct MemberUpdated {
+    member: MemberInfo,
+}
+
+#[derive(ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct RedeemBody {
     /// The link token.
     #[schema(min_length = 1)]
