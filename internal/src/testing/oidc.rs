@@ -37,6 +37,17 @@ pub struct Provider {
     pub client_secret: String,
 }
 
+impl Provider {
+    /// Points a server's config at this provider (public URL `base`, issuer, client id and
+    /// secret): what every test server that signs people in needs.
+    pub fn configure(&self, c: &mut crate::config::Config, base: &str) {
+        c.public_url = Some(base.to_owned());
+        c.oidc_issuer = Some(self.issuer.clone());
+        c.oidc_client_id = Some(self.client_id.clone());
+        c.oidc_client_secret = Some(crate::config::Secret::new(self.client_secret.clone()));
+    }
+}
+
 /// The client secret of both clients (`client_secret_basic`).
 const CLIENT_SECRET: &str = "patchwork-test-secret";
 const CLIENT_ID: &str = "patchwork";

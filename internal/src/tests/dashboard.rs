@@ -20,16 +20,8 @@ use crate::testing::oidc;
 /// `groups` claim holds `patchwork-admins`). Token login is off.
 async fn oidc_server() -> TestServer {
     let op = oidc::provider().await;
-    let (issuer, client_id, secret) = (
-        op.issuer.clone(),
-        op.client_id.clone(),
-        op.client_secret.clone(),
-    );
     TestServer::start_at(move |c, base| {
-        c.public_url = Some(base.to_owned());
-        c.oidc_issuer = Some(issuer);
-        c.oidc_client_id = Some(client_id);
-        c.oidc_client_secret = Some(crate::config::Secret::new(secret));
+        op.configure(c, base);
         c.oidc_scopes = vec!["email".into(), "profile".into(), "groups".into()];
         c.oidc_admin_claim = Some("groups=patchwork-admins".into());
     })

@@ -38,16 +38,8 @@ const WALL_TABS: usize = 25;
 
 async fn felt_server() -> TestServer {
     let op = oidc::provider().await;
-    let (issuer, client_id, secret) = (
-        op.issuer.clone(),
-        op.client_id.clone(),
-        op.client_secret.clone(),
-    );
     TestServer::start_at(move |c, base| {
-        c.public_url = Some(base.to_owned());
-        c.oidc_issuer = Some(issuer);
-        c.oidc_client_id = Some(client_id);
-        c.oidc_client_secret = Some(crate::config::Secret::new(secret));
+        op.configure(c, base);
     })
     .await
 }

@@ -22,16 +22,8 @@ const SECRET_TEXT: &str = "the password is marshmallow-42";
 
 async fn hearth_server() -> TestServer {
     let op = oidc::provider().await;
-    let (issuer, client_id, secret) = (
-        op.issuer.clone(),
-        op.client_id.clone(),
-        op.client_secret.clone(),
-    );
     TestServer::start_at(move |c, base| {
-        c.public_url = Some(base.to_owned());
-        c.oidc_issuer = Some(issuer);
-        c.oidc_client_id = Some(client_id);
-        c.oidc_client_secret = Some(crate::config::Secret::new(secret));
+        op.configure(c, base);
         c.pow_difficulty = 12;
         c.retention_sweep_seconds = 1;
         c.livekit_api_key = Some(LK_KEY.into());

@@ -16,16 +16,8 @@ use crate::testing::oidc::{self, Provider};
 use crate::testing::{SseReader, TestServer};
 
 async fn server_for(op: &Provider) -> TestServer {
-    let (issuer, id, secret) = (
-        op.issuer.clone(),
-        op.client_id.clone(),
-        op.client_secret.clone(),
-    );
     TestServer::start_at(move |c, base| {
-        c.public_url = Some(base.to_owned());
-        c.oidc_issuer = Some(issuer);
-        c.oidc_client_id = Some(id);
-        c.oidc_client_secret = Some(crate::config::Secret::new(secret));
+        op.configure(c, base);
         c.oidc_scopes = vec!["email".into(), "profile".into()];
     })
     .await
