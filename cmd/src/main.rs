@@ -585,10 +585,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         println!("Bootstrap admin token (shown once, store it now):");
         println!("{token}");
     }
-    let addr = listener.local_addr()?;
+    let listeners = patchwork::Listeners::bind(&opened.state, listener).await?;
+    let addr = listeners.http_addr()?;
     println!("listening on http://{addr}");
     tracing::info!(%addr, "listening");
-    patchwork::serve(opened.state, listener, shutdown).await
+    patchwork::serve(opened.state, listeners, shutdown).await
 }
 
 fn parse_scope(text: &str) -> anyhow::Result<Scope> {

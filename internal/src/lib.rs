@@ -60,5 +60,5 @@ mod testing;
 mod tests;
 
 pub use config::Config;
-pub use server::serve;
+pub use server::{Listeners, serve};
 pub use state::{App, AppState, Opened};

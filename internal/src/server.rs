@@ -11,12 +11,31 @@ use tokio::net::TcpListener;
 
 use crate::state::AppState;
 
-/// Serves HTTP on `listener` until `shutdown` resolves, then: stop accepting, let in-flight
+/// Every listener the service accepts on. All are bound before the service says it is
+/// listening, so a client that waits for that line never meets a refused MQTT connection.
+pub struct Listeners {
+    http: TcpListener,
+    mqtt: Option<(TcpListener, Option<crate::mqtt::Tls>)>,
+}
+
+impl Listeners {
+    /// Takes the bound HTTP listener and binds MQTT when `mqtt_listen` is configured.
+    pub async fn bind(state: &AppState, http: TcpListener) -> anyhow::Result<Self> {
+        let mqtt = crate::mqtt::bind(state).await?;
+        Ok(Self { http, mqtt })
+    }
+
+    pub fn http_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.http.local_addr()
+    }
+}
+
+/// Serves HTTP on `listeners` until `shutdown` resolves, then: stop accepting, let in-flight
 /// requests finish (bounded by `shutdown_grace_secs`), end streams, drain and close every
 /// document actor (checkpointing its WAL), close `service.db`.
 pub async fn serve(
     state: AppState,
-    listener: TcpListener,
+    listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let grace = Duration::from_secs(state.config.shutdown_grace_secs);
@@ -41,8 +60,8 @@ pub async fn serve(
     ));
     // MQTT (when configured) ends with the HTTP server: it is waited for before the documents
     // and `service.db` close, so its sessions are saved.
-    let mqtt = crate::mqtt::bind(&state)
-        .await?
+    let Listeners { http, mqtt } = listeners;
+    let mqtt = mqtt
         .map(|(listener, tls)| tokio::spawn(crate::mqtt::run(state.clone(), listener, tls, grace)));
     let router = crate::router::build(state.clone());
     let stop = state.shutdown.clone();
@@ -56,7 +75,7 @@ pub async fn serve(
     };
     tracing::debug!(?settings, "HTTP connection settings");
     let server = conn::run(
-        listener,
+        http,
         router,
         settings,
         state.metrics.clone(),

@@ -154,9 +154,12 @@ impl TestServer {
         let addr = listener.local_addr().expect("addr");
         let stop = CancellationToken::new();
         let state = opened.state.clone();
+        let listeners = crate::server::Listeners::bind(&state, listener)
+            .await
+            .expect("listeners bind");
         let join = tokio::spawn(serve(
             opened.state,
-            listener,
+            listeners,
             stop.clone().cancelled_owned(),
         ));
         Self {
