@@ -108,6 +108,18 @@ fn delays(acts: &[(i64, f64)], seen: &[(i64, f64)], out: &mut Vec<f64>) {
     }
 }
 
+/// Lowers `first[i]` to the delay until `seen` holds action `i`'s state, if sooner.
+fn first_arrival(acts: &[(i64, f64)], seen: &[(i64, f64)], first: &mut [f64]) {
+    let mut one = Vec::new();
+    for (i, act) in acts.iter().enumerate() {
+        one.clear();
+        delays(std::slice::from_ref(act), seen, &mut one);
+        if let Some(d) = one.first() {
+            first[i] = first[i].min(*d);
+        }
+    }
+}
+
 /// A page's `felt.shown` (audit seq → when it first reached the DOM) or `felt.recv` (→ when
 /// its state arrived, before parsing and rendering) as pairs.
 async fn page_times(b: &Browser, which: &str) -> Vec<(i64, f64)> {
@@ -207,6 +219,26 @@ fn chromium_processes() -> Vec<(u32, u64, u64)> {
         out.push((pid, field("Rss:"), field("Pss:")));
     }
     out
+}
+
+/// CPU time (ms) the threads of the processes `pids` have run so far (the scheduler's own
+/// nanosecond account, `/proc/PID/task/TID/schedstat`; threads that ended are not counted).
+fn cpu_ms(pids: &[u32]) -> f64 {
+    let mut ns: u64 = 0;
+    for pid in pids {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            continue;
+        };
+        for t in tasks.flatten() {
+            let stat = std::fs::read_to_string(t.path().join("schedstat")).unwrap_or_default();
+            ns += stat
+                .split_whitespace()
+                .next()
+                .and_then(|x| x.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    ns as f64 / 1e6
 }
 
 /// The wall: `WALL_BROWSERS` Chromium processes with `WALL_TABS` big-screen tabs each, all
@@ -408,6 +440,8 @@ async fn felt_director_and_screens_end_to_end() {
 
     // Actions from here on are measured (every screen is connected).
     let measured_after = actions(&td).await.len();
+    let wall_pids: Vec<u32> = procs.iter().map(|p| p.0).collect();
+    let (wall_cpu_start, measuring) = (cpu_ms(&wall_pids), Instant::now());
 
     // Ten players, a seat draw (10 on 4-seat tables: 3 tables).
     for name in [
@@ -725,6 +759,9 @@ async fn felt_director_and_screens_end_to_end() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::CONFLICT);
 
+    // The wall's CPU over the measured part, a page and an action at a time (ticks included).
+    let wall_cpu = cpu_ms(&wall_pids) - wall_cpu_start;
+    let measured_secs = measuring.elapsed().as_secs_f64();
     // Latency: each TD click to each page's DOM (53 screens: the wall, two clocks, a phone).
     let acts: Vec<(i64, f64)> = actions(&td)
         .await
@@ -738,19 +775,26 @@ async fn felt_director_and_screens_end_to_end() {
         .skip(measured_after)
         .map(|a| (a["seq"].as_i64().unwrap(), a["ack"].as_f64().unwrap()))
         .collect();
+    // Per action, the earliest arrival on any screen: what the server and one browser take,
+    // without the queue of fifty renderers behind it.
+    let mut first = vec![f64::INFINITY; acts.len()];
     let (mut wall_ms, mut screen_ms, mut recv_ms, mut ack_ms) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for (b, tabs) in &wall.browsers {
         for t in tabs {
             b.client.switch_to_window(t.clone()).await.unwrap();
             delays(&acts, &page_times(b, "shown").await, &mut wall_ms);
-            delays(&acts, &page_times(b, "recv").await, &mut recv_ms);
+            let recv = page_times(b, "recv").await;
+            delays(&acts, &recv, &mut recv_ms);
+            first_arrival(&acts, &recv, &mut first);
             delays(&acks, &page_times(b, "recv").await, &mut ack_ms);
         }
     }
     for s in &screens {
         delays(&acts, &page_times(s, "shown").await, &mut screen_ms);
-        delays(&acts, &page_times(s, "recv").await, &mut recv_ms);
+        let recv = page_times(s, "recv").await;
+        delays(&acts, &recv, &mut recv_ms);
+        first_arrival(&acts, &recv, &mut first);
         delays(&acks, &page_times(s, "recv").await, &mut ack_ms);
     }
     let mut all: Vec<f64> = wall_ms.iter().chain(&screen_ms).copied().collect();
@@ -774,9 +818,11 @@ async fn felt_director_and_screens_end_to_end() {
     let report = format!(
         "felt latency over {} TD actions, click -> DOM: all {} screens p50 {:.1} ms p99 {:.1} ms \
          max {:.1} ms (n={}); the {n_wall}-page wall p50 {:.1} ms p99 {:.1} ms (n={}). \
-         Click -> state arrived in the page p50 {:.1} ms p99 {:.1} ms; the TD's ack -> arrived \
+         Click -> state arrived in the page p50 {:.1} ms p99 {:.1} ms (on the first screen p50 \
+         {:.1} ms p99 {:.1} ms); the TD's ack -> arrived \
          p50 {:.1} ms p99 {:.1} ms; the batch's request -> first byte of its answer (the commit) \
-         p50 {:.1} ms p99 {:.1} ms",
+         p50 {:.1} ms p99 {:.1} ms. The wall's Chromium used {:.0} ms CPU in {:.1} s \
+         ({:.2} cores; {:.2} ms a page and action)",
         acts.len(),
         n_wall + screens.len(),
         percentile(&mut all, 50.0),
@@ -788,19 +834,26 @@ async fn felt_director_and_screens_end_to_end() {
         wall_ms.len(),
         percentile(&mut recv_ms, 50.0),
         percentile(&mut recv_ms, 99.0),
+        percentile(&mut first, 50.0),
+        percentile(&mut first, 99.0),
         percentile(&mut ack_ms, 50.0),
         percentile(&mut ack_ms, 99.0),
         percentile(&mut commit_ms, 50.0),
         percentile(&mut commit_ms, 99.0),
+        wall_cpu,
+        measured_secs,
+        wall_cpu / 1000.0 / measured_secs,
+        wall_cpu / n_wall as f64 / acts.len().max(1) as f64,
     );
     eprintln!("{report}\n{memory}");
     assert!(
         all.len() >= acts.len() * (n_wall + screens.len()) * 9 / 10,
         "{report}"
     );
-    // A debug build with 14 Chromium processes on two shared cores: a bound with headroom; the
-    // printed figures are what the issue's 100 ms is judged by.
-    assert!(percentile(&mut all, 99.0) < 1000.0, "{report}");
+    // The issue's figure (p99 ≤ 100 ms) holds on a quiet machine (80-93 ms here); under CI's
+    // parallel tests the same run reads 150-300 ms, so the bound catches a regression of the
+    // kind that costs every screen time on every update, not the machine's load.
+    assert!(percentile(&mut all, 99.0) < 500.0, "{report}");
     wall.close().await;
 
     // A screen that reconnects (navigates away, its watch stopped, then back) gets the current

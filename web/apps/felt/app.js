@@ -52,6 +52,8 @@ async function loadMe() {
 
 // ---------- live state: one SQL watch on the whole tournament ----------
 const lastKey = (db) => `felt.last.${db}`;
+/** How long after the last update a screen writes its cached state. */
+const CACHE_WRITE_MS = 1000;
 
 /**
  * Watches the tournament; `render(state)` on every change, server time offset kept too. The
@@ -60,6 +62,11 @@ const lastKey = (db) => `felt.last.${db}`;
  * network (its shell from the service worker) still shows the clock ticking from the last state
  * while it reconnects. `kick()` reconnects at once (the network or Patchwork is back) instead of
  * waiting out the stream's back-off.
+ *
+ * What a screen does per update is kept small, because fifty of them share a machine's cores in
+ * the same few milliseconds: the badge is touched only when it changes, and the cached state is
+ * written a moment after the updates stop (and when the page is hidden or left) instead of on
+ * every update: a `localStorage` write was a third of a screen's CPU per update.
  */
 function watchState(db, render, { cache = false } = {}) {
   let offset = 0;
@@ -67,11 +74,25 @@ function watchState(db, render, { cache = false } = {}) {
   const badge = (k, why) => {
     probe.conn = k;
     const el = document.getElementById("conn");
-    if (!el) return;
+    if (!el || (el.dataset.conn === k && el.title === (why || ""))) return;
     el.dataset.conn = k;
     el.textContent = k === "live" ? "● Live" : "Reconnecting…";
     el.title = why || "";
   };
+  let unsaved = null;
+  let saveTimer = null;
+  const save = () => {
+    clearTimeout(saveTimer);
+    if (!unsaved) return;
+    try { localStorage.setItem(lastKey(db), JSON.stringify(unsaved)); } catch { /* full or disabled */ }
+    unsaved = null;
+  };
+  const saveSoon = (text) => {
+    unsaved = { text, offset };
+    clearTimeout(saveTimer);
+    saveTimer = setTimeout(save, CACHE_WRITE_MS);
+  };
+  const saveIfHidden = () => { if (document.visibilityState === "hidden") save(); };
   const show = (text, cached) => {
     const state = JSON.parse(text);
     if (!cached) offset = state.now_ms - Date.now();
@@ -101,7 +122,7 @@ function watchState(db, render, { cache = false } = {}) {
       if (!(seq in probe.recv)) probe.recv[seq] = at;
       live = true;
       badge("live");
-      if (cache) try { localStorage.setItem(lastKey(db), JSON.stringify({ text, offset })); } catch { /* full or disabled */ }
+      if (cache) saveSoon(text);
     },
     onDown(e) { live = false; badge("reconnecting", e.message); window.dispatchEvent(new Event("felt:down")); },
     onOpen() { probe.opens += 1; },
@@ -110,15 +131,27 @@ function watchState(db, render, { cache = false } = {}) {
   const kick = () => { if (!live) { s.stop(); s = open(); } };
   probe.dropWatch = () => { live = false; badge("reconnecting", "dropped"); s.drop(); };
   window.addEventListener("online", kick);
-  cleanup.push(() => { s.stop(); window.removeEventListener("online", kick); });
+  window.addEventListener("pagehide", save);
+  document.addEventListener("visibilitychange", saveIfHidden);
+  cleanup.push(() => {
+    s.stop();
+    save();
+    window.removeEventListener("online", kick);
+    window.removeEventListener("pagehide", save);
+    document.removeEventListener("visibilitychange", saveIfHidden);
+  });
   return { kick };
 }
 
 // ---------- Patchwork's readiness, shown on the console and every screen ----------
 const HEALTH_EVERY_MS = 3000;
+/** While the page's watch is live (it ends at once if Patchwork goes), readiness is asked less
+ * often: a `/readyz` fetch every 3 s was most of an idle screen's CPU, times fifty screens. */
+const HEALTH_LIVE_EVERY_MS = 15000;
 const HEALTH_TEXT = { ok: "Patchwork ready", not_ready: "Patchwork not ready", unreachable: "Patchwork unreachable" };
 /**
- * A badge polling `GET /readyz` (every 3 s; every second while not ready): `data-health` is `ok`
+ * A badge polling `GET /readyz` (every 3 s, every 15 s while the page's watch is live; every
+ * second while not ready): `data-health` is `ok`
  * (200), `not_ready` (any other answer, e.g. 503 while shutting down) or `unreachable` (no answer
  * in 2 s), and at once when a watch drops. `onReady()` runs when it turns `ok` again after not
  * being ok.
@@ -127,10 +160,12 @@ function healthBadge(onReady) {
   const el = h("span", { class: "health", id: "health", "data-health": "unknown", title: "GET /readyz" }, "…");
   const show = (k, why) => {
     if (k === "ok" && el.dataset.health !== "ok" && el.dataset.health !== "unknown" && onReady) onReady();
+    probe.health = k;
+    const title = why ? `GET /readyz: ${why}` : "GET /readyz";
+    if (el.dataset.health === k && el.title === title) return;
     el.dataset.health = k;
     el.textContent = HEALTH_TEXT[k];
-    el.title = why ? `GET /readyz: ${why}` : "GET /readyz";
-    probe.health = k;
+    el.title = title;
   };
   let stopped = false;
   let timer = null;
@@ -147,7 +182,8 @@ function healthBadge(onReady) {
       if (!stopped) show("unreachable", e.message);
     } finally { clearTimeout(t); inflight = false; }
     clearTimeout(timer);
-    if (!stopped) timer = setTimeout(poll, el.dataset.health === "ok" ? HEALTH_EVERY_MS : 1000);
+    const every = el.dataset.health !== "ok" ? 1000 : probe.conn === "live" ? HEALTH_LIVE_EVERY_MS : HEALTH_EVERY_MS;
+    if (!stopped) timer = setTimeout(poll, every);
   };
   poll();
   // The watch just dropped: ask now rather than at the next poll.
