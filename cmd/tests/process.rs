@@ -9,6 +9,12 @@ use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_patchwork");
 
+// Headless Chromium over WebDriver: the library's own browser harness, compiled into this
+// binary too (it depends only on std, fantoccini, reqwest, serde_json, tempfile and tokio).
+#[path = "../../internal/src/testing/browser.rs"]
+#[allow(dead_code, reason = "the library's tests use the rest of the harness")]
+mod browser;
+
 struct Server {
     child: Child,
     base: String,
@@ -17,13 +23,18 @@ struct Server {
 }
 
 /// Starts `patchwork serve` on a free port and waits for it to listen.
+fn start(data_dir: &Path, envs: &[(&str, &str)]) -> Server {
+    start_at(data_dir, "127.0.0.1:0", envs)
+}
+
+/// As [`start`], on `listen` (a restart on the same port, for clients that reconnect).
 #[expect(
     clippy::zombie_processes,
     reason = "the child is owned by `Server`, whose Drop kills and waits for it"
 )]
-fn start(data_dir: &Path, envs: &[(&str, &str)]) -> Server {
+fn start_at(data_dir: &Path, listen: &str, envs: &[(&str, &str)]) -> Server {
     let mut cmd = Command::new(BIN);
-    cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+    cmd.args(["serve", "--listen", listen, "--data-dir"])
         .arg(data_dir)
         .env_remove("PATCHWORK_ADMIN_TOKEN")
         .env_remove("PATCHWORK_LOG_FORMAT")
@@ -1693,5 +1704,202 @@ async fn felt_sigterm_during_td_batches_loses_no_acknowledged_action() {
     let refused = td.rebuy(id, None).await.unwrap_err();
     assert!(refused.contains("the rebuy period is over"), "{refused}");
     felt_check(&td, &state_sql, &acked).await;
+    assert!(server.terminate().0.success());
+}
+
+/// The TD's acknowledged actions in the console: `[{seq, action, t0, ack}]`.
+async fn felt_acked(td: &browser::Browser) -> Vec<serde_json::Value> {
+    td.js("return felt.actions;", vec![])
+        .await
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// Clicks `css` on the TD console and waits until the action is acknowledged and shown.
+async fn felt_act(td: &browser::Browser, css: &str) {
+    let before = felt_acked(td).await.len();
+    td.click(css).await;
+    td.wait_until(&format!(
+        "return felt.actions.length > {before} && felt.state.audit_seq >= felt.actions[felt.actions.length - 1].seq;"
+    ))
+    .await;
+}
+
+/// What a page shows of the tournament, to compare pages with each other.
+async fn felt_shown(b: &browser::Browser) -> serde_json::Value {
+    b.js(
+        "const s = felt.state; return JSON.stringify([s.audit_seq, s.players, s.tables, s.clock, s.levels, s.tournament]);",
+        vec![],
+    )
+    .await
+}
+
+/// Seconds left on a page's clock (`#time`, `m:ss` or `h:mm:ss`).
+async fn felt_time_left(b: &browser::Browser) -> i64 {
+    let t = b.text("#time").await;
+    t.trim()
+        .split(':')
+        .try_fold(0i64, |acc, part| part.parse::<i64>().map(|n| acc * 60 + n))
+        .unwrap_or_else(|_| panic!("not a time: {t:?}"))
+}
+
+/// Felt in real Chromium against the real binary, `kill -9` mid-level: the TD (signed in by
+/// token login, OIDC being off) makes a tournament, two screens (a big clock and a phone) join
+/// by its links; players, a seat draw, the clock started, busts, the last one clicked as the
+/// process is killed. While it is down every page says "Reconnecting…" and the clock keeps
+/// ticking. After the restart on the same address every page is live again on its own, shows
+/// the same state, holds every action the TD's console had acknowledged, the clock's time left
+/// matches the wall clock since the start, the console's audit replay equals the state, and
+/// the next TD action reaches the screens.
+#[tokio::test]
+async fn felt_in_chromium_survives_kill_9_mid_level() {
+    let dir = tempfile::tempdir().unwrap();
+    let admin = "felt-chromium-kill-admin-0123456789";
+    let env = [("PATCHWORK_ADMIN_TOKEN", admin)];
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut server = start_at(dir.path(), &listen, &env);
+    let base = server.base.clone();
+
+    let td = browser::session(1360, 900).await;
+    td.goto(&format!("{base}/apps/felt/")).await;
+    let status = td
+        .js(
+            "return fetch('/auth/token-login', {method: 'POST', headers: {'Content-Type': 'application/json'}, \
+             body: JSON.stringify({token: arguments[0]})}).then((r) => r.status);",
+            vec![serde_json::json!(admin)],
+        )
+        .await;
+    assert_eq!(status, 204, "token login");
+    td.goto(&format!("{base}/apps/felt/")).await;
+    td.wait_for("#create-form").await;
+    td.fill("#new-name", "Kill Cup").await;
+    // One-minute levels: the kill and the restart fall inside level 1.
+    td.js(
+        "document.getElementById('new-seats').value = '4'; document.getElementById('new-minutes').value = '1';",
+        vec![],
+    )
+    .await;
+    td.click("#create-btn").await;
+    td.wait_text("#td-clock", "LEVEL 1").await;
+    assert_eq!(td.hash().await, "#/td/felt-kill-cup");
+    td.click("#mint-screens").await;
+    td.wait_for("#clock-link").await;
+    let clock_link = td.value("#clock-link").await;
+    let player_link = td.value("#player-link").await;
+    let big = browser::session(1280, 720).await;
+    big.goto(&clock_link).await;
+    big.wait_text("#big-clock", "LEVEL 1").await;
+    let phone = browser::session(390, 800).await;
+    phone.goto(&player_link).await;
+    phone.wait_text("#phone-clock", "LEVEL 1").await;
+    let pages = [&td, &big, &phone];
+
+    for name in ["Ada", "Ben", "Cleo", "Dev", "Eve", "Finn"] {
+        td.fill("#player-name", name).await;
+        felt_act(&td, "#add-player button").await;
+    }
+    felt_act(&td, "#seat-draw").await;
+    let started_wall = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    felt_act(&td, "#start").await;
+    for name in ["Ben", "Eve"] {
+        felt_act(&td, &format!("[data-bust='{name}']")).await;
+    }
+    // The last bust is clicked and the process killed at once: acknowledged or not, the console
+    // must agree with what survives.
+    td.click("[data-bust='Cleo']").await;
+    signal(&server.child, "KILL");
+    let _ = server.child.wait();
+    drop(server);
+
+    for b in pages {
+        b.wait_until("return document.getElementById('conn').dataset.conn === 'reconnecting';")
+            .await;
+    }
+    let ticking = felt_time_left(&big).await;
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    assert!(
+        felt_time_left(&big).await < ticking,
+        "the big screen's clock keeps ticking while the server is down"
+    );
+    big.screenshot("felt-kill9-reconnecting").await;
+    let acked = felt_acked(&td).await;
+
+    let server = start_at(dir.path(), &listen, &env);
+    for b in pages {
+        b.wait_until("return document.getElementById('conn').dataset.conn === 'live';")
+            .await;
+    }
+    // Every acknowledged action is in the audit.
+    let audit: serde_json::Value = client()
+        .post(format!("{base}/api/v1/db/felt-kill-cup/query/exec"))
+        .bearer_auth(admin)
+        .json(&serde_json::json!({"sql": "SELECT seq, action FROM audit ORDER BY seq"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let stored: std::collections::HashMap<i64, String> = audit["rows"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{audit}"))
+        .iter()
+        .map(|r| (r[0].as_i64().unwrap(), r[1].as_str().unwrap().to_owned()))
+        .collect();
+    assert!(acked.len() >= 10, "{acked:?}");
+    for a in &acked {
+        let seq = a["seq"].as_i64().unwrap();
+        assert_eq!(
+            stored.get(&seq).map(String::as_str),
+            a["action"].as_str(),
+            "acknowledged action #{seq} kept"
+        );
+    }
+    // Every page shows the same state, which holds the last acknowledged action.
+    let last = acked.last().unwrap()["seq"].as_i64().unwrap();
+    for b in pages {
+        b.wait_until(&format!(
+            "return !felt.state.cached && felt.state.audit_seq >= {last};"
+        ))
+        .await;
+    }
+    let want = felt_shown(&td).await;
+    assert_eq!(felt_shown(&big).await, want, "the big screen");
+    assert_eq!(felt_shown(&phone).await, want, "the phone");
+    // The clock neither lost nor gained time: one minute minus the wall time since the start
+    // click (the display rounds to seconds; the click precedes the server's stamp).
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let expected = (60_000 - (now - started_wall)) / 1000;
+    let shown = felt_time_left(&big).await;
+    assert!(
+        (expected - 1..=expected + 2).contains(&shown),
+        "{shown} s left on the big screen, expected about {expected} s"
+    );
+    td.click("#verify-audit").await;
+    td.wait_until("return felt.replayEqual === true;").await;
+    // And the room goes on: a pause reaches both screens.
+    felt_act(&td, "#pause").await;
+    big.wait_text("#big-clock", "PAUSED").await;
+    phone.wait_text("#phone-clock", "PAUSED").await;
+    big.screenshot("felt-kill9-after").await;
+    eprintln!(
+        "felt in Chromium, kill -9 mid-level: {} acknowledged actions kept, {shown} s left (expected about {expected} s)",
+        acked.len()
+    );
+    for b in [td, big, phone] {
+        b.close().await;
+    }
     assert!(server.terminate().0.success());
 }
