@@ -19,15 +19,9 @@ command -v valgrind >/dev/null || { echo "callgrind.sh: valgrind is not installe
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
-if [[ -z "${PATCHWORK_BIN:-}" ]]; then
-    cargo build --release -p patchwork-cli -p loadtests >&2
-else
-    cargo build --release -p loadtests >&2
-fi
-TARGET_DIR="$(cargo metadata --no-deps --format-version 1 |
-    sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')"
-SERVER="${PATCHWORK_BIN:-${TARGET_DIR}/release/patchwork}"
-LOADTESTS="${TARGET_DIR}/release/loadtests"
+# shellcheck source=loadtests/lib.sh
+source "$ROOT/loadtests/lib.sh"
+build_binaries
 
 WORK="$(mktemp -d -t pw-callgrind.XXXXXX)"
 OUT="${OUT:-$WORK/callgrind.out}"

@@ -19,15 +19,9 @@ ADDR="${ADDR:-127.0.0.1:18090}"
 TOKEN="hostile-admin-token-0123456789"
 SCENARIOS="${SCENARIOS:-sse waiters slowloris bodies}"
 
-if [[ -z "${PATCHWORK_BIN:-}" ]]; then
-    cargo build --release -p patchwork-cli -p loadtests >&2
-else
-    cargo build --release -p loadtests >&2
-fi
-TARGET_DIR="$(cargo metadata --no-deps --format-version 1 |
-    sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')"
-SERVER="${PATCHWORK_BIN:-${TARGET_DIR}/release/patchwork}"
-LOADTESTS="${TARGET_DIR}/release/loadtests"
+# shellcheck source=loadtests/lib.sh
+source "$ROOT/loadtests/lib.sh"
+build_binaries
 
 # Both sides hold over 10,000 sockets.
 ulimit -n "$(ulimit -Hn)"

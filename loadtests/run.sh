@@ -26,15 +26,9 @@ ROUNDS="${ROUNDS:-1}"
 SCENARIO="${SCENARIO:-status}"
 
 echo "run.sh: building release binaries" >&2
-if [[ -z "${PATCHWORK_BIN:-}" ]]; then
-    cargo build --release -p patchwork-cli -p loadtests >&2
-else
-    cargo build --release -p loadtests >&2
-fi
-TARGET_DIR="$(cargo metadata --no-deps --format-version 1 |
-    sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')"
-SERVER="${PATCHWORK_BIN:-${TARGET_DIR}/release/patchwork}"
-LOADTESTS="${TARGET_DIR}/release/loadtests"
+# shellcheck source=loadtests/lib.sh
+source "$ROOT/loadtests/lib.sh"
+build_binaries
 
 WORK="$(mktemp -d -t pw-bench.XXXXXX)"
 SERVER_PID=""

@@ -14,6 +14,8 @@ const BIN: &str = env!("CARGO_BIN_EXE_patchwork");
 #[path = "../../internal/src/testing/browser.rs"]
 #[allow(dead_code, reason = "the library's tests use the rest of the harness")]
 mod browser;
+#[path = "../../internal/src/testing/felt.rs"]
+mod felt_console;
 
 struct Server {
     child: Child,
@@ -117,6 +119,15 @@ fn wait_timeout(child: &mut Child, limit: Duration) -> std::process::ExitStatus 
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// A port free when asked (for a listener whose address must be known before it starts, or
+/// kept across a restart).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
 }
 
 fn token_lines(lines: &[String]) -> Vec<&String> {
@@ -864,11 +875,7 @@ async fn mqtt_acknowledged_publishes_survive_kill_9() {
     let mut acked_all: Vec<String> = Vec::new();
     for round in 0..2 {
         // A free port for the MQTT listener (the HTTP one is printed; this one is chosen).
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let listen = format!("127.0.0.1:{port}");
         let mut server = start(
             dir.path(),
@@ -1707,25 +1714,6 @@ async fn felt_sigterm_during_td_batches_loses_no_acknowledged_action() {
     assert!(server.terminate().0.success());
 }
 
-/// The TD's acknowledged actions in the console: `[{seq, action, t0, ack}]`.
-async fn felt_acked(td: &browser::Browser) -> Vec<serde_json::Value> {
-    td.js("return felt.actions;", vec![])
-        .await
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-}
-
-/// Clicks `css` on the TD console and waits until the action is acknowledged and shown.
-async fn felt_act(td: &browser::Browser, css: &str) {
-    let before = felt_acked(td).await.len();
-    td.click(css).await;
-    td.wait_until(&format!(
-        "return felt.actions.length > {before} && felt.state.audit_seq >= felt.actions[felt.actions.length - 1].seq;"
-    ))
-    .await;
-}
-
 /// What a page shows of the tournament, to compare pages with each other.
 async fn felt_shown(b: &browser::Browser) -> serde_json::Value {
     b.js(
@@ -1757,12 +1745,7 @@ async fn felt_in_chromium_survives_kill_9_mid_level() {
     let dir = tempfile::tempdir().unwrap();
     let admin = "felt-chromium-kill-admin-0123456789";
     let env = [("PATCHWORK_ADMIN_TOKEN", admin)];
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let listen = format!("127.0.0.1:{port}");
+    let listen = format!("127.0.0.1:{}", free_port());
     let mut server = start_at(dir.path(), &listen, &env);
     let base = server.base.clone();
 
@@ -1802,16 +1785,16 @@ async fn felt_in_chromium_survives_kill_9_mid_level() {
 
     for name in ["Ada", "Ben", "Cleo", "Dev", "Eve", "Finn"] {
         td.fill("#player-name", name).await;
-        felt_act(&td, "#add-player button").await;
+        felt_console::act(&td, "#add-player button").await;
     }
-    felt_act(&td, "#seat-draw").await;
+    felt_console::act(&td, "#seat-draw").await;
     let started_wall = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as i64;
-    felt_act(&td, "#start").await;
+    felt_console::act(&td, "#start").await;
     for name in ["Ben", "Eve"] {
-        felt_act(&td, &format!("[data-bust='{name}']")).await;
+        felt_console::act(&td, &format!("[data-bust='{name}']")).await;
     }
     // The last bust is clicked and the process killed at once: acknowledged or not, the console
     // must agree with what survives.
@@ -1831,7 +1814,7 @@ async fn felt_in_chromium_survives_kill_9_mid_level() {
         "the big screen's clock keeps ticking while the server is down"
     );
     big.screenshot("felt-kill9-reconnecting").await;
-    let acked = felt_acked(&td).await;
+    let acked = felt_console::actions(&td).await;
 
     let server = start_at(dir.path(), &listen, &env);
     for b in pages {
@@ -1839,14 +1822,12 @@ async fn felt_in_chromium_survives_kill_9_mid_level() {
             .await;
     }
     // Every acknowledged action is in the audit.
-    let audit: serde_json::Value = client()
-        .post(format!("{base}/api/v1/db/felt-kill-cup/query/exec"))
-        .bearer_auth(admin)
-        .json(&serde_json::json!({"sql": "SELECT seq, action FROM audit ORDER BY seq"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
+    let audit = felt_td(&base, admin, "felt-kill-cup", "")
+        .call(
+            reqwest::Method::POST,
+            "query/exec",
+            serde_json::json!({"sql": "SELECT seq, action FROM audit ORDER BY seq"}),
+        )
         .await
         .unwrap();
     let stored: std::collections::HashMap<i64, String> = audit["rows"]
@@ -1890,7 +1871,7 @@ async fn felt_in_chromium_survives_kill_9_mid_level() {
     td.click("#verify-audit").await;
     td.wait_until("return felt.replayEqual === true;").await;
     // And the room goes on: a pause reaches both screens.
-    felt_act(&td, "#pause").await;
+    felt_console::act(&td, "#pause").await;
     big.wait_text("#big-clock", "PAUSED").await;
     phone.wait_text("#phone-clock", "PAUSED").await;
     big.screenshot("felt-kill9-after").await;

@@ -1,6 +1,7 @@
 //! `TestServer`: the real server on `127.0.0.1:0` with a temp data dir, driven over real HTTP.
 
 pub mod browser;
+pub mod felt;
 pub mod oidc;
 pub mod s3;
 

@@ -24,6 +24,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use crate::testing::browser::{self, Browser};
+use crate::testing::felt::{act, actions};
 use crate::testing::{TestServer, oidc};
 
 const DB: &str = "felt-friday-deepstack";
@@ -51,28 +52,8 @@ fn percentile(v: &mut [f64], p: f64) -> f64 {
     v[rank.clamp(1, v.len()) - 1]
 }
 
-/// The TD's actions so far: `[{seq, action, t0, ack}]`.
-async fn actions(td: &Browser) -> Vec<Value> {
-    td.js("return felt.actions;", vec![])
-        .await
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-}
-
 async fn last_seq(td: &Browser) -> i64 {
     actions(td).await.last().unwrap()["seq"].as_i64().unwrap()
-}
-
-/// Clicks `css` on the TD console and waits until the action is acknowledged and the console
-/// shows it (it re-renders then: inputs found before that would go stale).
-async fn act(td: &Browser, css: &str) {
-    let before = actions(td).await.len();
-    td.click(css).await;
-    td.wait_until(&format!(
-        "return felt.actions.length > {before} && felt.state.audit_seq >= felt.actions[felt.actions.length - 1].seq;"
-    ))
-    .await;
 }
 
 /// Waits until `screen` shows the TD's latest audit seq.
