@@ -330,6 +330,9 @@ struct ServeArgs {
     /// Cap on open MQTT connections [default: 10000].
     #[arg(long, env = "PATCHWORK_MQTT_MAX_CONNECTIONS")]
     mqtt_max_connections: Option<usize>,
+    /// Cap on open MQTT connections per client IP (IPv6 per /64) [default: 256].
+    #[arg(long, env = "PATCHWORK_MQTT_MAX_CONNECTIONS_PER_IP")]
+    mqtt_max_connections_per_ip: Option<usize>,
     /// Seconds a stuck MQTT subscriber (no progress, messages waiting) stays [default: 30].
     #[arg(long, env = "PATCHWORK_MQTT_STALL_SECS")]
     mqtt_stall_secs: Option<u64>,
@@ -462,6 +465,7 @@ impl ServeArgs {
             mqtt_max_keep_alive_secs,
             mqtt_session_expiry_secs,
             mqtt_max_connections,
+            mqtt_max_connections_per_ip,
             mqtt_stall_secs,
             pow_difficulty,
             pow_streams_difficulty,

@@ -265,6 +265,10 @@ pub struct Config {
     pub mqtt_session_expiry_secs: u64,
     /// Open MQTT connections at most.
     pub mqtt_max_connections: usize,
+    /// Open MQTT connections per client IP at most (the TCP peer; IPv6 per /64; peers in
+    /// `trusted_proxies` only count against `mqtt_max_connections`), so one client cannot take
+    /// every connection.
+    pub mqtt_max_connections_per_ip: usize,
     /// Seconds a subscriber may make no progress (no PUBACK, nothing read off its socket)
     /// while messages wait for it before it is disconnected as stuck. A slow subscriber is
     /// throttled meanwhile: messages wait in the database, not in memory.
@@ -365,6 +369,7 @@ impl Default for Config {
             mqtt_max_keep_alive_secs: 600,
             mqtt_session_expiry_secs: 7 * 86_400,
             mqtt_max_connections: 10_000,
+            mqtt_max_connections_per_ip: 256,
             mqtt_stall_secs: 30,
             pow_difficulty: 0,
             pow_streams_difficulty: 0,
@@ -437,11 +442,13 @@ impl Config {
             || self.mqtt_max_inflight == 0
             || self.mqtt_max_keep_alive_secs == 0
             || self.mqtt_max_connections == 0
+            || self.mqtt_max_connections_per_ip == 0
             || self.mqtt_stall_secs == 0
         {
             return Err(
                 "mqtt_max_packet_bytes must be at least 1024, and mqtt_max_inflight, \
-                 mqtt_max_keep_alive_secs, mqtt_max_connections and mqtt_stall_secs at least 1"
+                 mqtt_max_keep_alive_secs, mqtt_max_connections, mqtt_max_connections_per_ip \
+                 and mqtt_stall_secs at least 1"
                     .into(),
             );
         }

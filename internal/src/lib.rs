@@ -26,6 +26,7 @@ pub mod auth;
 pub mod backup;
 pub mod blobs;
 pub mod config;
+pub mod conn_limits;
 pub mod error;
 /// Entry points for the `json_bodies` fuzz target (`fuzz/`).
 pub mod fuzzing;

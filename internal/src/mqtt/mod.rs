@@ -10,7 +10,8 @@
 //! SQLite ([`store`], `_patchwork_retained`), so they survive restarts.
 //!
 //! Listener: `mqtt_listen` (off by default), TLS when `mqtt_tls_cert`/`mqtt_tls_key` are set,
-//! at most `mqtt_max_connections` connections.
+//! at most `mqtt_max_connections` connections, `mqtt_max_connections_per_ip` of them from one
+//! client IP ([`crate::conn_limits`], as for HTTP).
 
 pub mod codec;
 pub mod session;
@@ -19,7 +20,7 @@ pub mod topic;
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -29,6 +30,9 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use prometheus_client::metrics::gauge::Gauge;
+
+use crate::conn_limits::ConnLimits;
 use crate::ops::metrics::Metrics;
 use crate::state::AppState;
 
@@ -71,7 +75,13 @@ fn tls_acceptor(cert: &Path, key: &Path) -> anyhow::Result<Tls> {
 /// their sessions are saved before `service.db` closes.
 pub async fn run(state: AppState, listener: TcpListener, tls: Option<Tls>, grace: Duration) {
     let takeovers = Arc::new(Takeover::default());
-    let open = Arc::new(AtomicUsize::new(0));
+    let limits = ConnLimits::new(
+        state.config.mqtt_max_connections,
+        state.config.mqtt_max_connections_per_ip,
+        &state.config.trusted_proxies,
+        // Open sockets; `patchwork_mqtt_connections` counts the connected clients.
+        Gauge::default(),
+    );
     let mut tasks = JoinSet::new();
     tasks.spawn(sweeper(state.clone()));
     let mut backoff = Duration::from_millis(10);
@@ -94,13 +104,16 @@ pub async fn run(state: AppState, listener: TcpListener, tls: Option<Tls>, grace
                 continue;
             }
         };
-        if open.load(Ordering::Relaxed) >= state.config.mqtt_max_connections {
-            state.metrics.mqtt.refused("max_connections");
-            drop(stream);
-            continue;
-        }
+        // Over a cap the socket is closed before anything is read from it.
+        let slot = match limits.try_acquire(peer.ip()) {
+            Ok(slot) => slot,
+            Err(refused) => {
+                state.metrics.mqtt.refused(refused.label());
+                drop(stream);
+                continue;
+            }
+        };
         let _ = stream.set_nodelay(true);
-        let slot = Slot::take(&open);
         let (state, takeovers, tls) = (state.clone(), takeovers.clone(), tls.clone());
         tasks.spawn(async move {
             let _slot = slot;
@@ -149,22 +162,6 @@ async fn sweeper(state: AppState) {
             Ok(n) => tracing::info!(sessions = n, "expired MQTT sessions deleted"),
             Err(e) => tracing::warn!(error = %e, "MQTT session sweep failed"),
         }
-    }
-}
-
-/// One open connection's share of `mqtt_max_connections`.
-struct Slot(Arc<AtomicUsize>);
-
-impl Slot {
-    fn take(open: &Arc<AtomicUsize>) -> Self {
-        open.fetch_add(1, Ordering::Relaxed);
-        Self(open.clone())
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

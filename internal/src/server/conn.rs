@@ -31,16 +31,16 @@
 //! the nearest deadline, or after the shortest timeout to look again), so a request costs no
 //! wake-up of the connection task.
 
-use std::collections::HashMap;
-use std::collections::hash_map::Entry;
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::{Pin, pin};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
+
+use crate::conn_limits::{ConnLimits, Refused, Slot};
 use std::time::Duration;
 
 use axum::Router;
@@ -52,7 +52,6 @@ use axum::routing::future::RouteFuture;
 use bytes::Bytes;
 use hyper::body::{Frame, Incoming, SizeHint};
 use hyper_util::rt::TokioIo;
-use prometheus_client::metrics::gauge::Gauge;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -87,126 +86,6 @@ pub struct ConnSettings {
     pub write_timeout: Duration,
     pub max_connections: usize,
     pub max_connections_per_ip: usize,
-}
-
-/// Which cap refused a connection (the metric's `reason` label).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Refused {
-    Total,
-    PerIp,
-}
-
-impl Refused {
-    fn label(self) -> &'static str {
-        match self {
-            Refused::Total => "max_connections",
-            Refused::PerIp => "max_connections_per_ip",
-        }
-    }
-}
-
-/// Per-IP counting key: IPv4 (also IPv4-mapped IPv6) by address, other IPv6 by /64, since one
-/// client usually holds a whole /64.
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
-enum IpKey {
-    V4(std::net::Ipv4Addr),
-    V6Net(u64),
-}
-
-fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
-    }
-}
-
-fn ip_key(ip: IpAddr) -> IpKey {
-    match canonical(ip) {
-        IpAddr::V4(v4) => IpKey::V4(v4),
-        IpAddr::V6(v6) => IpKey::V6Net((u128::from(v6) >> 64) as u64),
-    }
-}
-
-#[derive(Default)]
-struct Counts {
-    total: usize,
-    per_ip: HashMap<IpKey, usize>,
-}
-
-/// Open connections, in total and per client IP.
-pub struct ConnLimits {
-    max_total: usize,
-    max_per_ip: usize,
-    /// Trusted proxies: many clients behind one address, so only the total cap applies.
-    exempt: Vec<IpAddr>,
-    counts: Mutex<Counts>,
-    gauge: Gauge,
-}
-
-/// One counted connection; uncounted when dropped (with the socket, also after an upgrade).
-pub struct Slot {
-    limits: Arc<ConnLimits>,
-    key: Option<IpKey>,
-}
-
-impl ConnLimits {
-    pub fn new(
-        max_total: usize,
-        max_per_ip: usize,
-        trusted_proxies: &[IpAddr],
-        gauge: Gauge,
-    ) -> Arc<Self> {
-        Arc::new(Self {
-            max_total: max_total.max(1),
-            max_per_ip: max_per_ip.max(1),
-            exempt: trusted_proxies.iter().copied().map(canonical).collect(),
-            counts: Mutex::default(),
-            gauge,
-        })
-    }
-
-    fn try_acquire(self: &Arc<Self>, ip: IpAddr) -> Result<Slot, Refused> {
-        let key = (!self.exempt.contains(&canonical(ip))).then(|| ip_key(ip));
-        let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
-        if counts.total >= self.max_total {
-            return Err(Refused::Total);
-        }
-        if let Some(key) = key {
-            let n = counts.per_ip.entry(key).or_insert(0);
-            if *n >= self.max_per_ip {
-                return Err(Refused::PerIp);
-            }
-            *n += 1;
-        }
-        counts.total += 1;
-        drop(counts);
-        self.gauge.inc();
-        Ok(Slot {
-            limits: self.clone(),
-            key,
-        })
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        let mut counts = self
-            .limits
-            .counts
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        counts.total = counts.total.saturating_sub(1);
-        if let Some(key) = self.key
-            && let Entry::Occupied(mut n) = counts.per_ip.entry(key)
-        {
-            *n.get_mut() -= 1;
-            if *n.get() == 0 {
-                n.remove();
-            }
-        }
-        drop(counts);
-        self.limits.gauge.dec();
-    }
 }
 
 /// The answer written to a connection over a cap (without reading its request).
@@ -754,40 +633,4 @@ pub async fn run(
     drop(listener);
     drop(close_rx);
     close_tx.closed().await;
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn per_ip_counting_keys() {
-        let v4: IpAddr = "10.1.2.3".parse().unwrap();
-        let mapped: IpAddr = "::ffff:10.1.2.3".parse().unwrap();
-        assert_eq!(ip_key(v4), ip_key(mapped));
-        let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
-        let b: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
-        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
-        assert_eq!(ip_key(a), ip_key(b));
-        assert_ne!(ip_key(a), ip_key(c));
-    }
-
-    #[test]
-    fn caps_count_and_release() {
-        let proxy: IpAddr = "10.0.0.9".parse().unwrap();
-        let limits = ConnLimits::new(3, 1, &[proxy], Gauge::default());
-        let a: IpAddr = "10.0.0.1".parse().unwrap();
-        let b: IpAddr = "10.0.0.2".parse().unwrap();
-        let first = limits.try_acquire(a).unwrap();
-        assert_eq!(limits.try_acquire(a).err(), Some(Refused::PerIp));
-        let _proxied = [
-            limits.try_acquire(proxy).unwrap(),
-            limits.try_acquire(proxy).unwrap(),
-        ];
-        assert_eq!(limits.try_acquire(b).err(), Some(Refused::Total));
-        drop(first);
-        let _again = limits.try_acquire(b).unwrap();
-        assert_eq!(limits.gauge.get(), 3);
-        assert!(limits.counts.lock().unwrap().per_ip.len() == 1);
-    }
 }

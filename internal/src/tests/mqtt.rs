@@ -612,6 +612,71 @@ async fn a_silent_client_is_cut_after_its_keep_alive() {
     );
 }
 
+/// One client IP holds at most `mqtt_max_connections_per_ip` connections: the next is closed
+/// before its CONNECT is read (counted as `max_connections_per_ip`), and a slot freed by a
+/// client that leaves is free again.
+#[tokio::test]
+async fn one_client_ip_cannot_take_every_mqtt_connection() {
+    let server = TestServer::start_with(|c| {
+        c.mqtt_listen = Some("127.0.0.1:0".parse().unwrap());
+        c.mqtt_max_connections_per_ip = 2;
+    })
+    .await;
+    let addr = server.mqtt_addr().await;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let connected = |id: &'static str| {
+        let token = server.admin_token.clone();
+        async move {
+            // A refused socket may be reset before the CONNECT is written: an error too.
+            let mut s = tokio::net::TcpStream::connect(addr).await?;
+            s.write_all(&raw_connect(id, &token, 60)).await?;
+            let mut connack = [0u8; 4];
+            tokio::time::timeout(WAIT, s.read_exact(&mut connack))
+                .await
+                .expect("CONNACK in time")
+                .map(|_| (s, connack))
+        }
+    };
+    let (first, ack) = connected("one").await.expect("the first connects");
+    assert_eq!(ack, [0x20, 2, 0, 0]);
+    let (_second, ack) = connected("two").await.expect("the second connects");
+    assert_eq!(ack, [0x20, 2, 0, 0]);
+    // The third from the same address is closed without an answer.
+    assert!(
+        connected("three").await.is_err(),
+        "a third connection is refused"
+    );
+    let metrics = server
+        .admin(Method::GET, "/metrics")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l
+                .starts_with("patchwork_mqtt_refusals_total{reason=\"max_connections_per_ip\"} ")),
+        "{metrics}"
+    );
+    // A client that leaves frees its slot.
+    drop(first);
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        if let Ok((_s, ack)) = connected("again").await {
+            assert_eq!(ack, [0x20, 2, 0, 0]);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the freed slot was never free again"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Oversized packets and garbage end the connection, and the server keeps serving.
 #[tokio::test]
 async fn oversized_and_malformed_packets_end_only_that_connection() {
