@@ -348,9 +348,9 @@ struct ServeArgs {
     /// Lifetime in seconds of the token an invite redemption mints [default: 86400].
     #[arg(long, env = "PATCHWORK_INVITE_TOKEN_TTL_SECS")]
     invite_token_ttl_secs: Option<u64>,
-    /// Proxy IPs whose X-Forwarded-For is believed (comma-separated).
+    /// Proxies whose X-Forwarded-For is believed: IPs or CIDR networks (comma-separated).
     #[arg(long, env = "PATCHWORK_TRUSTED_PROXIES", value_delimiter = ',')]
-    trusted_proxies: Option<Vec<std::net::IpAddr>>,
+    trusted_proxies: Option<Vec<patchwork::config::ProxyNet>>,
     /// Seconds a presence member stays without a heartbeat (rooms may set their own) [default: 60].
     #[arg(long, env = "PATCHWORK_PRESENCE_TTL_SECS")]
     presence_ttl_secs: Option<u64>,

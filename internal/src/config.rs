@@ -3,7 +3,7 @@
 //! `PATCHWORK_*` environment variables and flags on top; the library never parses argv.
 
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -12,6 +12,67 @@ use serde::{Deserialize, Serialize};
 /// S3's smallest part (all but the last) and largest part of a multipart upload.
 const MIN_PART_BYTES: u64 = 5 * 1024 * 1024;
 const MAX_PART_BYTES: u64 = 5 * 1024 * 1024 * 1024;
+
+/// A trusted proxy in `trusted_proxies`: one address (`10.0.0.9`, `::1`) or a network in CIDR
+/// notation (`10.0.0.0/8`, `fd00::/8`), for load balancers whose addresses come from a pool.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct ProxyNet(ipnet::IpNet);
+
+impl ProxyNet {
+    /// Whether `ip` (IPv4-mapped IPv6 taken as the IPv4 address) is in this network.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        self.0.contains(&ip)
+    }
+}
+
+/// Whether `ip` is one of the `trusted` proxies.
+pub fn is_trusted(trusted: &[ProxyNet], ip: IpAddr) -> bool {
+    trusted.iter().any(|net| net.contains(ip))
+}
+
+impl std::str::FromStr for ProxyNet {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let net = if s.contains('/') {
+            s.parse::<ipnet::IpNet>().ok().map(|n| n.trunc())
+        } else {
+            s.parse::<IpAddr>().ok().map(ipnet::IpNet::from)
+        };
+        net.map(ProxyNet).ok_or_else(|| {
+            format!("not an IP address or a CIDR network (10.0.0.0/8, fd00::/8): {s:?}")
+        })
+    }
+}
+
+impl TryFrom<String> for ProxyNet {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl From<ProxyNet> for String {
+    fn from(p: ProxyNet) -> String {
+        p.to_string()
+    }
+}
+
+impl fmt::Display for ProxyNet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // A single address prints as the address.
+        if self.0.prefix_len() == self.0.max_prefix_len() {
+            write!(f, "{}", self.0.addr())
+        } else {
+            write!(f, "{}", self.0)
+        }
+    }
+}
 
 /// A secret value: never printed by `Debug`, serialized as `"[redacted]"`.
 #[derive(Clone, Deserialize, PartialEq, Eq)]
@@ -151,8 +212,8 @@ pub struct Config {
     /// Requests per second per client IP on anonymous routes (0 = off).
     pub rate_limit_ip_rps: u32,
     pub rate_limit_ip_burst: u32,
-    /// Proxies whose `X-Forwarded-For` is believed (exact IP addresses).
-    pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// Proxies whose `X-Forwarded-For` is believed: addresses or CIDR networks.
+    pub trusted_proxies: Vec<ProxyNet>,
     /// Longest a statement may run before it is interrupted (`504`).
     pub query_timeout_ms: u64,
     /// Most rows a statement returns (`truncated: true` past it).

@@ -10,6 +10,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use prometheus_client::metrics::gauge::Gauge;
 
+use crate::config::{ProxyNet, is_trusted};
+
 /// Which cap refused a connection (the metric's `reason` label).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Refused {
@@ -59,7 +61,7 @@ pub struct ConnLimits {
     max_total: usize,
     max_per_ip: usize,
     /// Trusted proxies: many clients behind one address, so only the total cap applies.
-    exempt: Vec<IpAddr>,
+    exempt: Vec<ProxyNet>,
     counts: Mutex<Counts>,
     gauge: Gauge,
 }
@@ -74,20 +76,20 @@ impl ConnLimits {
     pub fn new(
         max_total: usize,
         max_per_ip: usize,
-        trusted_proxies: &[IpAddr],
+        trusted_proxies: &[ProxyNet],
         gauge: Gauge,
     ) -> Arc<Self> {
         Arc::new(Self {
             max_total: max_total.max(1),
             max_per_ip: max_per_ip.max(1),
-            exempt: trusted_proxies.iter().copied().map(canonical).collect(),
+            exempt: trusted_proxies.to_vec(),
             counts: Mutex::default(),
             gauge,
         })
     }
 
     pub fn try_acquire(self: &Arc<Self>, ip: IpAddr) -> Result<Slot, Refused> {
-        let key = (!self.exempt.contains(&canonical(ip))).then(|| ip_key(ip));
+        let key = (!is_trusted(&self.exempt, ip)).then(|| ip_key(ip));
         let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
         if counts.total >= self.max_total {
             return Err(Refused::Total);
@@ -149,7 +151,7 @@ mod tests {
     #[test]
     fn caps_count_and_release() {
         let proxy: IpAddr = "10.0.0.9".parse().unwrap();
-        let limits = ConnLimits::new(3, 1, &[proxy], Gauge::default());
+        let limits = ConnLimits::new(3, 1, &["10.0.0.8/31".parse().unwrap()], Gauge::default());
         let a: IpAddr = "10.0.0.1".parse().unwrap();
         let b: IpAddr = "10.0.0.2".parse().unwrap();
         let first = limits.try_acquire(a).unwrap();

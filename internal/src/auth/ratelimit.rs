@@ -4,6 +4,8 @@
 //! memory.
 
 use std::net::IpAddr;
+
+use crate::config::{ProxyNet, is_trusted};
 use std::num::NonZeroU32;
 
 use axum::http::{HeaderMap, StatusCode};
@@ -18,7 +20,7 @@ pub struct RateLimits {
     token: Option<DefaultKeyedRateLimiter<String>>,
     ip: Option<DefaultKeyedRateLimiter<IpAddr>>,
     clock: DefaultClock,
-    trusted_proxies: Vec<IpAddr>,
+    trusted_proxies: Vec<ProxyNet>,
 }
 
 fn quota(rps: u32, burst: u32) -> Option<Quota> {
@@ -104,8 +106,8 @@ impl RateLimits {
     }
 }
 
-pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpAddr]) -> IpAddr {
-    if !trusted.contains(&peer) {
+pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[ProxyNet]) -> IpAddr {
+    if !is_trusted(trusted, peer) {
         return peer;
     }
     let hops: Vec<IpAddr> = headers
@@ -117,7 +119,7 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpAddr]) -> IpAdd
         .collect();
     hops.into_iter()
         .rev()
-        .find(|ip| !trusted.contains(ip))
+        .find(|ip| !is_trusted(trusted, *ip))
         .unwrap_or(peer)
 }
 
@@ -141,7 +143,7 @@ mod tests {
     #[test]
     fn forwarded_for_from_a_trusted_proxy() {
         let proxy: IpAddr = "127.0.0.1".parse().unwrap();
-        let trusted = [proxy, "10.0.0.2".parse().unwrap()];
+        let trusted: [ProxyNet; 2] = ["127.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap()];
         // The client may prepend anything; the right-most untrusted hop is the one the proxy saw.
         assert_eq!(
             client_ip(proxy, &xff("6.6.6.6, 1.2.3.4, 10.0.0.2"), &trusted),
@@ -149,6 +151,45 @@ mod tests {
         );
         assert_eq!(client_ip(proxy, &xff("garbage"), &trusted), proxy);
         assert_eq!(client_ip(proxy, &HeaderMap::new(), &trusted), proxy);
+    }
+
+    #[test]
+    fn forwarded_for_through_a_pool_of_proxies() {
+        // A load balancer pool (10.1.0.0/16) in front of an edge proxy at fd00::7, the peer
+        // IPv4-mapped as a dual-stack listener sees it.
+        let trusted: [ProxyNet; 2] = ["10.1.0.0/16".parse().unwrap(), "fd00::/8".parse().unwrap()];
+        let peer: IpAddr = "::ffff:10.1.44.3".parse().unwrap();
+        assert_eq!(
+            client_ip(peer, &xff("6.6.6.6, 1.2.3.4, fd00::7, 10.1.9.9"), &trusted),
+            "1.2.3.4".parse::<IpAddr>().unwrap()
+        );
+        // Outside the pool, the header is not believed.
+        let outsider: IpAddr = "10.2.0.1".parse().unwrap();
+        assert_eq!(client_ip(outsider, &xff("1.2.3.4"), &trusted), outsider);
+    }
+
+    #[test]
+    fn proxy_nets_parse_and_print() {
+        for (given, printed) in [
+            ("10.0.0.9", "10.0.0.9"),
+            (" ::1 ", "::1"),
+            ("10.0.0.0/8", "10.0.0.0/8"),
+            ("10.9.8.7/8", "10.0.0.0/8"),
+            ("fd00::/8", "fd00::/8"),
+            ("192.168.1.1/32", "192.168.1.1"),
+        ] {
+            let net: ProxyNet = given.parse().unwrap_or_else(|e| panic!("{given}: {e}"));
+            assert_eq!(net.to_string(), printed);
+        }
+        for bad in ["", "10.0.0", "10.0.0.0/33", "example.com", "10.0.0.0/"] {
+            assert!(bad.parse::<ProxyNet>().is_err(), "{bad:?} accepted");
+        }
+        let toml: Config = toml::from_str("trusted_proxies = [\"10.0.0.0/8\", \"::1\"]").unwrap();
+        assert_eq!(toml.trusted_proxies.len(), 2);
+        assert!(
+            toml.redacted_toml()
+                .contains("trusted_proxies = [\"10.0.0.0/8\", \"::1\"]")
+        );
     }
 
     #[test]

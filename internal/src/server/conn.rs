@@ -34,7 +34,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -518,7 +518,7 @@ pub async fn run(
     router: Router,
     settings: ConnSettings,
     metrics: Arc<Metrics>,
-    trusted_proxies: &[IpAddr],
+    trusted_proxies: &[crate::config::ProxyNet],
     stop: CancellationToken,
 ) {
     let limits = ConnLimits::new(

@@ -216,9 +216,14 @@ async fn never_reading_sse_subscribers_are_cut_off_and_memory_stays_bounded() {
         || metrics.subscribers.get() == 0 && write_timeouts() >= SUBSCRIBERS as u64,
     )
     .await;
-    assert!(
-        metrics.slow_disconnects.get() >= 1,
-        "the hub cut slow subscribers"
+    // Which of the two cut a subscriber first (the hub when its queue of 512 overflowed, or the
+    // 1 s write timeout) depends on how fast the flood is published against the clock: both
+    // are fine here. The hub's cut alone is tested deterministically in
+    // `pubsub::a_slow_consumer_is_cut_off_while_a_fast_one_keeps_receiving`.
+    eprintln!(
+        "never-reading subscribers: {} cut by the hub's queue limit, {} write timeouts",
+        metrics.slow_disconnects.get(),
+        write_timeouts()
     );
     let grown_mib = rss_kib().saturating_sub(rss_before) / 1024;
     // Shared frames, at most 512 queued per subscriber, and closed connections: the flood
