@@ -210,10 +210,56 @@ impl Default for RequestIds {
 }
 
 impl MakeRequestId for RequestIds {
+    /// `{prefix:08x}-{n}`, written into a stack buffer: `format!` and a header-value parse
+    /// were ~1,400 instructions of every request.
     fn make_request_id<B>(&mut self, _req: &axum::http::Request<B>) -> Option<RequestId> {
-        let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        HeaderValue::from_str(&format!("{:08x}-{n}", self.prefix))
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut n = self.counter.fetch_add(1, Ordering::Relaxed);
+        // 8 hex digits, '-', at most 20 decimal digits.
+        let mut buf = [0u8; 29];
+        for (i, b) in buf[..8].iter_mut().enumerate() {
+            *b = HEX[((self.prefix >> (28 - 4 * i)) & 0xf) as usize];
+        }
+        buf[8] = b'-';
+        let mut digits = [0u8; 20];
+        let mut len = 0;
+        loop {
+            digits[len] = b'0' + (n % 10) as u8;
+            len += 1;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        for (dst, src) in buf[9..9 + len].iter_mut().zip(digits[..len].iter().rev()) {
+            *dst = *src;
+        }
+        HeaderValue::from_bytes(&buf[..9 + len])
             .ok()
             .map(RequestId::new)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_read_prefix_dash_counter() {
+        for (prefix, n) in [
+            (0u32, 0u64),
+            (0x0a1b_2c3d, 7),
+            (u32::MAX, 1_234_567),
+            (0x8000_0001, u64::MAX),
+        ] {
+            let mut ids = RequestIds {
+                prefix,
+                counter: Arc::new(AtomicU64::new(n)),
+            };
+            let id = ids
+                .make_request_id(&axum::http::Request::new(()))
+                .expect("an id");
+            assert_eq!(id.header_value(), &format!("{prefix:08x}-{n}"));
+        }
     }
 }
