@@ -46,6 +46,8 @@ pub struct Metrics {
     pub actor_restarts: Family<ReasonLabel, Counter>,
     pub commits: Counter,
     pub group_commit_batch: Histogram,
+    /// Queries that shared one read transaction (batches of two or more).
+    pub query_batch: Histogram,
     pub failed_writes: Counter,
     pub evictions: Family<ReasonLabel, Counter>,
     /// Statements run through the query API, by class (`read`, `write`, `admin`).
@@ -360,6 +362,12 @@ impl Metrics {
             "Write requests committed together in one transaction",
             group_commit_batch.clone(),
         );
+        let query_batch = Histogram::new(exponential_buckets(2.0, 2.0, 10));
+        registry.register(
+            "query_batch_size",
+            "Read-only queries that waited together and ran in one read transaction",
+            query_batch.clone(),
+        );
         let failed_writes = Counter::default();
         registry.register(
             "failed_writes",
@@ -582,6 +590,7 @@ impl Metrics {
             actor_restarts,
             commits,
             group_commit_batch,
+            query_batch,
             failed_writes,
             evictions,
         })

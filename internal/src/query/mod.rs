@@ -202,7 +202,7 @@ async fn exec_route(
         // A fenced statement is checked inside the write transaction.
         ReadOutcome::NeedsWrite
     } else {
-        doc.read(move |conn| {
+        doc.query(move |conn| {
             let mut prepared = classify::prepare(conn, &read_sql).map_err(classify_error)?;
             if prepared.class != Class::Read {
                 return Ok(ReadOutcome::NeedsWrite);

@@ -160,6 +160,21 @@ impl DocHandle {
         rx.await.map_err(|_| DocError::Aborted)?
     }
 
+    /// As [`read`](Self::read), for a plain read-only query: it may share a read transaction
+    /// with the queries queued next to it. Not for work that manages transactions or must run
+    /// alone (`VACUUM`, `PRAGMA`s that refuse a transaction, backups).
+    pub async fn query<T, F>(&self, f: F) -> Result<T, DocError>
+    where
+        F: FnOnce(&Connection) -> Result<T, DocError> + Send + 'static,
+        T: Send + 'static,
+    {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Query(Box::new(move |conn| {
+            let _ = reply.send(f(conn));
+        })))?;
+        rx.await.map_err(|_| DocError::Aborted)?
+    }
+
     /// Asks the actor to give back its connection's memory (see `Command::Shrink`), if its
     /// mailbox has room; never waits. Whether it was asked.
     pub(crate) fn try_shrink(&self) -> bool {

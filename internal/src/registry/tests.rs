@@ -134,6 +134,89 @@ async fn group_commit_batches_waiting_writes_and_isolates_failures() {
     );
 }
 
+/// Queries waiting together share one read transaction, in mailbox order around writes: the
+/// queries before a write do not see it, those after it do, a failing or panicking query
+/// answers alone, and the rest still get their rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_queries_share_a_read_transaction_in_mailbox_order() {
+    let (_dir, metrics, _registry, doc) =
+        doc_with("qb", "CREATE TABLE t (v INTEGER PRIMARY KEY)").await;
+    let release = block_actor(&doc).await;
+    let count = |doc: &DocHandle, fail: Option<&'static str>| {
+        let doc = doc.clone();
+        tokio::spawn(async move {
+            doc.query(move |c| {
+                match fail {
+                    Some("panic") => panic!("deliberate panic in a query"),
+                    Some(sql) => {
+                        c.query_row(sql, [], |r| r.get::<_, i64>(0))?;
+                    }
+                    None => {}
+                }
+                let n: i64 = c.query_row("SELECT count(*) FROM t", [], |r| r.get(0))?;
+                // Inside the shared transaction (a lone query would be in autocommit mode).
+                Ok((n, !c.is_autocommit()))
+            })
+            .await
+        })
+    };
+    let mut before = Vec::new();
+    for i in 0..20 {
+        let fail = match i {
+            5 => Some("SELECT * FROM no_such_table"),
+            9 => Some("panic"),
+            _ => None,
+        };
+        before.push(count(&doc, fail));
+        // Keep mailbox order: each send lands before the next is spawned.
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let writer = {
+        let doc = doc.clone();
+        tokio::spawn(async move {
+            doc.write(|c| Ok(c.execute("INSERT INTO t VALUES (1)", [])?))
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let mut after = Vec::new();
+    for _ in 0..10 {
+        after.push(count(&doc, None));
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    release.send(()).unwrap();
+    for (i, task) in before.into_iter().enumerate() {
+        let result = task.await.unwrap();
+        match i {
+            5 => assert!(matches!(result, Err(DocError::Sqlite(_))), "{result:?}"),
+            9 => assert!(matches!(result, Err(DocError::Aborted)), "{result:?}"),
+            _ => assert_eq!(result.unwrap().0, 0, "query {i} ran before the write"),
+        }
+    }
+    writer.await.unwrap().unwrap();
+    for task in after {
+        let (n, shared) = task.await.unwrap().unwrap();
+        assert_eq!(n, 1, "queries after the write see it");
+        assert!(shared, "queued queries share a read transaction");
+    }
+    let text = metrics.render();
+    assert!(
+        text.contains("patchwork_query_batch_size_count 2"),
+        "two batches (20 before the write, 10 after):\n{text}"
+    );
+    assert!(text.contains("patchwork_actor_restarts_total{reason=\"panic\"} 1"));
+    // A lone query runs on its own, outside a transaction, as before.
+    let (n, shared) = doc
+        .query(|c| {
+            let n: i64 = c.query_row("SELECT count(*) FROM t", [], |r| r.get(0))?;
+            Ok((n, !c.is_autocommit()))
+        })
+        .await
+        .unwrap();
+    assert_eq!((n, shared), (1, false));
+}
+
 /// The first write of a batch runs without a savepoint; when it fails, the transaction is
 /// begun again and the writes behind it still commit together.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
