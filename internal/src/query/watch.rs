@@ -105,7 +105,9 @@ async fn evaluate(
     args: Arc<Option<Json>>,
     limits: Limits,
 ) -> Result<Evaluated, DocError> {
-    doc.read(move |conn| {
+    // A plain query: evaluations of several groups dirtied by one commit share a read
+    // transaction when they wait in the mailbox together.
+    doc.query(move |conn| {
         let mut prepared = classify::prepare(conn, &sql).map_err(super::classify_error)?;
         if prepared.class != Class::Read {
             return Err(ApiError::bad_request(
