@@ -40,13 +40,39 @@ impl std::str::FromStr for ProxyNet {
     fn from_str(s: &str) -> Result<Self, String> {
         let s = s.trim();
         let net = if s.contains('/') {
-            s.parse::<ipnet::IpNet>().ok().map(|n| n.trunc())
+            s.parse::<ipnet::IpNet>().ok()
         } else {
             s.parse::<IpAddr>().ok().map(ipnet::IpNet::from)
         };
-        net.map(ProxyNet).ok_or_else(|| {
-            format!("not an IP address or a CIDR network (10.0.0.0/8, fd00::/8): {s:?}")
-        })
+        let Some(net) = net else {
+            return Err(format!(
+                "not an IP address or a CIDR network (10.0.0.0/8, fd00::/8): {s:?}"
+            ));
+        };
+        // Every address in a trusted network may claim any client IP: a typo must not widen it.
+        if net != net.trunc() {
+            return Err(format!(
+                "{s:?} has host bits set: did you mean {} (the whole network) or a single address?",
+                net.trunc()
+            ));
+        }
+        if net.prefix_len() == 0 {
+            return Err(format!(
+                "{s:?} would trust every address: list the proxies' addresses or their network"
+            ));
+        }
+        // An IPv4-mapped entry (`::ffff:10.0.0.9`, `::ffff:10.0.0.0/104`) is its IPv4 network,
+        // as peers are compared by their IPv4 address.
+        let net = match net {
+            ipnet::IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.addr().to_ipv4_mapped() {
+                Some(v4) => ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96)
+                    .map(ipnet::IpNet::V4)
+                    .unwrap_or(net),
+                None => net,
+            },
+            other => other,
+        };
+        Ok(ProxyNet(net))
     }
 }
 

@@ -174,14 +174,25 @@ mod tests {
             ("10.0.0.9", "10.0.0.9"),
             (" ::1 ", "::1"),
             ("10.0.0.0/8", "10.0.0.0/8"),
-            ("10.9.8.7/8", "10.0.0.0/8"),
             ("fd00::/8", "fd00::/8"),
             ("192.168.1.1/32", "192.168.1.1"),
+            ("::ffff:10.0.0.9", "10.0.0.9"),
+            ("::ffff:10.0.0.0/104", "10.0.0.0/8"),
         ] {
             let net: ProxyNet = given.parse().unwrap_or_else(|e| panic!("{given}: {e}"));
             assert_eq!(net.to_string(), printed);
         }
-        for bad in ["", "10.0.0", "10.0.0.0/33", "example.com", "10.0.0.0/"] {
+        for bad in [
+            "",
+            "10.0.0",
+            "10.0.0.0/33",
+            "example.com",
+            "10.0.0.0/",
+            // Host bits set (a typo for /32 must not trust a /8), and everyone.
+            "10.9.8.7/8",
+            "0.0.0.0/0",
+            "::/0",
+        ] {
             assert!(bad.parse::<ProxyNet>().is_err(), "{bad:?} accepted");
         }
         let toml: Config = toml::from_str("trusted_proxies = [\"10.0.0.0/8\", \"::1\"]").unwrap();

@@ -574,8 +574,8 @@ impl Actor {
     /// (the pager's shared lock, the WAL-index read lock, their `fcntl`s) were about a third of
     /// a point SELECT's work inside SQLite. They see one snapshot, the one each would have seen
     /// alone: nothing writes between them (this thread is the only writer, and the batch stops
-    /// at the first command that is not a query). A query that fails or is interrupted (which
-    /// rolls a read transaction back) leaves the rest to run on their own.
+    /// at the first command that is not a query). A query that fails or is interrupted answers
+    /// alone; one that panics rolls the transaction back and the rest run on their own.
     fn queries(&mut self, mut batch: Vec<ReadFn>) {
         if batch.len() == 1 {
             return self.read(batch.pop().expect("one query"));
@@ -589,8 +589,14 @@ impl Actor {
                 self.recovered_from_panic();
             }
         }
-        if began && !self.conn().is_autocommit() {
-            let _ = self.control("COMMIT");
+        if began
+            && !self.conn().is_autocommit()
+            && let Err(e) = self.control("COMMIT")
+        {
+            // Never leave the connection inside a transaction: the next write's BEGIN would
+            // fail and an idle document could not close.
+            tracing::error!(error = %e, "ending a shared read transaction failed; rolling back");
+            let _ = self.conn().execute_batch("ROLLBACK");
         }
     }
 

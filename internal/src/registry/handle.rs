@@ -178,7 +178,14 @@ impl DocHandle {
     /// Asks the actor to give back its connection's memory (see `Command::Shrink`), if its
     /// mailbox has room; never waits. Whether it was asked.
     pub(crate) fn try_shrink(&self) -> bool {
-        self.inner.tx.try_send(Command::Shrink).is_ok()
+        // Counted like every message: the actor lowers `mailbox_depth` for each one it takes.
+        let depth = &self.inner.metrics.mailbox_depth;
+        depth.inc();
+        let sent = self.inner.tx.try_send(Command::Shrink).is_ok();
+        if !sent {
+            depth.dec();
+        }
+        sent
     }
 
     /// The document's page count, page size and WAL size, from its actor (ordered after what

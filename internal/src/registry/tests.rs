@@ -134,6 +134,15 @@ async fn group_commit_batches_waiting_writes_and_isolates_failures() {
     );
 }
 
+/// Waits until `n` messages wait in the mailbox (each send is in place before the next).
+async fn queued(metrics: &Metrics, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metrics.mailbox_depth.get() < n as i64 {
+        assert!(Instant::now() < deadline, "{n} messages never queued");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
 /// Queries waiting together share one read transaction, in mailbox order around writes: the
 /// queries before a write do not see it, those after it do, a failing or panicking query
 /// answers alone, and the rest still get their rows.
@@ -168,8 +177,7 @@ async fn waiting_queries_share_a_read_transaction_in_mailbox_order() {
             _ => None,
         };
         before.push(count(&doc, fail));
-        // Keep mailbox order: each send lands before the next is spawned.
-        tokio::time::sleep(Duration::from_millis(2)).await;
+        queued(&metrics, i + 1).await;
     }
     let writer = {
         let doc = doc.clone();
@@ -178,13 +186,12 @@ async fn waiting_queries_share_a_read_transaction_in_mailbox_order() {
                 .await
         })
     };
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    queued(&metrics, 21).await;
     let mut after = Vec::new();
-    for _ in 0..10 {
+    for i in 0..10 {
         after.push(count(&doc, None));
-        tokio::time::sleep(Duration::from_millis(2)).await;
+        queued(&metrics, 22 + i).await;
     }
-    tokio::time::sleep(Duration::from_millis(100)).await;
     release.send(()).unwrap();
     for (i, task) in before.into_iter().enumerate() {
         let result = task.await.unwrap();

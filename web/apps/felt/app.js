@@ -52,7 +52,7 @@ async function loadMe() {
 
 // ---------- live state: one SQL watch on the whole tournament ----------
 const lastKey = (db) => `felt.last.${db}`;
-/** How long after the last update a screen writes its cached state. */
+/** How often at most a screen writes its cached state. */
 const CACHE_WRITE_MS = 1000;
 
 /**
@@ -65,8 +65,8 @@ const CACHE_WRITE_MS = 1000;
  *
  * What a screen does per update is kept small, because fifty of them share a machine's cores in
  * the same few milliseconds: the badge is touched only when it changes, and the cached state is
- * written a moment after the updates stop (and when the page is hidden or left) instead of on
- * every update: a `localStorage` write was a third of a screen's CPU per update.
+ * written at most once a second (and when the page is hidden or left) instead of on every
+ * update: a `localStorage` write was a third of a screen's CPU per update.
  */
 function watchState(db, render, { cache = false } = {}) {
   let offset = 0;
@@ -83,14 +83,15 @@ function watchState(db, render, { cache = false } = {}) {
   let saveTimer = null;
   const save = () => {
     clearTimeout(saveTimer);
+    saveTimer = null;
     if (!unsaved) return;
     try { localStorage.setItem(lastKey(db), JSON.stringify(unsaved)); } catch { /* full or disabled */ }
     unsaved = null;
   };
+  // Throttled, not debounced: a steady stream of updates still reaches the cache every second.
   const saveSoon = (text) => {
     unsaved = { text, offset };
-    clearTimeout(saveTimer);
-    saveTimer = setTimeout(save, CACHE_WRITE_MS);
+    if (saveTimer === null) saveTimer = setTimeout(save, CACHE_WRITE_MS);
   };
   const saveIfHidden = () => { if (document.visibilityState === "hidden") save(); };
   const show = (text, cached) => {
@@ -136,6 +137,7 @@ function watchState(db, render, { cache = false } = {}) {
   cleanup.push(() => {
     s.stop();
     save();
+    probe.conn = undefined;
     window.removeEventListener("online", kick);
     window.removeEventListener("pagehide", save);
     document.removeEventListener("visibilitychange", saveIfHidden);
