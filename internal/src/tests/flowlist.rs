@@ -52,6 +52,20 @@ fn migrations() -> Value {
     Value::Array(out)
 }
 
+/// `exec_as`, asserting the answer's status; the body for further checks.
+async fn expect_exec(
+    server: &TestServer,
+    token: &str,
+    db: &str,
+    sql: &str,
+    args: Value,
+    want: StatusCode,
+) -> Value {
+    let (s, v) = exec_as(server, token, db, sql, args).await;
+    assert_eq!(s, want, "{sql}: {v}");
+    v
+}
+
 async fn exec_as(
     server: &TestServer,
     token: &str,
@@ -191,8 +205,7 @@ async fn flowlist_migrations_seed_rerun_and_trust_rules() {
         "DELETE FROM list_members WHERE subject = 'demo'",
         "INSERT INTO list_members (subject, role) VALUES (patchwork_caller(), 'owner')",
     ] {
-        let (s, v) = exec_as(&server, &owner, db, sql, json!([])).await;
-        assert_eq!(s, StatusCode::OK, "{sql}: {v}");
+        expect_exec(&server, &owner, db, sql, json!([]), StatusCode::OK).await;
     }
     let owner_subject = admin_rows(&server, db, "SELECT owner FROM lists").await[0][0].clone();
     let caller = admin_rows(&server, db, "SELECT patchwork_caller()").await[0][0].clone();
@@ -205,59 +218,59 @@ async fn flowlist_migrations_seed_rerun_and_trust_rules() {
         ])
         .await;
     let viewer = server.mint(vec![scope(db, Action::QueryRead, None)]).await;
-    let (s, v) = exec_as(
+    expect_exec(
         &server,
         &editor,
         db,
         "UPDATE lists SET owner = patchwork_caller()",
         json!([]),
+        StatusCode::CONFLICT,
     )
     .await;
-    assert_eq!(s, StatusCode::CONFLICT, "{v}");
 
     // An editor: writes tasks, stamped with their caller id; forgeries refused.
-    let (s, v) = exec_as(
+    expect_exec(
         &server,
         &editor,
         db,
         "INSERT INTO profiles (subject, name) VALUES (patchwork_caller(), 'Eddie')",
         json!([]),
+        StatusCode::OK,
     )
     .await;
-    assert_eq!(s, StatusCode::OK, "{v}");
-    let (s, v) = exec_as(
+    expect_exec(
         &server,
         &editor,
         db,
         "INSERT INTO list_members (subject, role) VALUES (patchwork_caller(), 'editor')",
         json!([]),
+        StatusCode::OK,
     )
     .await;
-    assert_eq!(s, StatusCode::OK, "{v}");
-    let (s, v) = exec_as(
+    expect_exec(
         &server,
         &editor,
         db,
         "INSERT INTO tasks (id, title, position) VALUES ('t1', 'Milk', 10)",
         json!([]),
+        StatusCode::OK,
     )
     .await;
-    assert_eq!(s, StatusCode::OK, "{v}");
     let editor_id =
         admin_rows(&server, db, "SELECT created_by FROM tasks WHERE id = 't1'").await[0][0].clone();
     assert!(
         editor_id.is_string() && editor_id != owner_subject,
         "{editor_id}"
     );
-    let (s, v) = exec_as(
+    expect_exec(
         &server,
         &owner,
         db,
         "INSERT INTO comments (id, task_id, body) VALUES ('c1', 't1', 'semi-skimmed?')",
         json!([]),
+        StatusCode::OK,
     )
     .await;
-    assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(
         admin_rows(&server, db, "SELECT author FROM comments WHERE id = 'c1'").await[0][0],
         owner_subject,
@@ -289,8 +302,7 @@ async fn flowlist_migrations_seed_rerun_and_trust_rules() {
         "INSERT INTO task_reactions (task_id, subject, emoji) VALUES ('t1', patchwork_caller(), '👍')",
         "UPDATE tasks SET done = 1 WHERE id = 't1'",
     ] {
-        let (s, v) = exec_as(&server, &editor, db, sql, json!([])).await;
-        assert_eq!(s, StatusCode::OK, "{sql}: {v}");
+        expect_exec(&server, &editor, db, sql, json!([]), StatusCode::OK).await;
     }
     let row = admin_rows(
         &server,
@@ -306,15 +318,15 @@ async fn flowlist_migrations_seed_rerun_and_trust_rules() {
     )
     .await;
     assert_eq!(row, vec![json!([editor_id, 1, 1])]);
-    let (s, v) = exec_as(
+    expect_exec(
         &server,
         &editor,
         db,
         "DELETE FROM tasks WHERE id = 't1'",
         json!([]),
+        StatusCode::OK,
     )
     .await;
-    assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(
         admin_rows(&server, db, "SELECT (SELECT count(*) FROM comments WHERE task_id = 't1'), (SELECT count(*) FROM task_reactions WHERE task_id = 't1')").await,
         vec![json!([0, 0])]
@@ -335,8 +347,7 @@ async fn flowlist_migrations_seed_rerun_and_trust_rules() {
         "UPDATE tasks SET done = 1",
         "UPDATE lists SET id = id WHERE 0",
     ] {
-        let (s, v) = exec_as(&server, &viewer, db, sql, json!([])).await;
-        assert_eq!(s, StatusCode::FORBIDDEN, "{sql}: {v}");
+        expect_exec(&server, &viewer, db, sql, json!([]), StatusCode::FORBIDDEN).await;
     }
     server.stop().await.unwrap();
 }
