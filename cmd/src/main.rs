@@ -126,6 +126,10 @@ struct ServeArgs {
     /// SQLite busy timeout in milliseconds [default: 5000].
     #[arg(long, env = "PATCHWORK_BUSY_TIMEOUT_MS")]
     busy_timeout_ms: Option<u64>,
+    /// WAL pages after which a commit checkpoints the WAL (SQLite's wal_autocheckpoint)
+    /// [default: 4000].
+    #[arg(long, env = "PATCHWORK_WAL_AUTOCHECKPOINT_PAGES")]
+    wal_autocheckpoint_pages: Option<u32>,
     /// Document mailbox capacity; a full mailbox answers 503 [default: 1024].
     #[arg(long, env = "PATCHWORK_MAILBOX_CAPACITY")]
     mailbox_capacity: Option<usize>,
@@ -416,6 +420,7 @@ impl ServeArgs {
             data_dir,
             synchronous,
             busy_timeout_ms,
+            wal_autocheckpoint_pages,
             mailbox_capacity,
             max_batch,
             idle_timeout_secs,

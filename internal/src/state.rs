@@ -91,6 +91,7 @@ fn actor_config(config: &Config) -> ActorConfig {
         open: OpenOptions {
             synchronous: config.synchronous,
             busy_timeout: Duration::from_millis(config.busy_timeout_ms),
+            wal_autocheckpoint: config.wal_autocheckpoint_pages,
             // Room for the largest value Patchwork itself stores (a request body, a webhook
             // delivery) or may return; a little over, for JSON and headers around it.
             max_value_bytes: config

@@ -24,6 +24,7 @@ fn open(data_dir: &Path) -> anyhow::Result<(Connection, InstallKey)> {
             synchronous: Synchronous::Full,
             busy_timeout: Duration::from_secs(10),
             max_value_bytes: 16 << 20,
+            wal_autocheckpoint: sqlite::DEFAULT_WAL_AUTOCHECKPOINT,
         },
     )
     .with_context(|| format!("opening {}", path.display()))?;

@@ -93,6 +93,7 @@ mod tests {
             synchronous: Synchronous::Normal,
             busy_timeout: Duration::from_secs(5),
             max_value_bytes: 1 << 20,
+            wal_autocheckpoint: sqlite::DEFAULT_WAL_AUTOCHECKPOINT,
         }
     }
 

@@ -21,6 +21,7 @@ fn config(
                 synchronous: Synchronous::Normal,
                 busy_timeout: Duration::from_secs(5),
                 max_value_bytes: 16 << 20,
+                wal_autocheckpoint: crate::sqlite::DEFAULT_WAL_AUTOCHECKPOINT,
             },
             mailbox_capacity: mailbox,
             sync_keep_versions: 10_000,
