@@ -119,6 +119,11 @@ const DOCUMENT: &[Migration] = &[
         name: "0008_app_schema",
         sql: include_str!("../../migrations/document/0008_app_schema.sql"),
     },
+    Migration {
+        version: 9,
+        name: "0009_messages_by_id",
+        sql: include_str!("../../migrations/document/0009_messages_by_id.sql"),
+    },
 ];
 
 impl Schema {

@@ -100,7 +100,13 @@ pub fn insert(
             ));
         }
     }
-    let created_ms = crate::time_fmt::now_ms();
+    // Never before the previous message (a clock stepped back): along ids the times never
+    // decrease, which retention by age relies on to stop at the first young message.
+    let previous: Option<i64> = conn
+        .prepare_cached("SELECT created_ms FROM _patchwork_messages ORDER BY id DESC LIMIT 1")?
+        .query_row([], |r| r.get(0))
+        .optional()?;
+    let created_ms = crate::time_fmt::now_ms().max(previous.unwrap_or(i64::MIN));
     // `last_insert_rowid()` rather than `RETURNING`, which builds an ephemeral table per
     // statement (a third of the insert's cost).
     let inserted = conn
@@ -307,11 +313,16 @@ pub fn sweep_rule(
     let mut doomed: Vec<i64> = Vec::new();
     if let Some(age) = rule.max_age_seconds {
         let cutoff = crate::time_fmt::now_ms() - age.saturating_mul(1000);
+        // Oldest first, up to the first message young enough to keep: publish times never
+        // decrease along ids (see `insert`), so every later one is younger still.
         let mut stmt = conn.prepare_cached(
-            "SELECT id, topic FROM _patchwork_messages WHERE created_ms < ?1 ORDER BY id LIMIT ?2",
+            "SELECT id, topic, created_ms FROM _patchwork_messages ORDER BY id LIMIT ?1",
         )?;
-        let mut rows = stmt.query(params![cutoff, scan_limit as i64])?;
+        let mut rows = stmt.query([scan_limit as i64])?;
         while let Some(row) = rows.next()? {
+            if row.get::<_, i64>(2)? >= cutoff {
+                break;
+            }
             let topic: String = row.get(1)?;
             if topic::matches(&rule.topic_filter, &topic) {
                 doomed.push(row.get(0)?);
@@ -350,4 +361,86 @@ pub fn sweep_rule(
         del.execute([id])?;
     }
     Ok(doomed.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::migrations::Schema;
+
+    fn document() -> (tempfile::TempDir, Connection) {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = crate::sqlite::OpenOptions {
+            synchronous: crate::config::Synchronous::Normal,
+            busy_timeout: std::time::Duration::from_secs(5),
+            max_value_bytes: 1 << 20,
+            wal_autocheckpoint: crate::sqlite::DEFAULT_WAL_AUTOCHECKPOINT,
+        };
+        let conn =
+            crate::sqlite::open(&dir.path().join("d.sqlite3"), Schema::Document, opts).unwrap();
+        (dir, conn)
+    }
+
+    fn message(topic: &str) -> NewMessage {
+        NewMessage {
+            topic: topic.into(),
+            content_type: "text/plain".into(),
+            payload: b"x".to_vec(),
+            dedupe_key: None,
+            retain: false,
+        }
+    }
+
+    fn stored(conn: &Connection, created_ms: i64, topic: &str) {
+        conn.execute(
+            "INSERT INTO _patchwork_messages (topic, content_type, payload, created_ms) \
+             VALUES (?1, 'text/plain', x'00', ?2)",
+            params![topic, created_ms],
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn publish_times_never_decrease_along_ids() {
+        let (_dir, conn) = document();
+        // The message before was stamped an hour ahead (the clock has since stepped back).
+        let ahead = crate::time_fmt::now_ms() + 3_600_000;
+        stored(&conn, ahead, "t");
+        let (published, message) = insert(&conn, &message("t"), None).unwrap();
+        assert_eq!(message.unwrap().created_ms, ahead);
+        assert_eq!(published.created_at, crate::time_fmt::from_unix_ms(ahead));
+    }
+
+    #[test]
+    fn an_age_sweep_stops_at_the_first_young_message() {
+        let (_dir, conn) = document();
+        let now = crate::time_fmt::now_ms();
+        stored(&conn, now - 10_000, "a/1");
+        stored(&conn, now - 9_000, "b");
+        stored(&conn, now - 8_000, "a/2");
+        stored(&conn, now, "a/3");
+        let rule = RetentionRule {
+            topic_filter: "a/#".into(),
+            max_age_seconds: Some(5),
+            max_messages: None,
+        };
+        assert_eq!(sweep_rule(&conn, &rule, 100, 1_000).unwrap(), 2);
+        let left: Vec<String> = conn
+            .prepare("SELECT topic FROM _patchwork_messages ORDER BY id")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(left, ["b", "a/3"]);
+        // The batch and scan bounds hold.
+        let (_dir, conn) = document();
+        for _ in 0..3 {
+            stored(&conn, now - 10_000, "a/1");
+        }
+        assert_eq!(sweep_rule(&conn, &rule, 1, 1_000).unwrap(), 1);
+        assert_eq!(sweep_rule(&conn, &rule, 100, 1).unwrap(), 1);
+        assert_eq!(sweep_rule(&conn, &rule, 100, 1_000).unwrap(), 1);
+        assert_eq!(sweep_rule(&conn, &rule, 100, 1_000).unwrap(), 0);
+    }
 }

@@ -697,6 +697,51 @@ async fn retention_rules_and_sweep() {
 }
 
 #[tokio::test]
+async fn retention_by_age_deletes_old_matching_messages_only() {
+    let server = TestServer::start().await;
+    for topic in ["old/a", "other", "old/b"] {
+        let (s, v) = publish(
+            &server,
+            "age",
+            json!({"topic": topic, "payload_text": "early"}),
+        )
+        .await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+    }
+    tokio::time::sleep(Duration::from_millis(1_300)).await;
+    for topic in ["old/a", "old/c"] {
+        let (s, v) = publish(
+            &server,
+            "age",
+            json!({"topic": topic, "payload_text": "late"}),
+        )
+        .await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+    }
+    let r = server
+        .admin(Method::PUT, "/api/v1/db/age/messages/retention")
+        .json(&json!({"rules": [{"topic_filter": "old/#", "max_age_seconds": 1}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    crate::pubsub::retention::sweep_all(&server.state).await;
+    let mut reader = sse(&server, "age", "topic=%23&since_id=0").await;
+    let mut kept = Vec::new();
+    while let Some(e) = reader.next_non_heartbeat(Duration::from_millis(400)).await {
+        let m = e.json();
+        kept.push(format!(
+            "{} {}",
+            m["topic"].as_str().unwrap(),
+            String::from_utf8(payload_of(&m)).unwrap()
+        ));
+    }
+    // The two early `old/…` messages are past the rule's age; the early `other` matches no
+    // rule; the late ones are young.
+    assert_eq!(kept, ["other early", "old/a late", "old/c late"]);
+}
+
+#[tokio::test]
 async fn websockets_are_pinged_and_a_silent_client_is_closed() {
     use futures_util::StreamExt;
     let server = TestServer::start_with(|c| c.ws_ping_secs = 1).await;
