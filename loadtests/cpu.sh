@@ -56,7 +56,7 @@ EXTRA=()
 [[ "$SCENARIO" == publish-ws ]] && EXTRA=(--window "${WINDOW:-1}")
 run() {
     "$LOADTESTS" "$SCENARIO" --url "http://$ADDR" --token "$TOKEN" --concurrency "$CONCURRENCY" \
-        "${EXTRA[@]}" --duration "$1" 2>/dev/null
+        ${EXTRA[@]+"${EXTRA[@]}"} --duration "$1" 2>/dev/null
 }
 run 2 >/dev/null
 # Requests the server answered (its own counter, so the scenario's setup and warm-up are
@@ -71,8 +71,9 @@ commits() {
         awk '/^patchwork_group_commit_batch_size_sum/ {s = $NF} /^patchwork_group_commit_batch_size_count/ {c = $NF}
              END {printf "%d %d\n", s, c}'
 }
-# Busy and total jiffies of the whole machine (/proc/stat: idle and iowait count as idle).
-jiffies() { awk '/^cpu / {t = 0; for (i = 2; i <= NF; i++) t += $i; print t - $5 - $6, t}' /proc/stat; }
+# Busy and total jiffies of the whole machine (/proc/stat: idle and iowait count as idle; the
+# guest fields are already inside user and nice).
+jiffies() { awk '/^cpu / {t = 0; for (i = 2; i <= 9; i++) t += $i; print t - $5 - $6, t}' /proc/stat; }
 BEFORE="$(served)"
 COMMITS_BEFORE="$(commits)"
 JIFFIES_BEFORE="$(jiffies)"
@@ -84,7 +85,7 @@ if [[ "${RECORD:-0}" == 1 ]]; then
 fi
 perf stat -e task-clock -o "$WORK/loadgen.stat" -- \
     "$LOADTESTS" "$SCENARIO" --url "http://$ADDR" --token "$TOKEN" --concurrency "$CONCURRENCY" \
-    "${EXTRA[@]}" --duration "$DURATION" >"$WORK/run.out" 2>/dev/null
+    ${EXTRA[@]+"${EXTRA[@]}"} --duration "$DURATION" >"$WORK/run.out" 2>/dev/null
 JIFFIES_AFTER="$(jiffies)"
 kill -INT "$STAT"
 wait "$STAT" || true

@@ -74,6 +74,11 @@ pub struct Published {
     pub duplicate: bool,
 }
 
+/// How far ahead of the clock a message's time may be carried forward to keep publish times
+/// non-decreasing (see [`insert`]); retention by age skips, rather than stops at, messages
+/// stamped further ahead.
+const CLOCK_SLACK_MS: i64 = 5 * 60 * 1000;
+
 /// Inserts `m` unless its `dedupe_key` was already used on its topic. Returns the answer and,
 /// for a new message, the stored message to announce.
 pub fn insert(
@@ -101,12 +106,25 @@ pub fn insert(
         }
     }
     // Never before the previous message (a clock stepped back): along ids the times never
-    // decrease, which retention by age relies on to stop at the first young message.
+    // decrease, which retention by age relies on to stop at the first young message. A
+    // previous time further ahead than `CLOCK_SLACK_MS` came from a clock that was wrong, not
+    // from a small step back; carrying it forward would stamp every later message with it.
     let previous: Option<i64> = conn
         .prepare_cached("SELECT created_ms FROM _patchwork_messages ORDER BY id DESC LIMIT 1")?
         .query_row([], |r| r.get(0))
         .optional()?;
-    let created_ms = crate::time_fmt::now_ms().max(previous.unwrap_or(i64::MIN));
+    let now = crate::time_fmt::now_ms();
+    let created_ms = match previous {
+        Some(p) if p > now && p - now <= CLOCK_SLACK_MS => p,
+        Some(p) if p > now => {
+            tracing::warn!(
+                ahead_ms = p - now,
+                "the previous message is stamped far in the future; not carrying its time forward"
+            );
+            now
+        }
+        _ => now,
+    };
     // `last_insert_rowid()` rather than `RETURNING`, which builds an ephemeral table per
     // statement (a third of the insert's cost).
     let inserted = conn
@@ -312,15 +330,23 @@ pub fn sweep_rule(
 ) -> rusqlite::Result<usize> {
     let mut doomed: Vec<i64> = Vec::new();
     if let Some(age) = rule.max_age_seconds {
-        let cutoff = crate::time_fmt::now_ms() - age.saturating_mul(1000);
+        let now = crate::time_fmt::now_ms();
+        let cutoff = now - age.saturating_mul(1000);
         // Oldest first, up to the first message young enough to keep: publish times never
-        // decrease along ids (see `insert`), so every later one is younger still.
+        // decrease along ids (see `insert`), so every later one is younger still. (Documents
+        // from before that rule may hold a message stamped before one ahead of it; it is then
+        // kept at most as long as the clock step that caused it.) A message stamped far in the
+        // future was a wrong clock, not a young message: skipped, so it cannot stall the sweep.
         let mut stmt = conn.prepare_cached(
             "SELECT id, topic, created_ms FROM _patchwork_messages ORDER BY id LIMIT ?1",
         )?;
         let mut rows = stmt.query([scan_limit as i64])?;
         while let Some(row) = rows.next()? {
-            if row.get::<_, i64>(2)? >= cutoff {
+            let created: i64 = row.get(2)?;
+            if created > now.saturating_add(CLOCK_SLACK_MS) {
+                continue;
+            }
+            if created >= cutoff {
                 break;
             }
             let topic: String = row.get(1)?;
@@ -403,12 +429,38 @@ mod tests {
     #[test]
     fn publish_times_never_decrease_along_ids() {
         let (_dir, conn) = document();
-        // The message before was stamped an hour ahead (the clock has since stepped back).
-        let ahead = crate::time_fmt::now_ms() + 3_600_000;
+        // The message before was stamped two minutes ahead (the clock has since stepped back).
+        let ahead = crate::time_fmt::now_ms() + 120_000;
         stored(&conn, ahead, "t");
         let (published, message) = insert(&conn, &message("t"), None).unwrap();
         assert_eq!(message.unwrap().created_ms, ahead);
         assert_eq!(published.created_at, crate::time_fmt::from_unix_ms(ahead));
+    }
+
+    #[test]
+    fn a_time_far_in_the_future_is_not_carried_forward_nor_stalls_the_sweep() {
+        let (_dir, conn) = document();
+        let now = crate::time_fmt::now_ms();
+        stored(&conn, now - 10_000, "a/old");
+        // A clock that was years ahead for a moment.
+        stored(&conn, now + 10 * 365 * 86_400_000, "a/wrong");
+        let (_, message) = insert(&conn, &message("a/new"), None).unwrap();
+        let stamped = message.unwrap().created_ms;
+        assert!((now..now + 60_000).contains(&stamped), "{stamped}");
+        let rule = RetentionRule {
+            topic_filter: "a/#".into(),
+            max_age_seconds: Some(5),
+            max_messages: None,
+        };
+        assert_eq!(sweep_rule(&conn, &rule, 100, 1_000).unwrap(), 1);
+        let left: Vec<String> = conn
+            .prepare("SELECT topic FROM _patchwork_messages ORDER BY id")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(left, ["a/wrong", "a/new"]);
     }
 
     #[test]
