@@ -100,19 +100,24 @@ pub async fn sweep_document(state: &AppState, db_id: &DbId) -> Result<usize, Doc
     let rules = doc.read(|c| Ok(sql::retention_rules(c)?)).await?;
     let mut total = 0;
     for rule in rules {
+        // The age scan resumes where the last pass stopped, so old messages of other topics
+        // cannot hide matching ones behind the scan limit.
+        let mut age_after = 0;
         loop {
             let r = rule.clone();
-            let deleted = doc
+            let swept = doc
                 .write(move |c| {
                     // Whole pages the delete frees are zeroed too (see the helper).
                     Ok(crate::schema::expiry::with_full_secure_delete(c, || {
-                        sql::sweep_rule(c, &r, BATCH, SCAN)
+                        sql::sweep_rule(c, &r, age_after, BATCH, SCAN)
                     })?)
                 })
                 .await?;
-            total += deleted;
-            if deleted < BATCH {
-                break;
+            total += swept.deleted;
+            match swept.age_resume_after {
+                Some(id) => age_after = id,
+                None if swept.deleted >= BATCH => {}
+                None => break,
             }
             // Let publishers in between batches.
             tokio::task::yield_now().await;

@@ -319,16 +319,29 @@ pub fn set_retention_rules(conn: &Connection, rules: &[RetentionRule]) -> rusqli
     Ok(())
 }
 
-/// Deletes at most `batch` messages that fall out of `rule`; returns how many it deleted.
-/// Age: older than `max_age_seconds`. Count: beyond the newest `max_messages` matching ones
-/// (scanning at most `scan_limit` rows).
+/// What one [`sweep_rule`] pass did.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Swept {
+    pub deleted: usize,
+    /// Where the age scan stopped short (the batch or the scan limit, not a young message or
+    /// the end): the next pass resumes after this id.
+    pub age_resume_after: Option<i64>,
+}
+
+/// Deletes at most `batch` messages that fall out of `rule`. Age: older than
+/// `max_age_seconds`, scanning at most `scan_limit` messages after id `age_after` (so old
+/// messages of other topics, however many, cannot hide matching ones from a sweep that
+/// resumes where the last pass stopped). Count: beyond the newest `max_messages` matching
+/// ones (scanning at most `scan_limit` rows).
 pub fn sweep_rule(
     conn: &Connection,
     rule: &RetentionRule,
+    age_after: i64,
     batch: usize,
     scan_limit: usize,
-) -> rusqlite::Result<usize> {
+) -> rusqlite::Result<Swept> {
     let mut doomed: Vec<i64> = Vec::new();
+    let mut age_resume_after = None;
     if let Some(age) = rule.max_age_seconds {
         let now = crate::time_fmt::now_ms();
         let cutoff = now - age.saturating_mul(1000);
@@ -338,12 +351,20 @@ pub fn sweep_rule(
         // kept at most as long as the clock step that caused it.) A message stamped far in the
         // future was a wrong clock, not a young message: skipped, so it cannot stall the sweep.
         let mut stmt = conn.prepare_cached(
-            "SELECT id, topic, created_ms FROM _patchwork_messages ORDER BY id LIMIT ?1",
+            "SELECT id, topic, created_ms FROM _patchwork_messages WHERE id > ?1 ORDER BY id LIMIT ?2",
         )?;
-        let mut rows = stmt.query([scan_limit as i64])?;
+        let mut rows = stmt.query(params![age_after, scan_limit as i64])?;
+        let mut scanned = 0usize;
         while let Some(row) = rows.next()? {
+            scanned += 1;
+            let id: i64 = row.get(0)?;
             let created: i64 = row.get(2)?;
+            // The last row the scan limit lets through: a next pass resumes after it.
+            let limit_reached = scanned >= scan_limit;
             if created > now.saturating_add(CLOCK_SLACK_MS) {
+                if limit_reached {
+                    age_resume_after = Some(id);
+                }
                 continue;
             }
             if created >= cutoff {
@@ -351,10 +372,14 @@ pub fn sweep_rule(
             }
             let topic: String = row.get(1)?;
             if topic::matches(&rule.topic_filter, &topic) {
-                doomed.push(row.get(0)?);
+                doomed.push(id);
                 if doomed.len() >= batch {
+                    age_resume_after = Some(id);
                     break;
                 }
+            }
+            if limit_reached {
+                age_resume_after = Some(id);
             }
         }
     }
@@ -386,7 +411,10 @@ pub fn sweep_rule(
     for id in &doomed {
         del.execute([id])?;
     }
-    Ok(doomed.len())
+    Ok(Swept {
+        deleted: doomed.len(),
+        age_resume_after,
+    })
 }
 
 #[cfg(test)]
@@ -452,7 +480,7 @@ mod tests {
             max_age_seconds: Some(5),
             max_messages: None,
         };
-        assert_eq!(sweep_rule(&conn, &rule, 100, 1_000).unwrap(), 1);
+        assert_eq!(sweep_rule(&conn, &rule, 0, 100, 1_000).unwrap().deleted, 1);
         let left: Vec<String> = conn
             .prepare("SELECT topic FROM _patchwork_messages ORDER BY id")
             .unwrap()
@@ -476,7 +504,13 @@ mod tests {
             max_age_seconds: Some(5),
             max_messages: None,
         };
-        assert_eq!(sweep_rule(&conn, &rule, 100, 1_000).unwrap(), 2);
+        assert_eq!(
+            sweep_rule(&conn, &rule, 0, 100, 1_000).unwrap(),
+            Swept {
+                deleted: 2,
+                age_resume_after: None
+            }
+        );
         let left: Vec<String> = conn
             .prepare("SELECT topic FROM _patchwork_messages ORDER BY id")
             .unwrap()
@@ -490,9 +524,55 @@ mod tests {
         for _ in 0..3 {
             stored(&conn, now - 10_000, "a/1");
         }
-        assert_eq!(sweep_rule(&conn, &rule, 1, 1_000).unwrap(), 1);
-        assert_eq!(sweep_rule(&conn, &rule, 100, 1).unwrap(), 1);
-        assert_eq!(sweep_rule(&conn, &rule, 100, 1_000).unwrap(), 1);
-        assert_eq!(sweep_rule(&conn, &rule, 100, 1_000).unwrap(), 0);
+        let swept = |after, batch, scan| sweep_rule(&conn, &rule, after, batch, scan).unwrap();
+        let resumes = |deleted, after| Swept {
+            deleted,
+            age_resume_after: Some(after),
+        };
+        assert_eq!(swept(0, 1, 1_000), resumes(1, 1));
+        assert_eq!(swept(1, 100, 1), resumes(1, 2));
+        assert_eq!(swept(2, 100, 1_000).deleted, 1);
+        assert_eq!(swept(0, 100, 1_000).deleted, 0);
+    }
+
+    #[test]
+    fn old_messages_of_other_topics_do_not_hide_matching_ones() {
+        let (_dir, conn) = document();
+        let old = crate::time_fmt::now_ms() - 10_000;
+        for _ in 0..5 {
+            stored(&conn, old, "other");
+        }
+        stored(&conn, old, "a/1");
+        let rule = RetentionRule {
+            topic_filter: "a/#".into(),
+            max_age_seconds: Some(5),
+            max_messages: None,
+        };
+        // A scan limit of 3 sees only `other`s; resuming after them reaches `a/1`.
+        let first = sweep_rule(&conn, &rule, 0, 100, 3).unwrap();
+        assert_eq!(
+            first,
+            Swept {
+                deleted: 0,
+                age_resume_after: Some(3)
+            }
+        );
+        // The limit is reached on the last row too: a third pass finds the end.
+        let second = sweep_rule(&conn, &rule, 3, 100, 3).unwrap();
+        assert_eq!(
+            second,
+            Swept {
+                deleted: 1,
+                age_resume_after: Some(6)
+            }
+        );
+        let third = sweep_rule(&conn, &rule, 6, 100, 3).unwrap();
+        assert_eq!(
+            third,
+            Swept {
+                deleted: 0,
+                age_resume_after: None
+            }
+        );
     }
 }
