@@ -717,6 +717,23 @@ mod tests {
     }
 
     #[test]
+    fn wal_autocheckpoint_pages_is_bounded() {
+        for (pages, ok) in [(99, false), (100, true), (4_000, true), (1_000_001, false)] {
+            let config = Config {
+                wal_autocheckpoint_pages: pages,
+                ..Config::default()
+            };
+            match config.validate() {
+                Ok(()) => assert!(ok, "{pages} accepted"),
+                Err(e) => assert!(
+                    !ok && e.contains("wal_autocheckpoint_pages"),
+                    "{pages}: {e}"
+                ),
+            }
+        }
+    }
+
+    #[test]
     fn toml_round_trip_and_unknown_keys() {
         let parsed: Config = toml::from_str("synchronous = \"full\"\nmax_batch = 7\n").unwrap();
         assert_eq!(parsed.synchronous, Synchronous::Full);

@@ -354,33 +354,29 @@ pub fn sweep_rule(
             "SELECT id, topic, created_ms FROM _patchwork_messages WHERE id > ?1 ORDER BY id LIMIT ?2",
         )?;
         let mut rows = stmt.query(params![age_after, scan_limit as i64])?;
-        let mut scanned = 0usize;
+        let (mut scanned, mut last, mut young) = (0usize, age_after, false);
         while let Some(row) = rows.next()? {
             scanned += 1;
-            let id: i64 = row.get(0)?;
+            last = row.get(0)?;
             let created: i64 = row.get(2)?;
-            // The last row the scan limit lets through: a next pass resumes after it.
-            let limit_reached = scanned >= scan_limit;
             if created > now.saturating_add(CLOCK_SLACK_MS) {
-                if limit_reached {
-                    age_resume_after = Some(id);
-                }
                 continue;
             }
             if created >= cutoff {
+                young = true;
                 break;
             }
             let topic: String = row.get(1)?;
             if topic::matches(&rule.topic_filter, &topic) {
-                doomed.push(id);
+                doomed.push(last);
                 if doomed.len() >= batch {
-                    age_resume_after = Some(id);
                     break;
                 }
             }
-            if limit_reached {
-                age_resume_after = Some(id);
-            }
+        }
+        // Stopped by a bound rather than a young message or the end: more may follow.
+        if !young && (doomed.len() >= batch || scanned >= scan_limit) {
+            age_resume_after = Some(last);
         }
     }
     if let Some(keep) = rule.max_messages
@@ -454,6 +450,16 @@ mod tests {
         .unwrap();
     }
 
+    /// The stored messages' topics, in id order.
+    fn topics(conn: &Connection) -> Vec<String> {
+        conn.prepare("SELECT topic FROM _patchwork_messages ORDER BY id")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
     #[test]
     fn publish_times_never_decrease_along_ids() {
         let (_dir, conn) = document();
@@ -481,14 +487,7 @@ mod tests {
             max_messages: None,
         };
         assert_eq!(sweep_rule(&conn, &rule, 0, 100, 1_000).unwrap().deleted, 1);
-        let left: Vec<String> = conn
-            .prepare("SELECT topic FROM _patchwork_messages ORDER BY id")
-            .unwrap()
-            .query_map([], |r| r.get(0))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
-        assert_eq!(left, ["a/wrong", "a/new"]);
+        assert_eq!(topics(&conn), ["a/wrong", "a/new"]);
     }
 
     #[test]
@@ -511,14 +510,7 @@ mod tests {
                 age_resume_after: None
             }
         );
-        let left: Vec<String> = conn
-            .prepare("SELECT topic FROM _patchwork_messages ORDER BY id")
-            .unwrap()
-            .query_map([], |r| r.get(0))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
-        assert_eq!(left, ["b", "a/3"]);
+        assert_eq!(topics(&conn), ["b", "a/3"]);
         // The batch and scan bounds hold.
         let (_dir, conn) = document();
         for _ in 0..3 {
