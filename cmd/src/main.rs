@@ -126,8 +126,8 @@ struct ServeArgs {
     /// SQLite busy timeout in milliseconds [default: 5000].
     #[arg(long, env = "PATCHWORK_BUSY_TIMEOUT_MS")]
     busy_timeout_ms: Option<u64>,
-    /// WAL pages after which a commit checkpoints the WAL (SQLite's wal_autocheckpoint)
-    /// [default: 4000].
+    /// WAL pages after which a background thread checkpoints a document's WAL (it starts over
+    /// at about twice this) [default: 4000].
     #[arg(long, env = "PATCHWORK_WAL_AUTOCHECKPOINT_PAGES")]
     wal_autocheckpoint_pages: Option<u32>,
     /// Document mailbox capacity; a full mailbox answers 503 [default: 1024].

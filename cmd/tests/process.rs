@@ -474,12 +474,17 @@ async fn audit_log_names_tokens_but_never_their_secrets() {
 }
 
 /// 16 concurrent publishers, `kill -9` mid-run, restart: every acknowledged message is there
-/// with its payload intact. Three rounds on the same data dir.
+/// with its payload intact. Three rounds on the same data dir. The smallest checkpoint
+/// threshold makes the WAL start over many times a second, so the kill lands among background
+/// checkpoints and the actor's finishing ones.
 #[tokio::test]
 async fn acknowledged_publishes_survive_kill_9() {
     let dir = tempfile::tempdir().unwrap();
     let admin = "durability-admin-token-0123456789";
-    let env = [("PATCHWORK_ADMIN_TOKEN", admin)];
+    let env = [
+        ("PATCHWORK_ADMIN_TOKEN", admin),
+        ("PATCHWORK_WAL_AUTOCHECKPOINT_PAGES", "100"),
+    ];
     let mut acked_all: Vec<(i64, String)> = Vec::new();
     for round in 0..3 {
         let server = start(dir.path(), &env);
@@ -511,12 +516,25 @@ async fn acknowledged_publishes_survive_kill_9() {
             }));
         }
         tokio::time::sleep(Duration::from_millis(700)).await;
+        let metrics = client()
+            .get(format!("{base}/metrics"))
+            .bearer_auth(admin)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
         let mut server = server;
         signal(&server.child, "KILL");
         let _ = server.child.wait();
         for t in tasks {
             acked_all.extend(t.await.unwrap());
         }
+        assert!(
+            metrics.contains("patchwork_wal_checkpoints_total{reason=\"background\"}"),
+            "no background checkpoint ran before the kill: {metrics}"
+        );
     }
     assert!(
         acked_all.len() > 100,

@@ -212,10 +212,12 @@ pub struct Config {
     pub synchronous: Synchronous,
     /// SQLite `busy_timeout`, for the rare moment two connections meet on one file.
     pub busy_timeout_ms: u64,
-    /// WAL pages after which a commit checkpoints the WAL into the database file (SQLite's
-    /// `wal_autocheckpoint`). Larger: fewer checkpoints, each copying a page that many commits
-    /// rewrote only once (the header, `commit_seq`, index leaves), at the price of a larger WAL
-    /// file per busy open document (this many 4 KiB pages, truncated when it closes).
+    /// WAL pages after which a document's WAL is copied into its database file: by a
+    /// background thread, the actor finishing the copy and starting the WAL over at about twice
+    /// this (`registry/checkpoint.rs`; `service.db` uses it as SQLite's `wal_autocheckpoint`).
+    /// Larger: fewer checkpoints, each copying a page that many commits rewrote only once (the
+    /// header, `commit_seq`, index leaves), at the price of a larger WAL file per busy open
+    /// document (2–4× this many 4 KiB pages, truncated when it closes).
     pub wal_autocheckpoint_pages: u32,
     /// Bounded mailbox of each document actor; a full mailbox answers `503 overloaded`.
     pub mailbox_capacity: usize,

@@ -59,13 +59,13 @@ pub fn open(path: &Path, schema: Schema, opts: OpenOptions) -> Result<Connection
     // WAL that a checkpoint has reset is cut back to 64 MiB instead of keeping its peak size.
     // (Never below two autocheckpoints' worth of WAL, or every checkpoint would cut it back
     // only for the next commits to grow it again.)
-    let wal_limit = (64i64 << 20).max(i64::from(opts.wal_autocheckpoint) * 4096 * 2);
-    conn.pragma_update(None, "journal_size_limit", wal_limit)?;
+    conn.pragma_update(None, "journal_size_limit", wal_size_limit(opts))?;
     conn.pragma_update(None, "foreign_keys", true)?;
     // The default (1,000 pages) checkpointed a busy document dozens of times a second, each an
     // fsync on the committing thread while its writers waited: with 16 unpipelined publishers,
-    // 4,000 pages cut the p99 ack from ~4.5 ms to ~1 ms (publishes/s within the noise to +15%;
-    // loadtests/README.md, "WAL checkpoints off the hot path").
+    // 4,000 pages cut the p99 ack from ~4.5 ms to ~1 ms (loadtests/README.md, "WAL checkpoints
+    // off the hot path"). A document's actor then replaces this autocheckpoint with checkpoints
+    // on another thread (`registry/checkpoint.rs`).
     conn.pragma_update(None, "wal_autocheckpoint", opts.wal_autocheckpoint)?;
     // Defensive mode: no schema corruption through `writable_schema`, no writes to virtual
     // tables' shadow tables, no `journal_mode=OFF`, whatever a statement manages to prepare.
@@ -74,6 +74,26 @@ pub fn open(path: &Path, schema: Schema, opts: OpenOptions) -> Result<Connection
     conn.set_limit(Limit::SQLITE_LIMIT_LENGTH, max_value)?;
     conn.set_prepared_statement_cache_capacity(64);
     migrations::apply(&conn, schema)?;
+    Ok(conn)
+}
+
+/// `journal_size_limit` in bytes for a connection opened with `opts`.
+fn wal_size_limit(opts: OpenOptions) -> i64 {
+    (64i64 << 20).max(i64::from(opts.wal_autocheckpoint) * 4096 * 4)
+}
+
+/// A second connection to an existing database, for copying its WAL into the file from a
+/// thread other than the one that writes it (see `registry::checkpoint`). It creates nothing
+/// and runs no migrations; it keeps the WAL files and truncates the WAL as [`open`]'s
+/// connection does, so if it happens to be the last connection to close, it leaves the files
+/// the way the document's own close would have.
+pub fn open_checkpointer(path: &Path, opts: OpenOptions) -> rusqlite::Result<Connection> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags)?;
+    small_lookaside(&conn);
+    persist_wal(&conn);
+    conn.pragma_update(None, "synchronous", opts.synchronous.pragma_value())?;
+    conn.pragma_update(None, "journal_size_limit", wal_size_limit(opts))?;
     Ok(conn)
 }
 

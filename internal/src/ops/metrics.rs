@@ -46,6 +46,8 @@ pub struct Metrics {
     pub actor_restarts: Family<ReasonLabel, Counter>,
     pub commits: Counter,
     pub group_commit_batch: Histogram,
+    /// WAL checkpoints of documents, by where they ran (`background`, `finish`, `inline`).
+    pub wal_checkpoints: Family<ReasonLabel, Counter>,
     /// Queries that shared one read transaction (batches of two or more).
     pub query_batch: Histogram,
     pub failed_writes: Counter,
@@ -362,6 +364,13 @@ impl Metrics {
             "Write requests committed together in one transaction",
             group_commit_batch.clone(),
         );
+        let wal_checkpoints = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "wal_checkpoints",
+            "Document WAL checkpoints: background (on a thread of their own), finish (the few \
+             frames a background one left, on the actor thread) or inline (on the actor thread)",
+            wal_checkpoints.clone(),
+        );
         let query_batch = Histogram::new(exponential_buckets(2.0, 2.0, 10));
         registry.register(
             "query_batch_size",
@@ -590,6 +599,7 @@ impl Metrics {
             actor_restarts,
             commits,
             group_commit_batch,
+            wal_checkpoints,
             query_batch,
             failed_writes,
             evictions,

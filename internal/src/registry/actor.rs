@@ -26,6 +26,7 @@ use std::sync::{Arc, Mutex};
 use rusqlite::{Connection, OptionalExtension};
 use tokio::sync::{mpsc, oneshot};
 
+use super::checkpoint::{self, Checkpoints};
 use super::events::{Announcement, ChangeEvent, Events};
 use super::handle::{DocError, DocHandle};
 use crate::migrations::Schema;
@@ -391,6 +392,10 @@ impl Drop for OnExit {
 }
 
 struct Actor {
+    /// WAL checkpoints off this thread (documents only; `service.db` keeps SQLite's
+    /// autocheckpoint). Declared before `conn` so that it drops first: a background checkpoint
+    /// still running is waited for before the connection closes.
+    checkpoints: Option<Checkpoints>,
     /// The document's connection; `None` while an idle document has closed it (see
     /// [`Actor::shrink`]): the next command opens it again.
     conn: Option<Connection>,
@@ -447,7 +452,12 @@ impl Actor {
         }
         let hook_tables: Arc<Mutex<BTreeSet<String>>> = Arc::default();
         watch_tables(&conn, &hook_tables);
+        let checkpoints = track_commits.then(|| {
+            checkpoint::install(&conn);
+            Checkpoints::new(path.clone(), config.open)
+        });
         Ok(Self {
+            checkpoints,
             conn: Some(conn),
             path,
             schema,
@@ -558,6 +568,14 @@ impl Actor {
                     return Ended::Closed;
                 }
             }
+            self.after_command();
+        }
+    }
+
+    /// What follows every command, its callers answered: a checkpoint when the WAL has grown.
+    fn after_command(&mut self) {
+        if let (Some(checkpoints), Some(conn)) = (&mut self.checkpoints, &self.conn) {
+            checkpoints.after_command(conn, &self.metrics);
         }
     }
 
@@ -622,6 +640,9 @@ impl Actor {
                     (hooks.closing)();
                 }
                 self.forget_stats();
+                if let Some(checkpoints) = &mut self.checkpoints {
+                    checkpoints.wait();
+                }
                 // Closing the last connection checkpoints the WAL and removes it.
                 self.conn = None;
                 return;
@@ -649,6 +670,9 @@ impl Actor {
             (hooks.opened)(&conn);
         }
         watch_tables(&conn, &self.hook_tables);
+        if self.checkpoints.is_some() {
+            checkpoint::install(&conn);
+        }
         self.conn = Some(conn);
         Ok(())
     }

@@ -8,6 +8,7 @@
 //! the lock) never closes a document someone is using.
 
 mod actor;
+mod checkpoint;
 mod db_id;
 mod events;
 mod handle;

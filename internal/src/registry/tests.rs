@@ -743,3 +743,61 @@ async fn a_quiet_document_closes_its_connection_and_reopens_it_on_next_use() {
     assert!(registry.shutdown(Duration::from_secs(5)).await);
     assert_eq!(registry.inner.metrics.open_documents.get(), 0);
 }
+
+/// Checkpoints run beside the writer (`checkpoint.rs`): with a threshold of 100 pages, 1,500
+/// commits see background passes and finishes, the WAL never holds much more than four
+/// thresholds of frames, and after the document closes (its WAL truncated) every row is there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkpoints_run_beside_the_writer_and_keep_the_wal_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = Metrics::new();
+    let mut cfg = config(dir.path(), 1024, Duration::from_millis(300), 16);
+    cfg.actor.open.wal_autocheckpoint = 100;
+    let registry = Registry::new(cfg, metrics.clone());
+    let wal = dir.path().join("ckpt.sqlite3-wal");
+    let wal_len = || std::fs::metadata(&wal).map_or(0, |m| m.len());
+    let mut largest = 0;
+    {
+        let doc = registry.get(&id("ckpt")).await.unwrap();
+        doc.write(|c| Ok(c.execute_batch("CREATE TABLE t (v BLOB)")?))
+            .await
+            .unwrap();
+        for _ in 0..1_500 {
+            doc.write(|c| Ok(c.execute("INSERT INTO t VALUES (randomblob(3000))", [])?))
+                .await
+                .unwrap();
+            largest = largest.max(wal_len());
+        }
+    }
+    let count = |reason| {
+        metrics
+            .wal_checkpoints
+            .get_or_create(&ReasonLabel { reason })
+            .get()
+    };
+    assert!(count("background") >= 3, "{}", metrics.render());
+    assert!(count("finish") >= 3, "{}", metrics.render());
+    // The file keeps its largest size (under `journal_size_limit`): four thresholds of frames,
+    // and a commit's worth past the last check.
+    let frame = 4096 + 24;
+    assert!(
+        largest <= (4 * 100 + 20) * frame,
+        "WAL grew to {largest} bytes"
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while registry.live_actors() > 0 {
+        assert!(Instant::now() < deadline, "idle actor was not closed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(wal_len(), 0, "closing truncates the WAL");
+    let doc = registry.get(&id("ckpt")).await.unwrap();
+    let (rows, check): (i64, String) = doc
+        .read(|c| {
+            let rows = c.query_row("SELECT count(*) FROM t", [], |r| r.get(0))?;
+            let check = c.query_row("PRAGMA integrity_check", [], |r| r.get(0))?;
+            Ok((rows, check))
+        })
+        .await
+        .unwrap();
+    assert_eq!((rows, check.as_str()), (1_500, "ok"));
+}
