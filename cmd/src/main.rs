@@ -785,6 +785,8 @@ fn healthcheck(addr: &str, path: &str, timeout: Duration) -> Result<(), String> 
 
 #[allow(clippy::print_stdout)]
 fn main() -> anyhow::Result<()> {
+    // Before any thread exists, let alone a SQLite connection.
+    patchwork::sqlite::configure_process();
     let cli = Cli::parse();
     match cli.command {
         Command::Version => {

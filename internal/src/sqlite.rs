@@ -77,6 +77,23 @@ pub fn open(path: &Path, schema: Schema, opts: OpenOptions) -> Result<Connection
     Ok(conn)
 }
 
+/// Process-wide SQLite settings; call once, before any SQLite call on any thread (SQLite's
+/// configuration is not thread-safe). Turns off SQLite's memory statistics: nothing reads them,
+/// and keeping them takes one process-wide mutex around every SQLite allocation of every
+/// document, a mutex that a checkpoint thread at idle priority (`registry/checkpoint.rs`) could
+/// hold while preempted, stalling every document behind it.
+#[allow(unsafe_code)]
+pub fn configure_process() {
+    // SAFETY: SQLITE_CONFIG_MEMSTATUS takes one int; the caller runs this before any other
+    // SQLite call (after one, SQLite answers SQLITE_MISUSE and changes nothing).
+    let rc = unsafe {
+        rusqlite::ffi::sqlite3_config(rusqlite::ffi::SQLITE_CONFIG_MEMSTATUS, 0 as std::ffi::c_int)
+    };
+    if rc != rusqlite::ffi::SQLITE_OK {
+        tracing::debug!(rc, "could not turn SQLite's memory statistics off");
+    }
+}
+
 /// `journal_size_limit` in bytes for a connection opened with `opts`.
 fn wal_size_limit(opts: OpenOptions) -> i64 {
     (64i64 << 20).max(i64::from(opts.wal_autocheckpoint) * 4096 * 4)

@@ -317,8 +317,8 @@ fn lowered_to_budget(setting: &str, configured: usize, budget: usize, nofile: u6
 }
 
 /// Descriptors kept for everything but documents and connections: the listener, `service.db`,
-/// stdio, the runtime, `/readyz` probes, SQLite temp files.
-const RESERVED_DESCRIPTORS: u64 = 64;
+/// stdio, the runtime, `/readyz` probes, SQLite temp files (64), and background checkpoints.
+const RESERVED_DESCRIPTORS: u64 = 64 + crate::registry::CHECKPOINT_DESCRIPTORS;
 
 /// Caps connections (one descriptor each) to what `nofile` leaves after `max_open` documents
 /// (three each) and [`RESERVED_DESCRIPTORS`], so that a connection flood can neither starve

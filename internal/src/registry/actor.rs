@@ -641,7 +641,7 @@ impl Actor {
                 }
                 self.forget_stats();
                 if let Some(checkpoints) = &mut self.checkpoints {
-                    checkpoints.wait();
+                    checkpoints.before_close();
                 }
                 // Closing the last connection checkpoints the WAL and removes it.
                 self.conn = None;

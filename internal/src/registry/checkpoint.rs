@@ -36,7 +36,51 @@ use crate::sqlite::{self, OpenOptions};
 
 /// Background checkpoints running at once, across documents (each is mostly disk I/O).
 pub(crate) const MAX_RUNNING: usize = 4;
-static RUNNING: AtomicUsize = AtomicUsize::new(0);
+static RUNNING: Slots = Slots::new(MAX_RUNNING);
+
+/// Documents checkpointing in the background at once. A background connection's database
+/// descriptor outlives it: the document's own connection holds a lock on the file, and closing
+/// a descriptor would drop the process's locks, so SQLite parks it (and the next background
+/// connection takes it again) until the document's connection closes. So each such document
+/// holds a fourth descriptor; past this many, documents checkpoint on their own thread.
+pub(crate) const MAX_DOCUMENTS: usize = 32;
+static DOCUMENTS: Slots = Slots::new(MAX_DOCUMENTS);
+
+/// Descriptors background checkpoints may hold at once: one parked per document, and a WAL
+/// and a database descriptor per running pass. Part of the reserve in `state.rs`.
+pub const DESCRIPTORS: u64 = (MAX_DOCUMENTS + 2 * MAX_RUNNING) as u64;
+
+/// A count bounded across documents.
+struct Slots {
+    used: AtomicUsize,
+    max: usize,
+}
+
+/// One slot of [`Slots`], given back when dropped (also when a thread holding it unwinds).
+struct Slot(&'static Slots);
+
+impl Slots {
+    const fn new(max: usize) -> Self {
+        Self {
+            used: AtomicUsize::new(0),
+            max,
+        }
+    }
+
+    fn take(&'static self) -> Option<Slot> {
+        if self.used.fetch_add(1, Ordering::AcqRel) >= self.max {
+            self.used.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(Slot(self))
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.used.fetch_sub(1, Ordering::AcqRel);
+    }
+}
 
 thread_local! {
     /// Frames in the WAL after the last commit on this thread; 0 once read. A document's
@@ -61,7 +105,9 @@ type Running = (u64, JoinHandle<Result<i64, String>>);
 
 /// One document's checkpoints, driven by its actor. With `T` the threshold
 /// (`wal_autocheckpoint_pages`): a background pass starts when at least `T/2` frames (`T` at
-/// first) are not yet copied; the actor finishes once the WAL holds `2T` frames and at most
+/// first) are not yet copied and the WAL grew by `T/2` since the last one started (a reader
+/// holding an old snapshot stops passes from getting anywhere; they are not started again for
+/// every commit meanwhile); the actor finishes once the WAL holds `2T` frames and at most
 /// `T/4` are left to copy (or `4T`, whatever is left); past `4T` it waits for a background pass
 /// still running (a disk slower than the writer: backpressure, as SQLite's own checkpoint).
 pub(crate) struct Checkpoints {
@@ -77,7 +123,11 @@ pub(crate) struct Checkpoints {
     /// WAL size at which the actor finishes next (`2T`; further on after a finish that could
     /// not let the WAL start over because an older reader still needs its frames).
     finish_at: i64,
+    /// WAL size at which the last background pass started.
+    spawned_at: i64,
     running: Option<Running>,
+    /// This document's place among [`MAX_DOCUMENTS`], held until its connection closes.
+    descriptor: Option<Slot>,
 }
 
 impl Checkpoints {
@@ -91,7 +141,9 @@ impl Checkpoints {
             generation: 0,
             copied: 0,
             finish_at: 2 * threshold,
+            spawned_at: 0,
             running: None,
+            descriptor: None,
         }
     }
 
@@ -107,6 +159,7 @@ impl Checkpoints {
             self.generation += 1;
             self.copied = 0;
             self.finish_at = 2 * t;
+            self.spawned_at = 0;
         }
         self.last_frames = frames;
         if frames < t {
@@ -128,7 +181,7 @@ impl Checkpoints {
             // Only the newest frames are left: copy them here, where no commit can land in
             // between, so that the next write starts the WAL over.
             self.inline(conn, metrics, "finish");
-        } else if behind >= t / 2 {
+        } else if behind >= t / 2 && frames >= self.spawned_at + t / 2 {
             if self.spawn() {
                 metrics
                     .wal_checkpoints
@@ -161,10 +214,12 @@ impl Checkpoints {
         }
     }
 
-    /// Waits for a background checkpoint still running: before the document's connection
-    /// closes, so that the document's own close is the last one (it truncates the WAL).
-    pub(crate) fn wait(&mut self) {
+    /// Before the document's connection closes: waits for a background checkpoint still
+    /// running, so that the document's own close is the last one (it truncates the WAL and
+    /// closes the parked descriptor), and gives back the document's descriptor slot.
+    pub(crate) fn before_close(&mut self) {
         let _ = self.collect();
+        self.descriptor = None;
     }
 
     fn inline(&mut self, conn: &Connection, metrics: &Metrics, reason: &'static str) {
@@ -184,27 +239,31 @@ impl Checkpoints {
 
     /// Starts a background pass; `false` if none can run now.
     fn spawn(&mut self) -> bool {
-        if RUNNING.fetch_add(1, Ordering::AcqRel) >= MAX_RUNNING {
-            RUNNING.fetch_sub(1, Ordering::AcqRel);
+        if self.descriptor.is_none() {
+            self.descriptor = DOCUMENTS.take();
+        }
+        if self.descriptor.is_none() {
             return false;
         }
+        let Some(running) = RUNNING.take() else {
+            return false;
+        };
         let (path, opts) = (self.path.clone(), self.opts);
         let started = std::thread::Builder::new()
             .name("pw-checkpoint".into())
             .stack_size(256 * 1024)
             .spawn(move || {
+                let _running = running;
                 lower_priority();
-                let copied = background(&path, opts).map_err(|e| e.to_string());
-                RUNNING.fetch_sub(1, Ordering::AcqRel);
-                copied
+                background(&path, opts).map_err(|e| e.to_string())
             });
         match started {
             Ok(handle) => {
                 self.running = Some((self.generation, handle));
+                self.spawned_at = self.last_frames;
                 true
             }
             Err(e) => {
-                RUNNING.fetch_sub(1, Ordering::AcqRel);
                 tracing::warn!(error = %e, "could not start a checkpoint thread");
                 false
             }
@@ -214,7 +273,7 @@ impl Checkpoints {
 
 impl Drop for Checkpoints {
     fn drop(&mut self) {
-        self.wait();
+        self.before_close();
     }
 }
 
@@ -256,18 +315,79 @@ mod tests {
     use crate::config::Synchronous;
     use crate::migrations::Schema;
 
+    fn options() -> OpenOptions {
+        OpenOptions {
+            synchronous: Synchronous::Normal,
+            busy_timeout: std::time::Duration::from_secs(5),
+            max_value_bytes: 1 << 20,
+            wal_autocheckpoint: 100,
+        }
+    }
+
+    fn count(metrics: &Metrics, reason: &'static str) -> u64 {
+        metrics
+            .wal_checkpoints
+            .get_or_create(&ReasonLabel { reason })
+            .get()
+    }
+
+    /// A reader holding an old snapshot (a backup, a sync snapshot) keeps every checkpoint from
+    /// getting past it: the WAL grows, as with SQLite's own checkpoints, but background passes
+    /// are not started again for every commit meanwhile. Once the reader is done, the WAL starts
+    /// over and stays bounded again.
+    #[test]
+    fn a_long_reader_does_not_start_a_pass_per_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("doc.sqlite3");
+        let conn = sqlite::open(&path, Schema::Document, options()).unwrap();
+        install(&conn);
+        conn.execute_batch("CREATE TABLE t (v BLOB)").unwrap();
+        let reader = Connection::open(&path).unwrap();
+        reader
+            .execute_batch("BEGIN; SELECT count(*) FROM t;")
+            .unwrap();
+        let metrics = Metrics::new();
+        let mut checkpoints = Checkpoints::new(path.clone(), options());
+        let commits = 1_000;
+        for _ in 0..commits {
+            conn.execute("INSERT INTO t VALUES (randomblob(3000))", [])
+                .unwrap();
+            checkpoints.after_command(&conn, &metrics);
+        }
+        let passes = count(&metrics, "background") + count(&metrics, "inline");
+        let grown = checkpoints.last_frames;
+        assert!(
+            grown > 1_000,
+            "the WAL could not start over: {grown} frames"
+        );
+        // One pass per 50 frames of growth at most, and a finish per 25 past 4 × 100.
+        assert!(
+            passes + count(&metrics, "finish") <= (grown / 50 + grown / 25 + 4) as u64,
+            "{passes} passes for {grown} frames: {}",
+            metrics.render()
+        );
+        reader.execute_batch("COMMIT").unwrap();
+        drop(reader);
+        for _ in 0..commits {
+            conn.execute("INSERT INTO t VALUES (randomblob(3000))", [])
+                .unwrap();
+            checkpoints.after_command(&conn, &metrics);
+        }
+        assert!(
+            checkpoints.last_frames <= 4 * 100 + 20,
+            "the WAL did not start over: {} frames",
+            checkpoints.last_frames
+        );
+        checkpoints.before_close();
+    }
+
     /// A background checkpoint that cannot open its connection (here: pointed at a file that
     /// does not exist) leaves the work to the actor: the WAL is still checkpointed and starts
     /// over, on the actor's thread.
     #[test]
     fn a_failing_background_checkpoint_falls_back_to_the_actor() {
         let dir = tempfile::tempdir().unwrap();
-        let opts = OpenOptions {
-            synchronous: Synchronous::Normal,
-            busy_timeout: std::time::Duration::from_secs(5),
-            max_value_bytes: 1 << 20,
-            wal_autocheckpoint: 100,
-        };
+        let opts = options();
         let path = dir.path().join("doc.sqlite3");
         let conn = sqlite::open(&path, Schema::Document, opts).unwrap();
         install(&conn);
@@ -281,14 +401,8 @@ mod tests {
             checkpoints.after_command(&conn, &metrics);
             largest = largest.max(checkpoints.last_frames);
         }
-        let count = |reason| {
-            metrics
-                .wal_checkpoints
-                .get_or_create(&ReasonLabel { reason })
-                .get()
-        };
-        assert!(count("inline") >= 3, "{}", metrics.render());
-        assert_eq!(count("finish"), 0);
+        assert!(count(&metrics, "inline") >= 3, "{}", metrics.render());
+        assert_eq!(count(&metrics, "finish"), 0);
         assert!(largest <= 4 * 100 + 20, "the WAL reached {largest} frames");
     }
 }

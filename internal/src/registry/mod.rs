@@ -28,6 +28,7 @@ use tokio::sync::{OnceCell, watch};
 
 pub(crate) use actor::spawn as spawn_actor;
 pub use actor::{ActorConfig, ConnectionHooks, DocStats};
+pub use checkpoint::DESCRIPTORS as CHECKPOINT_DESCRIPTORS;
 pub use db_id::{DbId, InvalidDbId};
 pub use events::{Announcement, ChangeEvent};
 pub use handle::{DocError, DocHandle};

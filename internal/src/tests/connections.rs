@@ -340,8 +340,8 @@ async fn total_cap_refuses_every_address_and_recovers() {
 fn connection_budget_leaves_room_for_documents() {
     use crate::state::connection_budget;
     assert_eq!(connection_budget(10_000, 1_024, Some(20_000)), 10_000);
-    // 1024 descriptors: 256 documents take 768, 64 are reserved.
-    assert_eq!(connection_budget(10_000, 256, Some(1_024)), 192);
+    // 1,024 - 3 × 256 documents - 64 reserved - 40 for background checkpoints.
+    assert_eq!(connection_budget(10_000, 256, Some(1_024)), 152);
     assert_eq!(connection_budget(10_000, 1_024, Some(100)), 1);
     assert_eq!(connection_budget(500, 1_024, None), 500);
 }
