@@ -1,5 +1,7 @@
 //! The document actor: one OS thread per open document owns its `rusqlite::Connection` and
-//! serves its mailbox in order. SQLite never runs on the async runtime.
+//! serves its mailbox in order. SQLite never runs on the async runtime. (A busy document's WAL
+//! checkpoints run on a short-lived thread with a connection of their own, beside the actor's:
+//! see `checkpoint.rs`.)
 //!
 //! A document quiet for a while (see [`Command::Shrink`]) closes its connection and its thread
 //! ends: a small task on the runtime waits for the next command without a thread (no SQLite
