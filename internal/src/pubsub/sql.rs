@@ -2,8 +2,6 @@
 
 use std::sync::{Arc, OnceLock};
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD as B64;
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
@@ -36,7 +34,7 @@ impl Message {
                 "id": self.id,
                 "topic": self.topic,
                 "content_type": self.content_type,
-                "payload_base64": B64.encode(&self.payload),
+                "payload_base64": base64_simd::STANDARD.encode_to_string(&self.payload),
                 "created_at": self.created_at(),
                 "producer": self.producer,
             })
