@@ -18,7 +18,8 @@ pub struct OpenOptions {
     /// Largest string or blob a statement may make (`SQLITE_LIMIT_LENGTH`), so that
     /// `randomblob(999999999)` fails instead of allocating a gigabyte.
     pub max_value_bytes: usize,
-    /// `PRAGMA wal_autocheckpoint` (pages); see `Config::wal_autocheckpoint_pages`.
+    /// WAL pages past which the WAL is checkpointed: SQLite's `wal_autocheckpoint`, replaced for a
+    /// document by its background checkpoints' threshold; see `Config::wal_autocheckpoint_pages`.
     pub wal_autocheckpoint: u32,
 }
 
@@ -57,8 +58,9 @@ pub fn open(path: &Path, schema: Schema, opts: OpenOptions) -> Result<Connection
     conn.pragma_update(None, "synchronous", opts.synchronous.pragma_value())?;
     // With the WAL kept (`persist_wal`), this truncates it to zero bytes at close; while open, a
     // WAL that a checkpoint has reset is cut back to 64 MiB instead of keeping its peak size.
-    // (Never below two autocheckpoints' worth of WAL, or every checkpoint would cut it back
-    // only for the next commits to grow it again.)
+    // (Never below four thresholds' worth of WAL, the most a document's WAL holds before it
+    // starts over (`registry/checkpoint.rs`), or every restart would cut it back only for the
+    // next commits to grow it again.)
     conn.pragma_update(None, "journal_size_limit", wal_size_limit(opts))?;
     conn.pragma_update(None, "foreign_keys", true)?;
     // The default (1,000 pages) checkpointed a busy document dozens of times a second, each an

@@ -19,8 +19,9 @@
 //!
 //! The actor finishes only once the WAL holds about twice the threshold (background passes
 //! keep up meanwhile), so the finishing stall (two fsyncs, ~4 ms here) comes half as often.
-//! When no background thread can run (at most [`MAX_RUNNING`] at once across documents, or the
-//! last one failed), the actor checkpoints inline, as SQLite would have.
+//! When no background thread can run (at most [`MAX_RUNNING`] passes at once, for at most
+//! [`MAX_DOCUMENTS`] documents, or the last one failed), the actor checkpoints inline, as
+//! SQLite would have.
 
 use std::cell::Cell;
 use std::ffi::c_int;
@@ -35,7 +36,7 @@ use crate::ops::metrics::{Metrics, ReasonLabel};
 use crate::sqlite::{self, OpenOptions};
 
 /// Background checkpoints running at once, across documents (each is mostly disk I/O).
-pub(crate) const MAX_RUNNING: usize = 4;
+const MAX_RUNNING: usize = 4;
 static RUNNING: Slots = Slots::new(MAX_RUNNING);
 
 /// Documents checkpointing in the background at once. A background connection's database
@@ -43,7 +44,7 @@ static RUNNING: Slots = Slots::new(MAX_RUNNING);
 /// a descriptor would drop the process's locks, so SQLite parks it (and the next background
 /// connection takes it again) until the document's connection closes. So each such document
 /// holds a fourth descriptor; past this many, documents checkpoint on their own thread.
-pub(crate) const MAX_DOCUMENTS: usize = 32;
+const MAX_DOCUMENTS: usize = 32;
 static DOCUMENTS: Slots = Slots::new(MAX_DOCUMENTS);
 
 /// Descriptors background checkpoints may hold at once: one parked per document, and a WAL
